@@ -1,0 +1,95 @@
+//! The subcommands' bodies: each builds what it needs and runs it. `main.rs`
+//! only parses arguments and calls one of these.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::nbd;
+use crate::storage::registry::{ClientRule, ImageSpec, OverlayPolicy, Registry};
+
+/// `pxeroot check-config`: validate and summarise.
+pub fn check_config(file: &Path) -> Result<()> {
+    let c = Config::load(file)?;
+    println!("{}: OK", file.display());
+    println!("  state directory: {}", c.state_dir.display());
+    match &c.nbd_listen {
+        Some(l) => println!("  nbd: listening on {}", l.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")),
+        None => println!("  nbd: disabled"),
+    }
+    for i in &c.images {
+        println!("  image {}: {}", i.name, i.path.display());
+    }
+    for (mac, r) in &c.clients {
+        println!("  client {mac}: image {} ({:?})", r.image, r.policy);
+    }
+    match &c.unknown {
+        Some(r) => println!("  unknown clients: boot image {} ({:?})", r.image, r.policy),
+        None => println!("  unknown clients: refused"),
+    }
+    Ok(())
+}
+
+/// `pxeroot serve`: every service the config enables, in one runtime.
+pub fn serve(file: &Path) -> Result<()> {
+    let c = Config::load(file)?;
+    let listen = c.nbd_listen.clone();
+    let registry = Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image)
+        .context("cannot open the configured images")?;
+    run(registry, listen)
+}
+
+/// `pxeroot nbd`: one base, one overlay per MAC-shaped export name.
+pub fn adhoc_nbd(base: &Path, state_dir: PathBuf, listen: SocketAddr, policy: OverlayPolicy, name: Option<String>) -> Result<()> {
+    let name = name.unwrap_or_else(|| {
+        base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into())
+    });
+    if name.parse::<crate::mac::Mac>().is_ok() {
+        anyhow::bail!("the export name {name:?} looks like a MAC address; pass --name with another name");
+    }
+    let image = ImageSpec { name: name.clone(), path: base.to_path_buf(), description: format!("{}", base.display()) };
+    let rule = ClientRule { image: name.clone(), policy };
+    let registry = Registry::new(state_dir, vec![image], BTreeMap::new(), Some(rule), Some(name))
+        .with_context(|| format!("cannot serve {}", base.display()))?;
+    run(registry, Some(vec![listen]))
+}
+
+fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let registry = Arc::new(registry);
+        let mut services = Vec::new();
+        if let Some(addrs) = nbd_listen {
+            let listeners = nbd::bind(&addrs).await?;
+            services.push(tokio::spawn(nbd::serve(listeners, registry.clone(), shutdown.clone())));
+        }
+        if services.is_empty() {
+            anyhow::bail!("no service is enabled in the configuration");
+        }
+        wait_for_signal().await?;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        shutdown.cancel();
+        for s in services {
+            s.await.context("a service task failed")?;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Configuration: TOML parsed into serde "wire" structs (`deny_unknown_fields`),
+//! then validated into a typed [`Config`]. Runtime code never re-validates.
+//! Every error names the file, the key and how to fix it.
+
+mod wire;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::mac::Mac;
+use crate::storage::registry::{ClientRule, ImageSpec, OverlayPolicy};
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// `None` when the NBD service is disabled.
+    pub nbd_listen: Option<Vec<SocketAddr>>,
+    pub images: Vec<ImageSpec>,
+    pub clients: BTreeMap<Mac, ClientRule>,
+    /// What a MAC without a `[clients]` entry gets; `None` = refused.
+    pub unknown: Option<ClientRule>,
+    /// Image served under the empty export name.
+    pub default_image: Option<String>,
+}
+
+/// A configuration error: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `clients."52:54:00:12:34:56".image`.
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}; {}", self.file.display(), self.problem, self.fix)
+        } else {
+            write!(f, "{}: `{}`: {}; {}", self.file.display(), self.key, self.problem, self.fix)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The port NBD clients expect.
+pub const DEFAULT_NBD_LISTEN: &str = "0.0.0.0:10809";
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            problem: format!("cannot read the file ({e})"),
+            fix: "check the path given to --config".into(),
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Parse and validate TOML text; relative paths in it are resolved
+    /// against the directory of `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: wire::Root = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            problem: e.message().to_string()
+                + &e.span().map(|s| format!(" (at {})", line_col(text, s.start))).unwrap_or_default(),
+            fix: "see config/pxeroot.example.toml for every key and its form".into(),
+        })?;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        raw.validate(file, &dir)
+    }
+}
+
+fn line_col(text: &str, at: usize) -> String {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {col}")
+}
+
+impl wire::Root {
+    fn validate(self, file: &Path, dir: &Path) -> Result<Config, ConfigError> {
+        let err = |key: &str, problem: String, fix: &str| ConfigError {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            problem,
+            fix: fix.to_string(),
+        };
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
+
+        let state_dir = resolve(&self.state_dir);
+
+        let nbd_listen = match self.nbd {
+            Some(wire::Nbd { enabled: false, .. }) => None,
+            nbd => {
+                let listen = nbd.and_then(|n| n.listen).unwrap_or_else(|| vec![DEFAULT_NBD_LISTEN.to_string()]);
+                if listen.is_empty() {
+                    return Err(err("nbd.listen", "is empty".into(), "give at least one address such as \"0.0.0.0:10809\", or set nbd.enabled = false"));
+                }
+                let mut addrs = Vec::new();
+                for (i, a) in listen.iter().enumerate() {
+                    addrs.push(a.parse::<SocketAddr>().map_err(|_| {
+                        err(&format!("nbd.listen[{i}]"), format!("{a:?} is not an address:port"), "write it as \"0.0.0.0:10809\" or \"[::]:10809\"")
+                    })?);
+                }
+                Some(addrs)
+            }
+        };
+
+        if self.images.is_empty() {
+            return Err(err("images", "no image is configured".into(), "add an [images.NAME] table with path = \"/path/to/base.img\""));
+        }
+        let mut images = Vec::new();
+        for (name, image) in &self.images {
+            let key = format!("images.{name}");
+            if name.is_empty() || name.parse::<Mac>().is_ok() {
+                return Err(err(&key, "an image name must not be empty or look like a MAC address".into(), "rename the image (export names that look like MACs are client overlays)"));
+            }
+            let path = resolve(&image.path);
+            if !path.is_file() {
+                return Err(err(&format!("{key}.path"), format!("{} is not a readable file", path.display()), "point it at a raw or qcow2 base image"));
+            }
+            images.push(ImageSpec { name: name.clone(), path, description: image.description.clone().unwrap_or_default() });
+        }
+        let known = |image: &str| self.images.contains_key(image);
+        let image_names = || self.images.keys().cloned().collect::<Vec<_>>().join(", ");
+
+        let mut clients = BTreeMap::new();
+        for (mac_text, client) in &self.clients {
+            let key = format!("clients.\"{mac_text}\"");
+            let mac: Mac = mac_text
+                .parse()
+                .map_err(|e: crate::mac::MacParseError| err(&key, e.to_string(), "use the client's MAC address as the table name"))?;
+            if !known(&client.image) {
+                return Err(err(&format!("{key}.image"), format!("image {:?} is not configured", client.image), &format!("use one of: {}", image_names())));
+            }
+            let rule = ClientRule { image: client.image.clone(), policy: client.policy.unwrap_or(OverlayPolicy::Persistent) };
+            if clients.insert(mac, rule).is_some() {
+                return Err(err(&key, format!("client {mac} is configured twice (in another spelling)"), "keep one entry per MAC"));
+            }
+        }
+
+        let unknown = match self.unknown_clients {
+            None => None,
+            Some(u) => match u.action {
+                wire::UnknownAction::Refuse => {
+                    if u.image.is_some() {
+                        return Err(err("unknown_clients.image", "is set but action is \"refuse\"".into(), "remove it, or set action = \"boot\""));
+                    }
+                    None
+                }
+                wire::UnknownAction::Boot => {
+                    let image = u.image.ok_or_else(|| {
+                        err("unknown_clients.image", "is missing".into(), &format!("action = \"boot\" needs the image to boot: one of {}", image_names()))
+                    })?;
+                    if !known(&image) {
+                        return Err(err("unknown_clients.image", format!("image {image:?} is not configured"), &format!("use one of: {}", image_names())));
+                    }
+                    Some(ClientRule { image, policy: u.policy.unwrap_or(OverlayPolicy::Ephemeral) })
+                }
+            },
+        };
+
+        let default_image = match self.default_export {
+            Some(name) if !known(&name) => {
+                return Err(err("default_export", format!("image {name:?} is not configured"), &format!("use one of: {}", image_names())))
+            }
+            Some(name) => Some(name),
+            None if self.images.len() == 1 => self.images.keys().next().cloned(),
+            None => None,
+        };
+
+        Ok(Config { state_dir, nbd_listen, images, clients, unknown, default_image })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_base(body: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.img"), [0u8; 512]).unwrap();
+        let file = dir.path().join("pxeroot.toml");
+        let r = Config::parse(body, &file);
+        (dir, r)
+    }
+
+    const GOOD: &str = r#"
+state_dir = "state"
+[nbd]
+listen = ["127.0.0.1:10809"]
+[images.debian]
+path = "base.img"
+description = "Debian 12"
+[clients."52-54-00-12-34-56"]
+image = "debian"
+policy = "ephemeral"
+[unknown_clients]
+action = "boot"
+image = "debian"
+"#;
+
+    #[test]
+    fn test_config_good_file_validates() {
+        let (dir, r) = with_base(GOOD);
+        let c = r.unwrap();
+        assert_eq!(c.state_dir, dir.path().join("state"));
+        assert_eq!(c.images[0].path, dir.path().join("base.img"));
+        let mac: Mac = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(c.clients[&mac].policy, OverlayPolicy::Ephemeral);
+        assert_eq!(c.unknown.unwrap().policy, OverlayPolicy::Ephemeral);
+        assert_eq!(c.default_image.as_deref(), Some("debian"));
+    }
+
+    #[test]
+    fn test_config_unknown_key_names_it() {
+        let (_d, r) = with_base(&GOOD.replace("description", "descripton"));
+        let e = r.unwrap_err();
+        assert!(e.problem.contains("descripton"), "{e}");
+        assert!(e.to_string().contains("line"), "{e}");
+    }
+
+    #[test]
+    fn test_config_bad_values_name_key_and_fix() {
+        let cases = [
+            (GOOD.replace("52-54-00-12-34-56", "52-54-00-12-34"), "clients.\"52-54-00-12-34\""),
+            (GOOD.replace("image = \"debian\"\npolicy", "image = \"ubuntu\"\npolicy"), "clients.\"52-54-00-12-34-56\".image"),
+            (GOOD.replace("127.0.0.1:10809", "localhost"), "nbd.listen[0]"),
+            (GOOD.replace("path = \"base.img\"", "path = \"missing.img\""), "images.debian.path"),
+            (GOOD.replace("action = \"boot\"\nimage = \"debian\"", "action = \"boot\""), "unknown_clients.image"),
+        ];
+        for (text, key) in cases {
+            let (_d, r) = with_base(&text);
+            let e = r.unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(!e.fix.is_empty());
+        }
+    }
+
+    #[test]
+    fn test_config_bad_policy_is_a_parse_error() {
+        let (_d, r) = with_base(&GOOD.replace("\"ephemeral\"", "\"sometimes\""));
+        assert!(r.unwrap_err().problem.contains("sometimes"));
+    }
+}

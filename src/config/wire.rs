@@ -1,0 +1,63 @@
+//! The config file's shape, as serde reads it. Every table refuses unknown
+//! keys, so a typo is an error rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::storage::registry::OverlayPolicy;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    pub state_dir: PathBuf,
+    pub nbd: Option<Nbd>,
+    #[serde(default)]
+    pub images: BTreeMap<String, Image>,
+    #[serde(default)]
+    pub clients: BTreeMap<String, Client>,
+    pub unknown_clients: Option<Unknown>,
+    pub default_export: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nbd {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub listen: Option<Vec<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub path: PathBuf,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    pub image: String,
+    pub policy: Option<OverlayPolicy>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownAction {
+    Refuse,
+    Boot,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unknown {
+    pub action: UnknownAction,
+    pub image: Option<String>,
+    pub policy: Option<OverlayPolicy>,
+}

@@ -1,0 +1,10 @@
+//! pxeroot: a network boot appliance for diskless machines.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view and the code map.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod mac;
+pub mod nbd;
+pub mod storage;

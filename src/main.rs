@@ -1,0 +1,74 @@
+//! The `pxeroot` binary: argument parsing only; each subcommand calls one
+//! function in `pxeroot::cli`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pxeroot::storage::registry::OverlayPolicy;
+
+#[derive(Parser)]
+#[command(name = "pxeroot", version, about = "Network boot appliance for diskless machines")]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive);
+    /// RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service the configuration enables.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print what it sets up.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Serve one base image over NBD with a copy-on-write overlay per MAC,
+    /// no configuration file needed. Export names: a MAC opens that client's
+    /// overlay; the image name (or the empty name) reads the base.
+    Nbd {
+        /// Base image (raw or qcow2), opened read-only.
+        #[arg(long)]
+        base: PathBuf,
+        /// Directory for the overlays.
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:10809")]
+        listen: SocketAddr,
+        #[arg(long, value_enum, default_value = "persistent")]
+        policy: OverlayPolicy,
+        /// Export name of the read-only base (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Serve { config } => pxeroot::cli::serve(&config),
+        Command::CheckConfig { config } => pxeroot::cli::check_config(&config),
+        Command::Nbd { base, state_dir, listen, policy, name } => {
+            pxeroot::cli::adhoc_nbd(&base, state_dir, listen, policy, name)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pxeroot: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

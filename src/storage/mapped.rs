@@ -1,0 +1,159 @@
+//! Reading through a qcow2 cluster map: shared by qcow2 bases and overlays.
+//!
+//! The caller looks up the maps of the clusters a request touches (for an
+//! overlay, under its metadata lock), then this module does the I/O with no
+//! lock held: runs of data clusters that are contiguous on the host become one
+//! `pread`, runs of unallocated clusters one read from the backing image.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::base::BaseImage;
+use super::qcow2::{ClusterMap, Compression};
+use super::{Extent, Result, StorageError};
+
+/// What one image contributes to a read: its file, geometry and backing.
+pub(crate) struct MappedImage<'a> {
+    pub path: &'a Path,
+    pub file: &'a File,
+    pub cluster_bits: u32,
+    pub compression: Compression,
+    pub backing: Option<&'a BaseImage>,
+}
+
+enum Run {
+    Host(u64),
+    Backing,
+    Zero,
+    Compressed { host: u64, len: u64 },
+}
+
+impl MappedImage<'_> {
+    /// Fill `buf` with the guest bytes at `off`. `maps[i]` is the map of
+    /// cluster `(off >> cluster_bits) + i`.
+    pub fn read(&self, maps: &[ClusterMap], buf: &mut [u8], off: u64) -> Result<()> {
+        let cs = 1u64 << self.cluster_bits;
+        let first = off >> self.cluster_bits;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let idx = ((pos >> self.cluster_bits) - first) as usize;
+            let in_cluster = pos & (cs - 1);
+            let run = match maps[idx] {
+                ClusterMap::Data(h) => Run::Host(h + in_cluster),
+                ClusterMap::Unallocated => Run::Backing,
+                ClusterMap::Zero | ClusterMap::ZeroAlloc(_) => Run::Zero,
+                ClusterMap::Compressed { host, len } => Run::Compressed { host, len },
+            };
+            // Extend the run over following clusters of the same kind.
+            let mut len = (cs - in_cluster).min((buf.len() - done) as u64);
+            if !matches!(run, Run::Compressed { .. }) {
+                let mut next = idx + 1;
+                while done as u64 + len < buf.len() as u64 {
+                    let same = match (&run, maps[next]) {
+                        (Run::Host(h), ClusterMap::Data(n)) => n == h + len,
+                        (Run::Backing, ClusterMap::Unallocated) => true,
+                        (Run::Zero, ClusterMap::Zero | ClusterMap::ZeroAlloc(_)) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        break;
+                    }
+                    len += cs.min(buf.len() as u64 - done as u64 - len);
+                    next += 1;
+                }
+            }
+            let out = &mut buf[done..done + len as usize];
+            match run {
+                Run::Host(h) => self
+                    .file
+                    .read_exact_at(out, h)
+                    .map_err(|e| StorageError::io("read", self.path, h, e))?,
+                Run::Zero => out.fill(0),
+                Run::Backing => match self.backing {
+                    Some(b) => b.read_beyond_end_as_zero(out, pos)?,
+                    None => out.fill(0),
+                },
+                Run::Compressed { host, len: clen } => {
+                    let cluster = self.decompress(host, clen)?;
+                    out.copy_from_slice(&cluster[in_cluster as usize..in_cluster as usize + out.len()]);
+                }
+            }
+            done += len as usize;
+        }
+        Ok(())
+    }
+
+    /// Block status over the clusters in `maps`, for `[off, off + len)`.
+    pub fn extents(&self, maps: &[ClusterMap], off: u64, len: u64) -> Result<Vec<Extent>> {
+        let cs = 1u64 << self.cluster_bits;
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = off;
+        let end = off + len;
+        for map in maps {
+            if pos >= end {
+                break;
+            }
+            let piece = (cs - (pos & (cs - 1))).min(end - pos);
+            let pieces: Vec<Extent> = match map {
+                ClusterMap::Data(_) | ClusterMap::Compressed { .. } => {
+                    vec![Extent { len: piece, zero: false, hole: false }]
+                }
+                ClusterMap::ZeroAlloc(_) => vec![Extent { len: piece, zero: true, hole: false }],
+                ClusterMap::Zero => vec![Extent { len: piece, zero: true, hole: true }],
+                ClusterMap::Unallocated => match self.backing {
+                    Some(b) => b.extents(pos, piece)?,
+                    None => vec![Extent { len: piece, zero: true, hole: true }],
+                },
+            };
+            for e in pieces {
+                push_extent(&mut out, e);
+            }
+            pos += piece;
+        }
+        Ok(out)
+    }
+
+    fn decompress(&self, host: u64, len: u64) -> Result<Vec<u8>> {
+        let cs = 1usize << self.cluster_bits;
+        let mut raw = vec![0u8; len as usize];
+        // The last sector of the last compressed cluster may run past the end
+        // of the file: read what is there.
+        let mut got = 0;
+        while got < raw.len() {
+            match self.file.read_at(&mut raw[got..], host + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StorageError::io("read compressed", self.path, host, e)),
+            }
+        }
+        raw.truncate(got);
+        let mut out = vec![0u8; cs];
+        let bad = || StorageError::Decompress { path: self.path.to_path_buf(), offset: host };
+        match self.compression {
+            Compression::Deflate => {
+                let mut d = flate2::read::DeflateDecoder::new(&raw[..]);
+                d.read_exact(&mut out).map_err(|_| bad())?;
+            }
+            Compression::Zstd => {
+                let mut d = ruzstd::StreamingDecoder::new(&raw[..]).map_err(|_| bad())?;
+                d.read_exact(&mut out).map_err(|_| bad())?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Append an extent, merging it into the previous one when they agree.
+pub(crate) fn push_extent(out: &mut Vec<Extent>, e: Extent) {
+    if e.len == 0 {
+        return;
+    }
+    match out.last_mut() {
+        Some(last) if last.zero == e.zero && last.hole == e.hole => last.len += e.len,
+        _ => out.push(e),
+    }
+}

@@ -1,0 +1,419 @@
+//! The overlay registry: which export names exist, and one open overlay per
+//! client MAC however many connections that client has.
+//!
+//! Architecture invariant: an overlay is opened only here, and at most once
+//! per MAC; every connection of that MAC shares it (one flush domain, which
+//! is what makes CAN_MULTI_CONN true). The last connection to leave closes it
+//! after a flush.
+//!
+//! Each overlay `<state>/<mac>.qcow2` has a sidecar `<mac>.base.toml` that
+//! records the base it was made from (path, size, fingerprint): opening it
+//! over a base that changed is refused, because the overlay's clusters only
+//! make sense on top of the exact bytes they were copied from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::base::BaseImage;
+use super::overlay::Overlay;
+use super::{Extent, Result, StorageError};
+use crate::mac::Mac;
+
+/// What happens to a client's overlay between boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayPolicy {
+    /// Kept across reboots and daemon restarts.
+    Persistent,
+    /// Thrown away when the client starts a new boot.
+    Ephemeral,
+}
+
+/// A base image as the registry serves it.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+}
+
+/// Which image a client boots and what happens to its overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRule {
+    pub image: String,
+    pub policy: OverlayPolicy,
+}
+
+/// What an export name refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A read-only export of a base image.
+    Image(String),
+    /// A client's overlay.
+    Client(Mac),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("no export named {name:?}: use an image name or a client MAC")]
+    Unknown { name: String },
+    #[error("client {mac} is not configured and unknown clients are refused")]
+    UnknownClient { mac: Mac },
+}
+
+struct Image {
+    base: Arc<BaseImage>,
+    fingerprint: BaseRecord,
+    description: String,
+}
+
+/// The sidecar: which base an overlay belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BaseRecord {
+    path: PathBuf,
+    size: u64,
+    /// xxh3-128 over the size and sampled content, hex.
+    fingerprint: String,
+}
+
+struct Slot {
+    overlay: Arc<Overlay>,
+    connections: usize,
+}
+
+pub struct Registry {
+    state_dir: PathBuf,
+    images: BTreeMap<String, Image>,
+    clients: BTreeMap<Mac, ClientRule>,
+    unknown: Option<ClientRule>,
+    /// The image served under the empty export name.
+    default_image: Option<String>,
+    /// Ephemeral overlays are reset when a session starts with no other
+    /// connection of that MAC open. The PXE side will own this decision
+    /// (a DHCP DISCOVER is the real start of a boot) and turn this off.
+    reset_on_new_session: bool,
+    open: Mutex<HashMap<Mac, Slot>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("state_dir", &self.state_dir).finish_non_exhaustive()
+    }
+}
+
+/// Bytes sampled for a base's fingerprint: the first and last MiB and 62
+/// slices of 64 KiB spread over the rest. Reading a whole multi-GiB base at
+/// every start would be too slow; a different image build changes these.
+const FINGERPRINT_EDGE: u64 = 1 << 20;
+const FINGERPRINT_SAMPLES: u64 = 62;
+const FINGERPRINT_SAMPLE: u64 = 64 << 10;
+
+fn fingerprint(base: &BaseImage) -> Result<BaseRecord> {
+    let file = base.file();
+    let path = base.path();
+    let len = file.metadata().map_err(|e| StorageError::io("stat", path, 0, e))?.len();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&len.to_le_bytes());
+    let mut ranges = vec![(0, FINGERPRINT_EDGE.min(len))];
+    for i in 1..=FINGERPRINT_SAMPLES {
+        ranges.push((len / (FINGERPRINT_SAMPLES + 1) * i, FINGERPRINT_SAMPLE));
+    }
+    ranges.push((len.saturating_sub(FINGERPRINT_EDGE), FINGERPRINT_EDGE));
+    let mut buf = vec![0u8; FINGERPRINT_EDGE as usize];
+    for (off, n) in ranges {
+        let n = n.min(len.saturating_sub(off)) as usize;
+        file.read_exact_at(&mut buf[..n], off).map_err(|e| StorageError::io("fingerprint", path, off, e))?;
+        h.update(&buf[..n]);
+    }
+    Ok(BaseRecord {
+        path: path.to_path_buf(),
+        size: base.size(),
+        fingerprint: format!("{:032x}", h.digest128()),
+    })
+}
+
+impl Registry {
+    /// Open every base (read-only) and fingerprint it. Errors here are
+    /// configuration errors: a missing or unreadable image.
+    pub fn new(
+        state_dir: PathBuf,
+        images: Vec<ImageSpec>,
+        clients: BTreeMap<Mac, ClientRule>,
+        unknown: Option<ClientRule>,
+        default_image: Option<String>,
+    ) -> Result<Registry> {
+        std::fs::create_dir_all(&state_dir).map_err(|source| StorageError::Open { path: state_dir.clone(), source })?;
+        let mut opened = BTreeMap::new();
+        for spec in images {
+            let path = std::path::absolute(&spec.path).unwrap_or(spec.path.clone());
+            let base = Arc::new(BaseImage::open(&path)?);
+            let fingerprint = fingerprint(&base)?;
+            tracing::info!(image = %spec.name, path = %path.display(), format = base.format().name(), size = base.size(), "base image opened read-only");
+            opened.insert(spec.name, Image { base, fingerprint, description: spec.description });
+        }
+        Ok(Registry {
+            state_dir,
+            images: opened,
+            clients,
+            unknown,
+            default_image,
+            reset_on_new_session: true,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Map an export name to what it serves.
+    pub fn resolve(&self, name: &str) -> std::result::Result<Target, ResolveError> {
+        if name.is_empty() {
+            if let Some(image) = &self.default_image {
+                return Ok(Target::Image(image.clone()));
+            }
+        }
+        if self.images.contains_key(name) {
+            return Ok(Target::Image(name.to_string()));
+        }
+        match name.parse::<Mac>() {
+            Ok(mac) if self.rule(mac).is_some() => Ok(Target::Client(mac)),
+            Ok(mac) => Err(ResolveError::UnknownClient { mac }),
+            Err(_) => Err(ResolveError::Unknown { name: name.to_string() }),
+        }
+    }
+
+    fn rule(&self, mac: Mac) -> Option<&ClientRule> {
+        self.clients.get(&mac).or(self.unknown.as_ref())
+    }
+
+    /// Export names and descriptions a client may open: every image, and
+    /// every configured client.
+    pub fn list(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            self.images.iter().map(|(n, i)| (n.clone(), format!("{} (read-only)", i.description))).collect();
+        for (mac, rule) in &self.clients {
+            out.push((mac.to_string(), format!("overlay of {} for {mac} ({:?})", rule.image, rule.policy)));
+        }
+        out
+    }
+
+    /// Size of what `target` serves, without opening an overlay.
+    pub fn size(&self, target: &Target) -> Option<u64> {
+        let image = match target {
+            Target::Image(n) => n,
+            Target::Client(mac) => &self.rule(*mac)?.image,
+        };
+        self.images.get(image).map(|i| i.base.size())
+    }
+
+    pub fn description(&self, target: &Target) -> String {
+        match target {
+            Target::Image(n) => self.images.get(n).map(|i| i.description.clone()).unwrap_or_default(),
+            Target::Client(mac) => match self.rule(*mac) {
+                Some(r) => format!("overlay of {} for {mac}", r.image),
+                None => String::new(),
+            },
+        }
+    }
+
+    /// Open what `target` serves for one connection.
+    pub fn open(self: &Arc<Self>, target: &Target) -> Result<Disk> {
+        match target {
+            Target::Image(name) => match self.images.get(name) {
+                Some(i) => Ok(Disk::Base(i.base.clone())),
+                None => Err(StorageError::Corrupt { path: name.into(), reason: "image vanished from the registry".into() }),
+            },
+            Target::Client(mac) => Ok(Disk::Overlay(self.attach(*mac)?)),
+        }
+    }
+
+    pub fn overlay_path(&self, mac: Mac) -> PathBuf {
+        self.state_dir.join(format!("{}.qcow2", mac.file_stem()))
+    }
+
+    fn record_path(&self, mac: Mac) -> PathBuf {
+        self.state_dir.join(format!("{}.base.toml", mac.file_stem()))
+    }
+
+    fn attach(self: &Arc<Self>, mac: Mac) -> Result<OverlayHandle> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = open.get_mut(&mac) {
+            slot.connections += 1;
+            return Ok(OverlayHandle { registry: self.clone(), mac, overlay: slot.overlay.clone() });
+        }
+        let rule = self.rule(mac).cloned().ok_or_else(|| StorageError::Corrupt {
+            path: self.overlay_path(mac),
+            reason: "client is not configured".into(),
+        })?;
+        if rule.policy == OverlayPolicy::Ephemeral && self.reset_on_new_session {
+            self.discard(mac)?;
+        }
+        let overlay = Arc::new(self.open_or_create(mac, &rule)?);
+        open.insert(mac, Slot { overlay: overlay.clone(), connections: 1 });
+        Ok(OverlayHandle { registry: self.clone(), mac, overlay })
+    }
+
+    fn open_or_create(&self, mac: Mac, rule: &ClientRule) -> Result<Overlay> {
+        let image = self.images.get(&rule.image).ok_or_else(|| StorageError::Corrupt {
+            path: self.overlay_path(mac),
+            reason: format!("image {:?} is not configured", rule.image),
+        })?;
+        let path = self.overlay_path(mac);
+        let record_path = self.record_path(mac);
+        if path.exists() {
+            let changed = |reason: String| StorageError::BaseChanged { overlay: path.clone(), reason };
+            let text = std::fs::read_to_string(&record_path)
+                .map_err(|e| changed(format!("its base record {} cannot be read ({e})", record_path.display())))?;
+            let record: BaseRecord = toml::from_str(&text)
+                .map_err(|e| changed(format!("its base record {} is malformed ({e})", record_path.display())))?;
+            if record != image.fingerprint {
+                return Err(changed(format!(
+                    "it was made from {} ({} bytes, fingerprint {}), the base is now {} ({} bytes, fingerprint {})",
+                    record.path.display(),
+                    record.size,
+                    record.fingerprint,
+                    image.fingerprint.path.display(),
+                    image.fingerprint.size,
+                    image.fingerprint.fingerprint
+                )));
+            }
+            let overlay = Overlay::open(&path, image.base.clone())?;
+            tracing::info!(%mac, overlay = %path.display(), "overlay opened");
+            return Ok(overlay);
+        }
+        // The record goes first: an overlay never exists without one.
+        let text = toml::to_string(&image.fingerprint).map_err(|e| StorageError::Corrupt {
+            path: record_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let tmp = record_path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(|e| StorageError::io("write base record", &tmp, 0, e))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| StorageError::io("sync base record", &tmp, 0, e))?;
+        std::fs::rename(&tmp, &record_path).map_err(|e| StorageError::io("rename base record", &record_path, 0, e))?;
+        let overlay = Overlay::create(&path, image.base.clone())?;
+        tracing::info!(%mac, image = %rule.image, policy = ?rule.policy, overlay = %path.display(), "overlay created");
+        Ok(overlay)
+    }
+
+    /// Delete a client's overlay and its record (ephemeral reset).
+    fn discard(&self, mac: Mac) -> Result<()> {
+        let path = self.overlay_path(mac);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(%mac, overlay = %path.display(), "ephemeral overlay discarded"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("remove overlay", &path, 0, e)),
+        }
+        let record = self.record_path(mac);
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io("remove base record", &record, 0, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The hook for "this MAC started a new boot": resets an ephemeral
+    /// overlay when none of that client's connections is open. Returns
+    /// whether it was reset.
+    pub fn new_boot(&self, mac: Mac) -> Result<bool> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.contains_key(&mac) {
+            tracing::warn!(%mac, "new boot while an NBD connection is still open: overlay kept");
+            return Ok(false);
+        }
+        match self.rule(mac) {
+            Some(r) if r.policy == OverlayPolicy::Ephemeral => {
+                self.discard(mac)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn detach(&self, mac: Mac) {
+        let closing = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.get_mut(&mac) {
+                Some(slot) if slot.connections > 1 => {
+                    slot.connections -= 1;
+                    None
+                }
+                Some(_) => open.remove(&mac),
+                None => None,
+            }
+        };
+        if let Some(slot) = closing {
+            match slot.overlay.flush() {
+                Ok(()) => tracing::info!(%mac, "last connection closed, overlay flushed and closed"),
+                Err(e) => tracing::error!(%mac, error = %e, "flushing overlay on close failed"),
+            }
+        }
+    }
+
+    /// Flush every open overlay (at shutdown).
+    pub fn flush_all(&self) -> Vec<(Mac, StorageError)> {
+        let overlays: Vec<(Mac, Arc<Overlay>)> = {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.iter().map(|(m, s)| (*m, s.overlay.clone())).collect()
+        };
+        overlays.into_iter().filter_map(|(m, o)| o.flush().err().map(|e| (m, e))).collect()
+    }
+}
+
+/// One connection's hold on a client's overlay.
+#[derive(Debug)]
+pub struct OverlayHandle {
+    registry: Arc<Registry>,
+    mac: Mac,
+    overlay: Arc<Overlay>,
+}
+
+impl Drop for OverlayHandle {
+    fn drop(&mut self) {
+        self.registry.detach(self.mac);
+    }
+}
+
+/// What one NBD connection reads and writes.
+#[derive(Debug)]
+pub enum Disk {
+    Base(Arc<BaseImage>),
+    Overlay(OverlayHandle),
+}
+
+impl Disk {
+    pub fn size(&self) -> u64 {
+        match self {
+            Disk::Base(b) => b.size(),
+            Disk::Overlay(h) => h.overlay.size(),
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        matches!(self, Disk::Base(_))
+    }
+
+    pub fn read(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        match self {
+            Disk::Base(b) => b.read_at(buf, off),
+            Disk::Overlay(h) => h.overlay.read(buf, off),
+        }
+    }
+
+    pub fn extents(&self, off: u64, len: u64) -> Result<Vec<Extent>> {
+        match self {
+            Disk::Base(b) => b.extents(off, len),
+            Disk::Overlay(h) => h.overlay.extents(off, len),
+        }
+    }
+
+    /// The overlay for writes; `None` on a read-only export (the NBD shell
+    /// refuses writes to those before they get here).
+    pub fn writable(&self) -> Option<&Overlay> {
+        match self {
+            Disk::Base(_) => None,
+            Disk::Overlay(h) => Some(&h.overlay),
+        }
+    }
+}
