@@ -377,8 +377,8 @@ impl Overlay {
         Ok(())
     }
 
-    /// Zero a whole cluster in metadata. Returns false when the cluster must
-    /// be written instead (`no_hole` on a cluster without a host cluster).
+    /// Zero a whole cluster in metadata. Always succeeds in metadata alone
+    /// (returns true); `no_hole` turns a hole into a preallocated zero cluster.
     fn zero_whole_cluster(&self, c: u64, no_hole: bool) -> Result<bool> {
         let mut meta = self.lock();
         while meta.in_flight.contains(&c) {
@@ -386,7 +386,18 @@ impl Overlay {
         }
         let new = match meta.map(c) {
             ClusterMap::Data(h) | ClusterMap::ZeroAlloc(h) => ClusterMap::ZeroAlloc(h),
-            _ if no_hole => return Ok(false),
+            _ if no_hole => {
+                // Allocated but reading as zeros: reserve a host cluster and
+                // give it blocks (so nothing references past the end of the
+                // file), without writing any data.
+                self.ensure_l2(&mut meta, c)?;
+                let host = self.alloc(&mut meta)? * CLUSTER;
+                if let Err(e) = sys::allocate(&self.file, host, CLUSTER) {
+                    meta.release(host / CLUSTER);
+                    return Err(StorageError::io("fallocate", &self.path, host, e));
+                }
+                ClusterMap::ZeroAlloc(host)
+            }
             _ => ClusterMap::Zero,
         };
         if meta.map(c) != new {

@@ -75,3 +75,10 @@ pub fn lock_exclusive_write(file: &File) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Give `[off, off + len)` of `file` disk blocks (reading as zeros), growing
+/// the file if needed but never shrinking it.
+pub fn allocate(file: &File, off: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    fallocate(file.as_raw_fd(), FallocateFlags::empty(), off as i64, len as i64).map_err(io::Error::from)
+}
