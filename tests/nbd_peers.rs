@@ -152,7 +152,7 @@ fn test_concurrent_writes_into_one_new_cluster_all_land() {
     let mut c2 = Client::connect(s.port, MAC_A).expect("connect");
     for i in 0..16u64 {
         let cl = if i % 2 == 0 { &mut c } else { &mut c2 };
-        cl.send(nbd_wire::Command::Write, 0, (1 << 20) + i * 4096, 4096, &vec![i as u8 + 1; 4096]);
+        cl.send(nbd_wire::Command::Write, 0, (1 << 20) + i * 4096, 4096, &vec![i as u8 + 1; 4096]).unwrap();
     }
     for _ in 0..8 {
         assert_eq!(c.recv(0).unwrap().1, 0);

@@ -227,14 +227,14 @@ impl Client {
     }
 
     /// Send a request (with payload for writes) without waiting; returns its cookie.
-    pub fn send(&mut self, command: Cmd, flags: u16, offset: u64, length: u32, payload: &[u8]) -> u64 {
+    pub fn send(&mut self, command: Cmd, flags: u16, offset: u64, length: u32, payload: &[u8]) -> std::io::Result<u64> {
         let cookie = self.next_cookie;
         self.next_cookie += 1;
         let r = Request { flags, command, cookie, offset, length };
         let mut buf = r.encode().to_vec();
         buf.extend_from_slice(payload);
-        self.stream.write_all(&buf).expect("send request");
-        cookie
+        self.stream.write_all(&buf)?;
+        Ok(cookie)
     }
 
     /// Read one simple reply (and `data_len` bytes of data if it succeeded).
@@ -253,22 +253,22 @@ impl Client {
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
-        self.send(Cmd::Write, 0, offset, data.len() as u32, data);
+        self.send(Cmd::Write, 0, offset, data.len() as u32, data).expect("send");
         self.recv(0).expect("write reply").1
     }
 
     pub fn read(&mut self, offset: u64, len: u32) -> (u32, Vec<u8>) {
-        self.send(Cmd::Read, 0, offset, len, &[]);
+        self.send(Cmd::Read, 0, offset, len, &[]).expect("send");
         let (_, e, d) = self.recv(len as usize).expect("read reply");
         (e, d)
     }
 
     pub fn flush(&mut self) -> u32 {
-        self.send(Cmd::Flush, 0, 0, 0, &[]);
+        self.send(Cmd::Flush, 0, 0, 0, &[]).expect("send");
         self.recv(0).expect("flush reply").1
     }
 
     pub fn disconnect(mut self) {
-        self.send(Cmd::Disc, 0, 0, 0, &[]);
+        let _ = self.send(Cmd::Disc, 0, 0, 0, &[]);
     }
 }
