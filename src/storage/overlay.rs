@@ -139,7 +139,8 @@ impl Overlay {
             refblock[2 * c..2 * c + 2].copy_from_slice(&1u16.to_be_bytes());
         }
         file.write_all_at(&refblock, rb_off).map_err(|e| io("write refcount block", rb_off, e))?;
-        file.set_len(layout.first_free_cluster * CLUSTER).map_err(|e| io("extend", 0, e))?;
+        // Real blocks for all metadata, so flushes never meet a full disk.
+        sys::allocate(&file, 0, layout.first_free_cluster * CLUSTER).map_err(|e| io("allocate", 0, e))?;
         file.sync_all().map_err(|e| io("sync", 0, e))?;
         drop(file);
         std::fs::rename(&tmp, path).map_err(|e| StorageError::io("rename", path, 0, e))?;
@@ -480,7 +481,7 @@ impl Overlay {
     fn ensure_l2(&self, meta: &mut Meta, c: u64) -> Result<()> {
         let l1i = (c / L2_ENTRIES) as usize;
         if meta.l1[l1i] == 0 {
-            let host = self.alloc(meta)? * CLUSTER;
+            let host = self.alloc_metadata(meta)?;
             meta.l1[l1i] = host;
             meta.l2[l1i] = Some(vec![0u64; L2_ENTRIES as usize].into_boxed_slice());
             meta.dirty_l1 = true;
@@ -501,6 +502,10 @@ impl Overlay {
             meta.next_free += 1;
             if meta.refblocks[b].is_none() {
                 // The new block lives in cluster `c` and counts itself.
+                if let Err(e) = sys::allocate(&self.file, c * CLUSTER, CLUSTER) {
+                    meta.next_free -= 1;
+                    return Err(StorageError::io("allocate refcount block", &self.path, c * CLUSTER, e));
+                }
                 meta.refblocks[b] = Some(vec![0u16; REFCOUNTS_PER_BLOCK as usize].into_boxed_slice());
                 meta.refcount_table[b] = c * CLUSTER;
                 meta.dirty_refcount_table = true;
@@ -510,6 +515,17 @@ impl Overlay {
             meta.set_refcount(c, 1);
             return Ok(c);
         }
+    }
+
+    /// A cluster for metadata (an L2 table), with disk blocks: a full disk
+    /// shows up here, at the write that needs the table, not at a flush.
+    fn alloc_metadata(&self, meta: &mut Meta) -> Result<u64> {
+        let host = self.alloc(meta)? * CLUSTER;
+        if let Err(e) = sys::allocate(&self.file, host, CLUSTER) {
+            meta.release(host / CLUSTER);
+            return Err(StorageError::io("allocate L2 table", &self.path, host, e));
+        }
+        Ok(host)
     }
 
     /// Make every write that completed before this call durable, writing

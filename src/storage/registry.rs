@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +98,17 @@ pub struct Registry {
     /// connection of that MAC open. The PXE side will own this decision
     /// (a DHCP DISCOVER is the real start of a boot) and turn this off.
     reset_on_new_session: bool,
-    open: Mutex<HashMap<Mac, Slot>>,
+    open: Mutex<Open>,
+    /// Signalled when an overlay finished closing.
+    closed: Condvar,
+}
+
+/// Open overlays, and those whose last connection is closing them: a MAC in
+/// `closing` still has its file (and qemu lock) open, so `attach` waits.
+#[derive(Default)]
+struct Open {
+    slots: HashMap<Mac, Slot>,
+    closing: std::collections::HashSet<Mac>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -164,7 +174,8 @@ impl Registry {
             unknown,
             default_image,
             reset_on_new_session: true,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Open::default()),
+            closed: Condvar::new(),
         })
     }
 
@@ -238,11 +249,18 @@ impl Registry {
         self.state_dir.join(format!("{}.base.toml", mac.file_stem()))
     }
 
+    fn lock_open(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn attach(self: &Arc<Self>, mac: Mac) -> Result<OverlayHandle> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = open.get_mut(&mac) {
+        let mut open = self.lock_open();
+        while open.closing.contains(&mac) {
+            open = self.closed.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(slot) = open.slots.get_mut(&mac) {
             slot.connections += 1;
-            return Ok(OverlayHandle { registry: self.clone(), mac, overlay: slot.overlay.clone() });
+            return Ok(OverlayHandle { registry: self.clone(), mac, overlay: Some(slot.overlay.clone()) });
         }
         let rule = self.rule(mac).cloned().ok_or_else(|| StorageError::Corrupt {
             path: self.overlay_path(mac),
@@ -252,8 +270,8 @@ impl Registry {
             self.discard(mac)?;
         }
         let overlay = Arc::new(self.open_or_create(mac, &rule)?);
-        open.insert(mac, Slot { overlay: overlay.clone(), connections: 1 });
-        Ok(OverlayHandle { registry: self.clone(), mac, overlay })
+        open.slots.insert(mac, Slot { overlay: overlay.clone(), connections: 1 });
+        Ok(OverlayHandle { registry: self.clone(), mac, overlay: Some(overlay) })
     }
 
     fn open_or_create(&self, mac: Mac, rule: &ClientRule) -> Result<Overlay> {
@@ -317,8 +335,8 @@ impl Registry {
     /// overlay when none of that client's connections is open. Returns
     /// whether it was reset.
     pub fn new_boot(&self, mac: Mac) -> Result<bool> {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.contains_key(&mac) {
+        let open = self.lock_open();
+        if open.slots.contains_key(&mac) || open.closing.contains(&mac) {
             tracing::warn!(%mac, "new boot while an NBD connection is still open: overlay kept");
             return Ok(false);
         }
@@ -331,31 +349,40 @@ impl Registry {
         }
     }
 
-    fn detach(&self, mac: Mac) {
-        let closing = {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            match open.get_mut(&mac) {
+    /// A connection let go of `overlay`. The last one flushes and closes it
+    /// while the MAC is marked closing, so no new connection opens the file
+    /// before this one has closed it.
+    fn detach(&self, mac: Mac, overlay: Arc<Overlay>) {
+        let slot = {
+            let mut open = self.lock_open();
+            match open.slots.get_mut(&mac) {
                 Some(slot) if slot.connections > 1 => {
                     slot.connections -= 1;
                     None
                 }
-                Some(_) => open.remove(&mac),
+                Some(_) => {
+                    open.closing.insert(mac);
+                    open.slots.remove(&mac)
+                }
                 None => None,
             }
         };
-        if let Some(slot) = closing {
-            match slot.overlay.flush() {
-                Ok(()) => tracing::info!(%mac, "last connection closed, overlay flushed and closed"),
-                Err(e) => tracing::error!(%mac, error = %e, "flushing overlay on close failed"),
-            }
+        let Some(slot) = slot else { return };
+        match overlay.flush() {
+            Ok(()) => tracing::info!(%mac, "last connection closed, overlay flushed and closed"),
+            Err(e) => tracing::error!(%mac, error = %e, "flushing overlay on close failed"),
         }
+        drop(overlay);
+        drop(slot);
+        self.lock_open().closing.remove(&mac);
+        self.closed.notify_all();
     }
 
     /// Flush every open overlay (at shutdown).
     pub fn flush_all(&self) -> Vec<(Mac, StorageError)> {
         let overlays: Vec<(Mac, Arc<Overlay>)> = {
-            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            open.iter().map(|(m, s)| (*m, s.overlay.clone())).collect()
+            let open = self.lock_open();
+            open.slots.iter().map(|(m, s)| (*m, s.overlay.clone())).collect()
         };
         overlays.into_iter().filter_map(|(m, o)| o.flush().err().map(|e| (m, e))).collect()
     }
@@ -366,12 +393,21 @@ impl Registry {
 pub struct OverlayHandle {
     registry: Arc<Registry>,
     mac: Mac,
-    overlay: Arc<Overlay>,
+    /// Always `Some` until `drop` hands it back to the registry.
+    overlay: Option<Arc<Overlay>>,
+}
+
+impl OverlayHandle {
+    fn overlay(&self) -> &Overlay {
+        self.overlay.as_deref().expect("an attached handle holds its overlay until dropped")
+    }
 }
 
 impl Drop for OverlayHandle {
     fn drop(&mut self) {
-        self.registry.detach(self.mac);
+        if let Some(o) = self.overlay.take() {
+            self.registry.detach(self.mac, o);
+        }
     }
 }
 
@@ -386,7 +422,7 @@ impl Disk {
     pub fn size(&self) -> u64 {
         match self {
             Disk::Base(b) => b.size(),
-            Disk::Overlay(h) => h.overlay.size(),
+            Disk::Overlay(h) => h.overlay().size(),
         }
     }
 
@@ -397,14 +433,14 @@ impl Disk {
     pub fn read(&self, buf: &mut [u8], off: u64) -> Result<()> {
         match self {
             Disk::Base(b) => b.read_at(buf, off),
-            Disk::Overlay(h) => h.overlay.read(buf, off),
+            Disk::Overlay(h) => h.overlay().read(buf, off),
         }
     }
 
     pub fn extents(&self, off: u64, len: u64) -> Result<Vec<Extent>> {
         match self {
             Disk::Base(b) => b.extents(off, len),
-            Disk::Overlay(h) => h.overlay.extents(off, len),
+            Disk::Overlay(h) => h.overlay().extents(off, len),
         }
     }
 
@@ -413,7 +449,7 @@ impl Disk {
     pub fn writable(&self) -> Option<&Overlay> {
         match self {
             Disk::Base(_) => None,
-            Disk::Overlay(h) => Some(&h.overlay),
+            Disk::Overlay(h) => Some(h.overlay()),
         }
     }
 }
