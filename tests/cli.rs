@@ -1,0 +1,93 @@
+//! The binary's edges: check-config messages, graceful shutdown on SIGTERM
+//! (in-flight work finished, overlays flushed, exit 0), and a shutdown that
+//! does not wait forever on a peer that stopped reading.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MAC: &str = "52:54:00:00:0a:01";
+
+#[test]
+fn test_check_config_ok_and_errors_name_file_key_fix() {
+    let d = tempfile::tempdir().unwrap();
+    make_raw_base(&d.path().join("base.img"), 1 << 20, 1);
+    let cfg = d.path().join("pxeroot.toml");
+    let good = format!("state_dir = \"state\"\n[images.debian]\npath = \"base.img\"\n[clients.\"{MAC}\"]\nimage = \"debian\"\n");
+    std::fs::write(&cfg, &good).unwrap();
+    let out = stdout(Command::new(bin()).args(["check-config", "--config"]).arg(&cfg));
+    assert!(out.contains("OK") && out.contains("client 52:54:00:00:0a:01: image debian"), "{out}");
+
+    std::fs::write(&cfg, good.replace("image = \"debian\"", "image = \"ubuntu\"")).unwrap();
+    let out = Command::new(bin()).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&cfg.display().to_string()), "{err}");
+    assert!(err.contains("clients.\"52:54:00:00:0a:01\".image"), "{err}");
+    assert!(err.contains("use one of: debian"), "{err}");
+
+    std::fs::write(&cfg, good.replace("state_dir", "state_dri")).unwrap();
+    let out = Command::new(bin()).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("state_dri") && err.contains("line 1"), "{err}");
+
+    // The shipped example is valid once its image exists.
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pxeroot.example.toml")).unwrap();
+    std::fs::create_dir_all(d.path().join("srv")).unwrap();
+    let example = example.replace("/srv/pxeroot/images/", &format!("{}/srv/", d.path().display()));
+    for line in example.lines().filter(|l| l.starts_with("path = ")) {
+        let p = line.trim_start_matches("path = ").trim_matches('"');
+        make_raw_base(std::path::Path::new(p), 1 << 20, 2);
+    }
+    std::fs::write(&cfg, example).unwrap();
+    run(Command::new(bin()).args(["check-config", "--config"]).arg(&cfg));
+}
+
+#[test]
+fn test_sigterm_finishes_flushes_and_exits_zero() {
+    require("qemu-img");
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.img");
+    make_raw_base(&base, 8 << 20, 1);
+    let state = d.path().join("state");
+    let s = Server::adhoc(&base, &state, &[]);
+    let mut c = Client::connect(s.port, MAC).unwrap();
+    // Writes acknowledged but never flushed by the client, then it idles.
+    for i in 0..20u64 {
+        assert_eq!(c.write(i * 70_000, &pattern(i, 5000)), 0);
+    }
+    let t = Instant::now();
+    assert_eq!(s.stop(), 0);
+    assert!(t.elapsed() < Duration::from_secs(5), "an idle client must not delay shutdown");
+    let out = stdout(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(state.join("52-54-00-00-0a-01.qcow2")));
+    assert!(out.contains("No errors were found") && !out.contains("leaked"), "{out}");
+    let s = Server::adhoc(&base, &state, &[]);
+    let mut c = Client::connect(s.port, MAC).unwrap();
+    for i in 0..20u64 {
+        assert!(c.read(i * 70_000, 5000).1 == pattern(i, 5000), "write {i} lost at shutdown");
+    }
+}
+
+#[test]
+fn test_shutdown_does_not_wait_forever_on_a_peer_that_stopped_reading() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.img");
+    make_raw_base(&base, 64 << 20, 1);
+    let s = Server::adhoc(&base, &d.path().join("state"), &[]);
+    let mut c = Client::connect(s.port, MAC).unwrap();
+    // Ask for 64 MiB of reads and never read the replies.
+    for i in 0..2u64 {
+        c.send(nbd_wire::Command::Read, 0, i * (32 << 20), 32 << 20, &[]).unwrap();
+    }
+    c.stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(s.stop(), 0);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    drop(c);
+}
