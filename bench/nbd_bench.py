@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""NBD benchmark harness: pxeroot against qemu-nbd and nbdkit, side by side.
+
+Serves one base image with
+  - pxeroot   (`pxeroot nbd`, persistent qcow2 overlay per MAC),
+  - qemu-nbd  (a qcow2 overlay backed by the base),
+  - nbdkit    (`file` plugin + `--filter=cow`),
+and runs the same fio jobs (ioengine=nbd) against each, interleaved round by
+round so machine noise hits every server alike. Every write job starts on a
+fresh, empty overlay. Prints IOPS or MiB/s (median over rounds) and the
+pxeroot / best-peer ratio per job.
+
+Usage: bench/nbd_bench.py [--rounds N] [--runtime S] [--size-mib M] [--jobs a,b]
+Needs: a release build (cargo build --release), fio, qemu-img, qemu-nbd, nbdkit.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PXEROOT = os.path.join(ROOT, "target", "release", "pxeroot")
+MAC = "52:54:00:be:0c:01"
+
+# name -> (fio rw, block size, iodepth, metric). Every job runs on a fresh,
+# empty overlay (servers restart per run), so reads come from the base through
+# the overlay, as a booting root disk's do, and writes allocate.
+JOBS = {
+    "randread-4k-qd1": ("randread", "4k", 1, "iops"),
+    "randread-4k-qd32": ("randread", "4k", 32, "iops"),
+    "randwrite-4k-qd32": ("randwrite", "4k", 32, "iops"),
+    "seqread-1m-qd8": ("read", "1m", 8, "mibs"),
+    "seqwrite-1m-qd8": ("write", "1m", 8, "mibs"),
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start listening")
+
+
+class Server:
+    """One peer: start() gives an NBD URI over a fresh overlay; stop() ends it."""
+
+    def __init__(self, name, base, work):
+        self.name, self.base, self.work = name, base, work
+        self.proc = None
+
+    def start(self):
+        port = free_port()
+        d = os.path.join(self.work, self.name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        log = open(os.path.join(d, "log"), "w")
+        if self.name == "pxeroot":
+            cmd = [PXEROOT, "--log", "warn", "nbd", "--base", self.base, "--state-dir", d,
+                   "--listen", f"127.0.0.1:{port}"]
+            uri = f"nbd://127.0.0.1:{port}/{MAC}"
+        elif self.name == "qemu-nbd":
+            ov = os.path.join(d, "overlay.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", self.base, ov],
+                           check=True)
+            cmd = ["qemu-nbd", "-f", "qcow2", "-x", "ov", "-b", "127.0.0.1", "-p", str(port), "-t",
+                   "-e", "8", "--cache=writeback", "--aio=threads", ov]
+            uri = f"nbd://127.0.0.1:{port}/ov"
+        else:
+            cmd = ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "--filter=cow", "file", self.base]
+            uri = f"nbd://127.0.0.1:{port}/"
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        wait_port(port, self.proc, self.name)
+        return uri
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def run_fio(uri, job, runtime, size):
+    rw, bs, qd, metric = JOBS[job]
+    cmd = ["fio", "--name=" + job, "--ioengine=nbd", "--uri=" + uri, "--rw=" + rw, "--bs=" + bs,
+           f"--iodepth={qd}", f"--size={size}", f"--runtime={runtime}", "--time_based",
+           "--ramp_time=1", "--randrepeat=0", "--norandommap", "--output-format=json"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"fio failed on {uri}:\n{out.stderr}")
+    j = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
+    side = j["write"] if "write" in rw else j["read"]
+    return side["iops"] if metric == "iops" else side["bw_bytes"] / (1 << 20)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runtime", type=int, default=5, help="seconds per fio run")
+    ap.add_argument("--size-mib", type=int, default=1024, help="base image size")
+    ap.add_argument("--jobs", default=",".join(JOBS))
+    args = ap.parse_args()
+    jobs = args.jobs.split(",")
+    for tool in ["fio", "qemu-img", "qemu-nbd", "nbdkit"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run tests/run-all once (it installs the peers)")
+    if not os.path.exists(PXEROOT):
+        sys.exit("build first: cargo build --release")
+
+    work = tempfile.mkdtemp(prefix="pxeroot-bench-")
+    base = os.path.join(work, "base.raw")
+    size = args.size_mib << 20
+    print(f"base: {args.size_mib} MiB of random data in {work}", flush=True)
+    with open(base, "wb") as f:
+        for _ in range(args.size_mib):
+            f.write(os.urandom(1 << 20))
+    servers = [Server(n, base, work) for n in ["pxeroot", "qemu-nbd", "nbdkit"]]
+    results = {job: {s.name: [] for s in servers} for job in jobs}
+    try:
+        for rnd in range(args.rounds):
+            order = servers[rnd % 3:] + servers[:rnd % 3]
+            for job in jobs:
+                for s in order:
+                    uri = s.start()
+                    v = run_fio(uri, job, args.runtime, size)
+                    s.stop()
+                    results[job][s.name].append(v)
+                    unit = "IOPS" if JOBS[job][3] == "iops" else "MiB/s"
+                    print(f"round {rnd + 1}/{args.rounds} {job:20} {s.name:9} {v:12.1f} {unit}", flush=True)
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(f"{'job':20} {'unit':6} {'pxeroot':>10} {'qemu-nbd':>10} {'nbdkit':>10} {'vs best peer':>13}")
+    for job in jobs:
+        med = {n: statistics.median(v) for n, v in results[job].items()}
+        best = max(med["qemu-nbd"], med["nbdkit"])
+        unit = "IOPS" if JOBS[job][3] == "iops" else "MiB/s"
+        print(f"{job:20} {unit:6} {med['pxeroot']:10.0f} {med['qemu-nbd']:10.0f} {med['nbdkit']:10.0f} "
+              f"{med['pxeroot'] / best:12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
