@@ -164,3 +164,21 @@ fn test_concurrent_writes_into_one_new_cluster_all_land() {
         assert!(data[i * 4096..(i + 1) * 4096].iter().all(|&b| b == i as u8 + 1), "piece {i} lost");
     }
 }
+
+#[test]
+fn test_ext4_base_from_mkbase_served_intact_through_an_overlay() {
+    require("mkfs.ext4");
+    require("nbdcopy");
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("root");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), "served by pxeroot\n").unwrap();
+    let base = d.path().join("root.qcow2");
+    run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/mkbase")).arg(&tree).arg(&base).args(["32M", "qcow2"]));
+    let s = Server::adhoc(&base, &d.path().join("state"), &[]);
+    let copy = d.path().join("copy.img");
+    run(Command::new("nbdcopy").arg(s.uri(MAC_A)).arg(&copy));
+    run(Command::new("e2fsck").args(["-fn"]).arg(&copy));
+    let motd = stdout(Command::new("debugfs").args(["-R", "cat /etc/motd"]).arg(&copy));
+    assert!(motd.contains("served by pxeroot"), "{motd}");
+}
