@@ -93,3 +93,53 @@ async fn wait_for_signal() -> Result<()> {
     }
     Ok(())
 }
+
+/// Where `boot/pxeroot-init/build-static` leaves the static init, relative
+/// to the workspace (musl first: it is the smaller build).
+const INIT_CANDIDATES: &[&str] = &[
+    "target/x86_64-unknown-linux-musl/init/pxeroot-init",
+    "target/x86_64-unknown-linux-gnu/init/pxeroot-init",
+];
+
+/// `pxeroot initramfs`.
+pub fn initramfs(
+    modules_dir: PathBuf,
+    output: PathBuf,
+    extra_modules: Vec<String>,
+    compression: crate::initramfs::Compression,
+    init: Option<PathBuf>,
+) -> Result<()> {
+    use crate::initramfs::{build, Options};
+    let init = match init {
+        Some(p) => p,
+        None => {
+            // Next to this binary's target directory, or the current directory.
+            let exe_root = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.parent()?.to_path_buf()));
+            let roots: Vec<PathBuf> = exe_root.into_iter().chain(std::iter::once(PathBuf::from("."))).collect();
+            roots
+                .iter()
+                .flat_map(|r| INIT_CANDIDATES.iter().map(move |c| r.join(c)))
+                .find(|p| p.is_file())
+                .context("no pxeroot-init binary found: run boot/pxeroot-init/build-static, or pass --init")?
+        }
+    };
+    println!("building {} from {} (init: {})", output.display(), modules_dir.display(), init.display());
+    let r = build(&Options { modules_dir, output: output.clone(), extra_modules, compression, init })
+        .context("building the initramfs failed")?;
+    for (m, size) in &r.modules {
+        println!("  module {m:<24} {size:>9} bytes");
+    }
+    for m in &r.skipped {
+        println!("  (no {m} in this kernel: skipped)");
+    }
+    println!(
+        "{}: {} modules, init {} bytes, cpio {} bytes, written {} bytes ({:.2} MB)",
+        output.display(),
+        r.modules.len(),
+        r.init_size,
+        r.cpio_size,
+        r.output_size,
+        r.output_size as f64 / 1e6
+    );
+    Ok(())
+}

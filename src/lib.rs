@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod initramfs;
 pub mod mac;
 pub mod nbd;
 pub mod storage;

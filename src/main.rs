@@ -49,6 +49,23 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Build the initramfs: pxeroot-init as /init plus the kernel modules
+    /// for NBD, common NICs and the root filesystem, with dependencies.
+    Initramfs {
+        /// A /lib/modules/<release> tree (from the host or an unpacked kernel package).
+        #[arg(long)]
+        kernel_modules: PathBuf,
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Extra modules, comma-separated (e.g. xfs,btrfs).
+        #[arg(long, value_delimiter = ',')]
+        modules: Vec<String>,
+        #[arg(long, value_enum, default_value = "zstd")]
+        compress: pxeroot::initramfs::Compression,
+        /// The static pxeroot-init binary (default: built by boot/pxeroot-init/build-static).
+        #[arg(long)]
+        init: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +79,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => pxeroot::cli::check_config(&config),
         Command::Nbd { base, state_dir, listen, policy, name } => {
             pxeroot::cli::adhoc_nbd(&base, state_dir, listen, policy, name)
+        }
+        Command::Initramfs { kernel_modules, output, modules, compress, init } => {
+            pxeroot::cli::initramfs(kernel_modules, output, modules, compress, init)
         }
     };
     match result {

@@ -1,0 +1,234 @@
+//! The kernel command line, parsed into pxeroot-init's settings. Pure: the
+//! caller reads `/proc/cmdline`.
+//!
+//! Keys (unknown ones are the kernel's or the real init's business):
+//! - `pxeroot.server=IP[:PORT]` (required), `pxeroot.export=NAME` (default:
+//!   the MAC of the boot interface), `pxeroot.attach=ioctl|netlink`,
+//!   `pxeroot.timeout=SECONDS` (NBD request timeout), `pxeroot.debug`;
+//! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
+//!   and iPXE write it (`ip=dhcp` or absent: DHCP);
+//! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
+//! - `root=` is ignored (the root is the NBD device), `rootfstype=` (default
+//!   ext4), `rootflags=`, `ro`/`rw` (default rw), `init=` (default /sbin/init).
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// NBD's IANA port.
+pub const DEFAULT_PORT: u16 = 10809;
+/// Seconds the kernel waits on one NBD request before it considers the
+/// connection dead (and, in netlink mode, waits for a reconnect).
+pub const DEFAULT_TIMEOUT: u64 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    Ioctl,
+    Netlink,
+}
+
+/// Static addressing from `ip=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticIp {
+    pub client: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+    pub prefix: u8,
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetConfig {
+    Static(StaticIp),
+    Dhcp { device: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub server: SocketAddrV4,
+    pub export: Option<String>,
+    pub attach: Attach,
+    pub timeout: u64,
+    pub debug: bool,
+    pub net: NetConfig,
+    pub bootif: Option<[u8; 6]>,
+    pub fstype: String,
+    pub rootflags: String,
+    pub read_only: bool,
+    pub init: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdlineError {
+    pub key: &'static str,
+    pub value: String,
+    pub want: &'static str,
+}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kernel command line: {}={:?} is not valid: {}", self.key, self.value, self.want)
+    }
+}
+
+fn err(key: &'static str, value: &str, want: &'static str) -> CmdlineError {
+    CmdlineError { key, value: value.to_string(), want }
+}
+
+fn parse_server(v: &str) -> Result<SocketAddrV4, CmdlineError> {
+    let want = "IP or IP:PORT, e.g. 10.0.0.1:10809";
+    if let Ok(a) = v.parse::<SocketAddrV4>() {
+        return Ok(a);
+    }
+    v.parse::<Ipv4Addr>().map(|ip| SocketAddrV4::new(ip, DEFAULT_PORT)).map_err(|_| err("pxeroot.server", v, want))
+}
+
+fn netmask_prefix(v: &str) -> Option<u8> {
+    if let Ok(p) = v.parse::<u8>() {
+        return (p <= 32).then_some(p);
+    }
+    let m = u32::from(v.parse::<Ipv4Addr>().ok()?);
+    // A netmask is ones then zeros.
+    (m.leading_ones() + m.trailing_zeros() == 32).then_some(m.leading_ones() as u8)
+}
+
+fn parse_ip(v: &str) -> Result<NetConfig, CmdlineError> {
+    let want = "dhcp, or CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:off";
+    if matches!(v, "dhcp" | "on" | "any" | "bootp") {
+        return Ok(NetConfig::Dhcp { device: None });
+    }
+    let f: Vec<&str> = v.split(':').collect();
+    let field = |i: usize| f.get(i).copied().unwrap_or("");
+    let device = Some(field(5).to_string()).filter(|d| !d.is_empty());
+    if field(0).is_empty() || matches!(field(6), "dhcp" | "on" | "any") {
+        return Ok(NetConfig::Dhcp { device });
+    }
+    let client = field(0).parse().map_err(|_| err("ip", v, want))?;
+    let gateway = match field(2) {
+        "" => None,
+        g => Some(g.parse().map_err(|_| err("ip", v, want))?),
+    };
+    let prefix = match field(3) {
+        "" => 24,
+        m => netmask_prefix(m).ok_or_else(|| err("ip", v, "a netmask such as 255.255.255.0"))?,
+    };
+    Ok(NetConfig::Static(StaticIp { client, gateway, prefix, device }))
+}
+
+/// `BOOTIF=01-52-54-00-12-34-56` (the leading 01 is the ARP hardware type).
+fn parse_bootif(v: &str) -> Result<[u8; 6], CmdlineError> {
+    let want = "01-aa-bb-cc-dd-ee-ff";
+    let parts: Vec<&str> = v.split(['-', ':']).collect();
+    let bytes = match parts.len() {
+        7 if parts[0] == "01" => &parts[1..],
+        6 => &parts[..],
+        _ => return Err(err("BOOTIF", v, want)),
+    };
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(bytes) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| err("BOOTIF", v, want))?;
+    }
+    Ok(mac)
+}
+
+pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
+    let mut server = None;
+    let mut s = Settings {
+        server: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT),
+        export: None,
+        attach: Attach::Ioctl,
+        timeout: DEFAULT_TIMEOUT,
+        debug: false,
+        net: NetConfig::Dhcp { device: None },
+        bootif: None,
+        fstype: "ext4".into(),
+        rootflags: String::new(),
+        read_only: false,
+        init: "/sbin/init".into(),
+    };
+    for word in cmdline.split_whitespace() {
+        let (key, value) = word.split_once('=').unwrap_or((word, ""));
+        match key {
+            "pxeroot.server" => server = Some(parse_server(value)?),
+            "pxeroot.export" => s.export = Some(value.to_string()),
+            "pxeroot.attach" => {
+                s.attach = match value {
+                    "ioctl" => Attach::Ioctl,
+                    "netlink" => Attach::Netlink,
+                    _ => return Err(err("pxeroot.attach", value, "ioctl or netlink")),
+                }
+            }
+            "pxeroot.timeout" => {
+                s.timeout = value.parse().ok().filter(|&t| t > 0).ok_or_else(|| err("pxeroot.timeout", value, "seconds, > 0"))?
+            }
+            "pxeroot.debug" => s.debug = true,
+            "ip" => s.net = parse_ip(value)?,
+            "BOOTIF" => s.bootif = Some(parse_bootif(value)?),
+            "rootfstype" => s.fstype = value.to_string(),
+            "rootflags" => s.rootflags = value.to_string(),
+            "ro" => s.read_only = true,
+            "rw" => s.read_only = false,
+            "init" => s.init = value.to_string(),
+            _ => {}
+        }
+    }
+    s.server = server.ok_or_else(|| err("pxeroot.server", "", "required: the pxeroot server's IP[:PORT]"))?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_full_ipxe_style_cmdline() {
+        let s = parse("console=ttyS0 BOOT_IMAGE=vmlinuz pxeroot.server=10.0.0.1:10900 pxeroot.export=52:54:00:12:34:56 \
+                       pxeroot.attach=netlink ip=10.0.0.2::10.0.0.254:255.255.255.0::eth0:off BOOTIF=01-52-54-00-12-34-56 \
+                       rootfstype=xfs rootflags=noatime ro init=/bin/sh pxeroot.timeout=5 pxeroot.debug")
+            .unwrap();
+        assert_eq!(s.server, "10.0.0.1:10900".parse().unwrap());
+        assert_eq!(s.export.as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(s.attach, Attach::Netlink);
+        assert_eq!(
+            s.net,
+            NetConfig::Static(StaticIp {
+                client: "10.0.0.2".parse().unwrap(),
+                gateway: Some("10.0.0.254".parse().unwrap()),
+                prefix: 24,
+                device: Some("eth0".into())
+            })
+        );
+        assert_eq!(s.bootif, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!((s.fstype.as_str(), s.rootflags.as_str(), s.read_only, s.init.as_str()), ("xfs", "noatime", true, "/bin/sh"));
+        assert_eq!((s.timeout, s.debug), (5, true));
+    }
+
+    #[test]
+    fn test_parse_defaults_and_dhcp() {
+        let s = parse("quiet pxeroot.server=192.168.1.5").unwrap();
+        assert_eq!(s.server.port(), DEFAULT_PORT);
+        assert_eq!(s.net, NetConfig::Dhcp { device: None });
+        assert_eq!((s.attach, s.fstype.as_str(), s.init.as_str()), (Attach::Ioctl, "ext4", "/sbin/init"));
+        assert_eq!(parse("pxeroot.server=1.2.3.4 ip=dhcp").unwrap().net, NetConfig::Dhcp { device: None });
+        assert_eq!(parse("pxeroot.server=1.2.3.4 ip=:::::eth1:dhcp").unwrap().net, NetConfig::Dhcp { device: Some("eth1".into()) });
+    }
+
+    #[test]
+    fn test_parse_errors_name_the_key() {
+        for (line, key) in [
+            ("console=ttyS0", "pxeroot.server"),
+            ("pxeroot.server=10.0.0", "pxeroot.server"),
+            ("pxeroot.server=1.2.3.4 pxeroot.attach=nfs", "pxeroot.attach"),
+            ("pxeroot.server=1.2.3.4 ip=10.0.0.2::1.1.1.1:255.0.255.0::eth0:off", "ip"),
+            ("pxeroot.server=1.2.3.4 BOOTIF=01-52-54", "BOOTIF"),
+            ("pxeroot.server=1.2.3.4 pxeroot.timeout=0", "pxeroot.timeout"),
+        ] {
+            assert_eq!(parse(line).unwrap_err().key, key, "{line}");
+        }
+    }
+
+    #[test]
+    fn test_netmask_forms() {
+        assert_eq!(netmask_prefix("255.255.0.0"), Some(16));
+        assert_eq!(netmask_prefix("20"), Some(20));
+        assert_eq!(netmask_prefix("255.0.255.0"), None);
+    }
+}

@@ -1,0 +1,367 @@
+//! pxeroot-init: the initramfs's `/init`. It puts the root filesystem on
+//! NBD and hands over to the real init:
+//!
+//! 1. mount /proc, /sys, devtmpfs on /dev (device nodes made if missing);
+//! 2. read its settings from the kernel command line (`cmdline.rs`);
+//! 3. load the kernel modules listed in `/etc/pxeroot/modules`, in the
+//!    dependency order `pxeroot initramfs` computed;
+//! 4. bring the boot interface up with its address and route;
+//! 5. connect to pxeroot and negotiate the export (retrying with backoff);
+//! 6. attach `/dev/nbd0` and leave a hardened process in NBD_DO_IT;
+//! 7. mount the root, move /proc, /sys, /dev into it, free the initramfs,
+//!    switch root and exec the real init.
+//!
+//! Every step prints one line with its duration. As PID 1 it must never
+//! exit or panic (either is a kernel panic): failures print what was tried
+//! and what to check, then retry where a retry can help, or wait forever.
+
+mod cmdline;
+mod nbd;
+mod sys;
+
+use std::fmt::Display;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cmdline::{Attach, NetConfig, Settings};
+
+/// Where `pxeroot initramfs` puts the module load order.
+const MODULE_LIST: &str = "/etc/pxeroot/modules";
+/// Mount point of the new root inside the initramfs.
+const NEWROOT: &str = "/newroot";
+/// argv[0] of the process that stays in NBD_DO_IT: the leading `@` tells
+/// systemd it is a root storage daemon to spare at shutdown.
+const KEEPER_ARGV0: &str = "@pxeroot-nbd";
+const KEEPER_FLAG: &str = "--keep-nbd-device";
+/// How long to wait for the link to report carrier.
+const CARRIER_WAIT: Duration = Duration::from_secs(10);
+/// Backoff between attempts to reach the server: doubles up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+struct Console {
+    start: Instant,
+}
+
+impl Console {
+    fn say(&self, msg: impl Display) {
+        let t = self.start.elapsed().as_secs_f64();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "pxeroot-init [{t:7.3}] {msg}");
+        let _ = out.flush();
+    }
+
+    /// Run a step and print how long it took.
+    fn step<T, E: Display>(&self, what: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+        let t = Instant::now();
+        match f() {
+            Ok(v) => {
+                self.say(format_args!("{what}: ok ({:.3} s)", t.elapsed().as_secs_f64()));
+                Ok(v)
+            }
+            Err(e) => Err(format!("{what} failed: {e}")),
+        }
+    }
+
+    /// Nothing more can be tried: say so and stay alive.
+    fn give_up(&self, msg: &str) -> ! {
+        self.say(format_args!("FATAL: {msg}"));
+        self.say("pxeroot-init cannot continue; the machine stays up so this message stays readable");
+        sys::halt_forever()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(KEEPER_FLAG) {
+        keep_nbd_device(&args);
+    }
+    let con = Console { start: Instant::now() };
+    if let Err(e) = boot(&con) {
+        con.give_up(&e);
+    }
+}
+
+fn boot(con: &Console) -> Result<(), String> {
+    con.step("mount /proc, /sys, /dev", mount_early)?;
+    let text = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+    let settings = cmdline::parse(&text).map_err(|e| e.to_string())?;
+    if settings.debug {
+        con.say(format_args!("settings: {settings:?}"));
+    }
+    let loaded = con.step("load kernel modules", load_modules)?;
+    con.say(format_args!("{loaded} modules loaded"));
+    let (iface, mac) = con.step("find the boot interface", || find_interface(&settings))?;
+    con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
+    con.step(&format!("configure {iface}"), || configure_net(&settings, &iface))?;
+    let export = settings.export.clone().unwrap_or_else(|| mac_text(&mac));
+    let (sock, info) = connect_with_retry(con, &settings, &export);
+    con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
+    match settings.attach {
+        Attach::Ioctl => con.step("attach /dev/nbd0 (ioctl)", || attach_ioctl(&settings, sock, info))?,
+        Attach::Netlink => {
+            return Err("pxeroot.attach=netlink is not supported by this pxeroot-init build; use pxeroot.attach=ioctl".into())
+        }
+    }
+    con.step(&format!("mount /dev/nbd0 ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings))?;
+    con.say(format_args!("switching root, exec {}", settings.init));
+    let err = switch_root(&settings);
+    Err(format!("switch_root failed: {err}"))
+}
+
+fn mount_early() -> std::io::Result<()> {
+    for (dir, fs) in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev", "devtmpfs")] {
+        std::fs::create_dir_all(dir)?;
+        if let Err(e) = sys::mount(fs, dir, fs, 0, "") {
+            // EBUSY: already mounted (the kernel may mount devtmpfs itself).
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(e);
+            }
+        }
+    }
+    // devtmpfs makes these; an initramfs without devtmpfs needs them made.
+    sys::mknod("/dev/console", sys::S_IFCHR | 0o600, 5, 1)?;
+    sys::mknod("/dev/null", sys::S_IFCHR | 0o666, 1, 3)?;
+    Ok(())
+}
+
+fn load_modules() -> Result<usize, String> {
+    let list = match std::fs::read_to_string(MODULE_LIST) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("reading {MODULE_LIST}: {e}")),
+    };
+    let mut n = 0;
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let f = std::fs::File::open(path).map_err(|e| format!("opening module {path}: {e}"))?;
+        sys::finit_module(&f).map_err(|e| format!("loading module {path}: {e} (is it built for this kernel?)"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn read_mac(iface: &str) -> Option<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    Some(mac)
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The interface named by `ip=`, else the one whose MAC is `BOOTIF`, else
+/// the first that is not loopback.
+fn find_interface(s: &Settings) -> Result<(String, [u8; 6]), String> {
+    let wanted = match &s.net {
+        NetConfig::Static(st) => st.device.clone(),
+        NetConfig::Dhcp { device } => device.clone(),
+    };
+    // NIC drivers probe asynchronously after their module loads: wait.
+    let deadline = Instant::now() + CARRIER_WAIT;
+    loop {
+        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map_err(|e| format!("listing /sys/class/net: {e}"))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n != "lo")
+            .collect();
+        names.sort();
+        let pick = names.into_iter().find_map(|n| {
+            let mac = read_mac(&n)?;
+            let ok = match (&wanted, s.bootif) {
+                (Some(w), _) => *w == n,
+                (None, Some(b)) => b == mac,
+                (None, None) => true,
+            };
+            ok.then_some((n, mac))
+        });
+        if let Some(p) = pick {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no network interface matches (wanted {:?}, BOOTIF {:?}); check that the NIC's driver is in the initramfs",
+                wanted,
+                s.bootif.map(|m| mac_text(&m))
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn configure_net(s: &Settings, iface: &str) -> Result<(), String> {
+    sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
+    sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
+    let st = match &s.net {
+        NetConfig::Static(st) => st,
+        NetConfig::Dhcp { .. } => {
+            return Err("no ip= on the kernel command line: pass ip=CLIENT::GATEWAY:NETMASK::DEVICE:off \
+                        (the generated iPXE script does; this pxeroot-init has no DHCP client yet)"
+                .into())
+        }
+    };
+    sys::set_address(iface, st.client, st.prefix).map_err(|e| format!("setting {}/{} on {iface}: {e}", st.client, st.prefix))?;
+    // Wait for carrier so the first SYN is not dropped.
+    let deadline = Instant::now() + CARRIER_WAIT;
+    while std::fs::read_to_string(format!("/sys/class/net/{iface}/carrier")).map(|c| c.trim() != "1").unwrap_or(true) {
+        if Instant::now() > deadline {
+            return Err(format!("{iface} has no carrier after {CARRIER_WAIT:?}: is the cable (or tap) connected?"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(gw) = st.gateway {
+        sys::add_default_route(gw).map_err(|e| format!("adding the default route via {gw}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reach the server and negotiate, forever, with backoff: a server that is
+/// down or restarting, or an export not configured yet, may come good.
+fn connect_with_retry(con: &Console, s: &Settings, export: &str) -> (std::net::TcpStream, nbd::Export) {
+    let mut backoff = Duration::from_millis(250);
+    let mut attempt = 1u32;
+    loop {
+        let t = Instant::now();
+        match nbd::connect(s.server, export) {
+            Ok(r) => {
+                con.say(format_args!("NBD connect to {} export {export}: ok ({:.3} s)", s.server, t.elapsed().as_secs_f64()));
+                return r;
+            }
+            Err(e) => {
+                con.say(format_args!(
+                    "NBD connect to {} export {export} failed (attempt {attempt}): {e}; check pxeroot.server= and that \
+                     pxeroot serves this export; retrying in {:.1} s",
+                    s.server,
+                    backoff.as_secs_f64()
+                ));
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        attempt += 1;
+    }
+}
+
+fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> Result<(), String> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/nbd0")
+        .or_else(|_| {
+            sys::mknod("/dev/nbd0", sys::S_IFBLK | 0o600, 43, 0)?;
+            std::fs::OpenOptions::new().read(true).write(true).open("/dev/nbd0")
+        })
+        .map_err(|e| format!("opening /dev/nbd0: {e} (is nbd.ko in the initramfs?)"))?;
+    let fd = dev.as_raw_fd();
+    let io = |what: &str, r: std::io::Result<libc::c_int>| r.map(|_| ()).map_err(|e| format!("{what}: {e}"));
+    io("NBD_SET_BLKSIZE", sys::ioctl_arg(fd, nbd::NBD_SET_BLKSIZE, nbd::BLOCK_SIZE as _))?;
+    io("NBD_SET_SIZE", sys::ioctl_arg(fd, nbd::NBD_SET_SIZE, info.size as _))?;
+    io("NBD_CLEAR_SOCK", sys::ioctl_arg(fd, nbd::NBD_CLEAR_SOCK, 0))?;
+    io("NBD_SET_FLAGS", sys::ioctl_arg(fd, nbd::NBD_SET_FLAGS, info.flags as _))?;
+    let ro = s.read_only || info.flags & nbd_wire::consts::TFLAG_READ_ONLY != 0;
+    sys::set_block_read_only(fd, ro).map_err(|e| format!("BLKROSET: {e}"))?;
+    io("NBD_SET_TIMEOUT", sys::ioctl_arg(fd, nbd::NBD_SET_TIMEOUT, s.timeout as _))?;
+    io("NBD_SET_SOCK", sys::ioctl_arg(fd, nbd::NBD_SET_SOCK, sock.as_raw_fd() as _))?;
+    // The keeper process sits in NBD_DO_IT for the life of the machine. It
+    // is a fresh exec of this binary so its argv[0] can start with '@'.
+    sys::keep_across_exec(fd).map_err(|e| format!("fcntl: {e}"))?;
+    match sys::fork().map_err(|e| format!("fork: {e}"))? {
+        sys::Forked::Child => {
+            let err = std::process::Command::new("/init").arg0(KEEPER_ARGV0).arg(KEEPER_FLAG).arg(fd.to_string()).exec();
+            // exec only returns on failure; this is the child, not PID 1.
+            eprintln!("pxeroot-init: cannot exec the NBD keeper: {err}");
+            std::process::exit(1);
+        }
+        sys::Forked::Parent => {}
+    }
+    // The kernel holds its own references now; the device becomes usable
+    // once the keeper is inside NBD_DO_IT (its pid appears in sysfs).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new("/sys/block/nbd0/pid").exists() {
+        if Instant::now() > deadline {
+            return Err("the NBD keeper did not start within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(sock);
+    drop(dev);
+    Ok(())
+}
+
+/// The keeper: `@pxeroot-nbd --keep-nbd-device FD`. Never returns while the
+/// device lives.
+fn keep_nbd_device(args: &[String]) -> ! {
+    let fd: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1);
+    if let Err(e) = sys::harden_root_keeper() {
+        eprintln!("pxeroot-nbd: hardening failed: {e}");
+    }
+    match sys::ioctl_arg(fd, nbd::NBD_DO_IT, 0) {
+        Ok(_) => eprintln!("pxeroot-nbd: NBD_DO_IT returned: the device was disconnected"),
+        Err(e) => eprintln!("pxeroot-nbd: NBD_DO_IT failed: {e}"),
+    }
+    std::process::exit(0)
+}
+
+fn mount_root(s: &Settings) -> Result<(), String> {
+    std::fs::create_dir_all(NEWROOT).map_err(|e| format!("mkdir {NEWROOT}: {e}"))?;
+    let flags = if s.read_only { sys::MS_RDONLY } else { 0 };
+    sys::mount("/dev/nbd0", NEWROOT, &s.fstype, flags, &s.rootflags)
+        .map_err(|e| format!("{e} (is the {} module in the initramfs, and the image a {} filesystem?)", s.fstype, s.fstype))
+}
+
+/// Delete the initramfs's files (they would pin memory forever), staying on
+/// its own filesystem.
+fn free_initramfs(dir: &Path, dev: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if !sys::same_device(&p, dev) {
+            continue;
+        }
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                free_initramfs(&p, dev);
+                let _ = std::fs::remove_dir(&p);
+            }
+            _ => {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
+
+fn switch_root(s: &Settings) -> String {
+    use std::os::unix::fs::MetadataExt;
+    for dir in ["/proc", "/sys", "/dev"] {
+        let target = format!("{NEWROOT}{dir}");
+        if let Err(e) = sys::mount(dir, &target, "", sys::MS_MOVE, "") {
+            return format!("moving {dir} into the new root: {e} (does the root image have {dir}?)");
+        }
+    }
+    let dev = match std::fs::metadata("/") {
+        Ok(m) => m.dev(),
+        Err(e) => return format!("stat /: {e}"),
+    };
+    free_initramfs(Path::new("/"), dev);
+    if let Err(e) = std::env::set_current_dir(NEWROOT) {
+        return format!("chdir {NEWROOT}: {e}");
+    }
+    if let Err(e) = sys::mount(".", "/", "", sys::MS_MOVE, "") {
+        return format!("moving the new root onto /: {e}");
+    }
+    if let Err(e) = std::os::unix::fs::chroot(".") {
+        return format!("chroot: {e}");
+    }
+    if let Err(e) = std::env::set_current_dir("/") {
+        return format!("chdir /: {e}");
+    }
+    sys::sync();
+    let err = std::process::Command::new(&s.init).exec();
+    format!("exec {}: {err} (does the root image have it?)", s.init)
+}

@@ -1,0 +1,153 @@
+//! `pxeroot initramfs`: build the initramfs that boots a diskless client:
+//! pxeroot-init as `/init`, the device nodes it needs, and the kernel
+//! modules for NBD, common NICs and the root filesystem, with their
+//! dependencies in load order (`modules.rs`), packed as newc cpio
+//! (`cpio.rs`) and compressed. Same input, same bytes.
+
+pub mod cpio;
+pub mod modules;
+
+use std::path::{Path, PathBuf};
+
+use cpio::Entry;
+use modules::{ModuleError, ModuleTree};
+
+/// Always included: the root device and filesystem.
+pub const REQUIRED_MODULES: &[&str] = &["nbd", "ext4"];
+/// Included where the kernel has them: virtio's PCI transport and the NICs
+/// of QEMU and common hardware.
+pub const NIC_MODULES: &[&str] = &["virtio_pci", "virtio_net", "e1000", "e1000e", "igb", "r8169"];
+/// Where pxeroot-init reads its module load order.
+pub const MODULE_LIST: &str = "/etc/pxeroot/modules";
+/// zstd level: the kernel unpacks any level at the same speed.
+const ZSTD_LEVEL: i32 = 19;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error("cannot read the pxeroot-init binary {path}; build it with boot/pxeroot-init/build-static")]
+    Init {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("compression failed")]
+    Compress(#[source] std::io::Error),
+}
+
+pub struct Options {
+    pub modules_dir: PathBuf,
+    pub output: PathBuf,
+    /// Modules wanted in addition to the defaults (e.g. xfs).
+    pub extra_modules: Vec<String>,
+    pub compression: Compression,
+    pub init: PathBuf,
+}
+
+/// What went in, for the report.
+pub struct Report {
+    pub modules: Vec<(String, u64)>,
+    pub skipped: Vec<String>,
+    pub init_size: u64,
+    pub cpio_size: u64,
+    pub output_size: u64,
+}
+
+fn release_of(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "unknown".into())
+}
+
+pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
+    let init = std::fs::read(&opts.init).map_err(|source| InitramfsError::Init { path: opts.init.clone(), source })?;
+    let mut tree = ModuleTree::open(&opts.modules_dir)?;
+    let mut wanted = Vec::new();
+    let mut skipped = Vec::new();
+    for m in REQUIRED_MODULES.iter().map(|s| s.to_string()).chain(opts.extra_modules.iter().cloned()) {
+        if let Some(r) = tree.resolve(&m)? {
+            wanted.push(r);
+        }
+    }
+    for m in NIC_MODULES {
+        match tree.resolve(m) {
+            Ok(Some(r)) => wanted.push(r),
+            Ok(None) => {}
+            Err(_) => skipped.push(m.to_string()),
+        }
+    }
+    let order = modules::order(&wanted, &mut tree)?;
+
+    let release = release_of(&opts.modules_dir);
+    let mut entries = vec![
+        Entry::Dir { path: "/dev".into(), mode: 0o755 },
+        Entry::Node { path: "/dev/console".into(), kind: cpio::S_IFCHR, mode: 0o600, major: 5, minor: 1 },
+        Entry::Node { path: "/dev/null".into(), kind: cpio::S_IFCHR, mode: 0o666, major: 1, minor: 3 },
+        Entry::Node { path: "/dev/nbd0".into(), kind: cpio::S_IFBLK, mode: 0o600, major: 43, minor: 0 },
+        Entry::Dir { path: "/proc".into(), mode: 0o555 },
+        Entry::Dir { path: "/sys".into(), mode: 0o555 },
+        Entry::Dir { path: "/newroot".into(), mode: 0o755 },
+        Entry::Dir { path: "/etc".into(), mode: 0o755 },
+        Entry::Dir { path: "/etc/pxeroot".into(), mode: 0o755 },
+        Entry::File { path: "/init".into(), mode: 0o755, data: init.clone() },
+    ];
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut list = String::new();
+    let mut report_modules = Vec::new();
+    let mut files = Vec::new();
+    for m in &order {
+        let Some(rel) = tree.file(m).map(Path::to_path_buf) else { continue };
+        let data = modules::read_module(&opts.modules_dir.join(&rel))?;
+        // Stored uncompressed: the archive as a whole is compressed, and
+        // finit_module then needs no decompressor in the kernel.
+        let rel_ko = rel.to_string_lossy().replace(".ko.xz", ".ko").replace(".ko.zst", ".ko").replace(".ko.gz", ".ko");
+        let path = format!("/lib/modules/{release}/{rel_ko}");
+        let mut d = Path::new(&path).parent();
+        while let Some(p) = d {
+            if p == Path::new("/") {
+                break;
+            }
+            dirs.insert(p.to_string_lossy().into_owned());
+            d = p.parent();
+        }
+        list.push_str(&path);
+        list.push('\n');
+        report_modules.push((m.clone(), data.len() as u64));
+        files.push(Entry::File { path, mode: 0o644, data });
+    }
+    // Directories first, parents before children (BTreeSet order does that).
+    entries.extend(dirs.into_iter().map(|path| Entry::Dir { path, mode: 0o755 }));
+    entries.extend(files);
+    entries.push(Entry::File { path: MODULE_LIST.into(), mode: 0o644, data: list.into_bytes() });
+    let archive = cpio::write(&entries);
+    let out = match opts.compression {
+        Compression::None => archive.clone(),
+        Compression::Zstd => zstd::stream::encode_all(&archive[..], ZSTD_LEVEL).map_err(InitramfsError::Compress)?,
+        Compression::Gzip => {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(&archive).map_err(InitramfsError::Compress)?;
+            e.finish().map_err(InitramfsError::Compress)?
+        }
+    };
+    std::fs::write(&opts.output, &out).map_err(|source| InitramfsError::Write { path: opts.output.clone(), source })?;
+    Ok(Report {
+        modules: report_modules,
+        skipped,
+        init_size: init.len() as u64,
+        cpio_size: archive.len() as u64,
+        output_size: out.len() as u64,
+    })
+}

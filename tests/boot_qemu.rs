@@ -1,0 +1,246 @@
+//! pxeroot-init in a real kernel: QEMU (TCG) boots the Debian kernel with
+//! `-kernel`/`-initrd` from `pxeroot initramfs`, on a tap in a network
+//! namespace the test creates, where pxeroot serves an ext4 root image whose
+//! /sbin/init prints a marker, writes /marker and powers off. The marker file
+//! must then be in that MAC's overlay. Wrong server or export: clear console
+//! messages and retries, never a kernel panic.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MAC: &str = "52:54:00:b0:07:01";
+const STEM: &str = "52-54-00-b0-07-01";
+const SERVER_IP: &str = "10.99.0.1";
+const CLIENT_IP: &str = "10.99.0.2";
+/// A TCG boot reaches /init in about 7 s here; the whole test boot is well
+/// under a minute.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn kernel_dir() -> PathBuf {
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/guest-kernel"));
+    assert!(d.join("ready").exists(), "no guest kernel in {}: run tests/run-all, which fetches it", d.display());
+    d
+}
+
+fn init_binary() -> PathBuf {
+    let out = stdout(&mut Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/boot/pxeroot-init/build-static")));
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(out.trim())
+}
+
+/// A network namespace with one tap (the client's cable) at SERVER_IP;
+/// deleted, with everything in it, when dropped.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        assert!(nix::unistd::geteuid().is_root(), "boot tests need root for namespaces and taps (CI runs as root)");
+        let name = format!("pxrt-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.exec(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ns.exec(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "tap0"]);
+        ns.exec(&["ip", "link", "set", "tap0", "up"]);
+        ns
+    }
+
+    fn exec(&self, args: &[&str]) {
+        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args));
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill whatever still runs inside, then remove the namespace.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The root image: busybox-static, and an init that proves it ran.
+fn root_image(dir: &Path) -> PathBuf {
+    require("busybox");
+    let tree = dir.join("rootfs");
+    for d in ["bin", "sbin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static");
+    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    let init = "#!/bin/busybox sh\n\
+        echo \"PXEROOT-MARKER root init running as pid $$\"\n\
+        echo \"written by the diskless client\" > /marker\n\
+        /bin/busybox sync\n\
+        echo PXEROOT-MARKER-DONE\n\
+        /bin/busybox poweroff -f\n";
+    std::fs::write(tree.join("sbin/init"), init).unwrap();
+    run(Command::new("chmod").arg("755").arg(tree.join("sbin/init")));
+    let img = dir.join("root.img");
+    run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/mkbase")).arg(&tree).arg(&img).arg("64M"));
+    img
+}
+
+fn initramfs(dir: &Path) -> PathBuf {
+    let out = dir.join("initrd.zst");
+    let report = stdout(Command::new(bin()).args(["initramfs", "--kernel-modules"]).arg(kernel_dir().join("modules")).arg("-o").arg(&out).arg("--init").arg(init_binary()));
+    let size_line = report.lines().last().unwrap_or_default().to_string();
+    eprintln!("{size_line}");
+    out
+}
+
+/// Boot QEMU in `ns` with `cmdline`; returns the console lines and whether
+/// QEMU exited by itself. `stop_when` ends the boot early.
+fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, stop_when: impl Fn(&str) -> bool) -> (Vec<String>, bool) {
+    require("qemu-system-x86_64");
+    let mut c = ns.command(Path::new("qemu-system-x86_64"));
+    c.args(["-accel", "tcg", "-machine", "pc", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
+        .args(["-no-reboot", "-serial", "stdio", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", cmdline])
+        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let mut qemu = Proc(c.spawn().expect("start qemu"));
+    let out = qemu.0.stdout.take().expect("qemu stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let stop = stop_when(&l);
+                lines.push(l);
+                if stop {
+                    return (lines, false);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = qemu.0.wait();
+                return (lines, true);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            panic!("boot did not finish within {BOOT_TIMEOUT:?}; console:\n{}", lines.join("\n"));
+        }
+    }
+}
+
+fn cmdline(server: &str, export: &str, attach: &str) -> String {
+    format!(
+        "console=ttyS0 panic=-1 loglevel=4 pxeroot.server={server} pxeroot.export={export} pxeroot.attach={attach} \
+         ip={CLIENT_IP}::{SERVER_IP}:255.255.255.0:::off BOOTIF=01-{}",
+        MAC.replace(':', "-")
+    )
+}
+
+#[test]
+fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("ioctl");
+    let state = d.path().join("state");
+    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
+    let server = Proc(
+        ns.command(&bin())
+            .args(["nbd", "--base"])
+            .arg(&img)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &format!("{SERVER_IP}:10809")])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    let (lines, exited) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "ioctl"), |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    if console.contains("FATAL") {
+        panic!("boot failed; pxeroot log:\n{}", std::fs::read_to_string(d.path().join("pxeroot.log")).unwrap_or_default());
+    }
+    assert!(console.contains("PXEROOT-MARKER root init running"), "root init never ran:\n{console}");
+    assert!(console.contains("PXEROOT-MARKER-DONE"));
+    assert!(exited, "the guest did not power off");
+    assert!(!console.contains("Kernel panic"), "{console}");
+    for step in ["load kernel modules: ok", "NBD connect to", "attach /dev/nbd0 (ioctl): ok", "mount /dev/nbd0 (ext4)"] {
+        assert!(console.contains(step), "missing step {step:?}:\n{console}");
+    }
+    eprintln!("QEMU start to power-off: {:.1} s", t.elapsed().as_secs_f64());
+    drop(server);
+    // The marker written by the guest is in its overlay.
+    let flat = d.path().join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(state.join(format!("{STEM}.qcow2"))).arg(&flat));
+    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+    assert!(marker.contains("written by the diskless client"), "{marker}");
+    // ... and not in the base.
+    let base_marker = Command::new("debugfs").args(["-R", "cat /marker"]).arg(&img).output().unwrap();
+    assert!(!String::from_utf8_lossy(&base_marker.stdout).contains("written"), "the base was written");
+}
+
+#[test]
+fn test_boot_wrong_server_or_export_retries_without_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("wrong");
+    // Nothing listens on this port: connection refused, retried.
+    let (lines, _) = boot(&ns, &kernel, &initrd, &cmdline(&format!("{SERVER_IP}:10999"), MAC, "ioctl"), |l| l.contains("(attempt 3)"));
+    let console = lines.join("\n");
+    assert!(console.contains("NBD connect to 10.99.0.1:10999 export 52:54:00:b0:07:01 failed (attempt 1)"), "{console}");
+    assert!(console.contains("retrying in"), "{console}");
+    assert!(!console.contains("Kernel panic"), "{console}");
+
+    // A server that refuses this export: its message reaches the console.
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(&cfg, format!("state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[images.root]\npath = \"{}\"\n", img.display())).unwrap();
+    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
+    let _server = Proc(ns.command(&bin()).args(["serve", "--config"]).arg(&cfg).stderr(log).spawn().unwrap());
+    let (lines, _) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "ioctl"), |l| l.contains("(attempt 2)"));
+    let console = lines.join("\n");
+    assert!(console.contains("server refused by policy: client 52:54:00:b0:07:01 is not configured"), "{console}");
+    assert!(!console.contains("Kernel panic"), "{console}");
+}
