@@ -87,8 +87,34 @@ impl Drop for Proc {
     }
 }
 
+const MARKER_INIT: &str = "#!/bin/busybox sh\n\
+    echo \"PXEROOT-MARKER root init running as pid $$\"\n\
+    echo \"written by the diskless client\" > /marker\n\
+    /bin/busybox sync\n\
+    echo PXEROOT-MARKER-DONE\n\
+    /bin/busybox poweroff -f\n";
+
+/// Writes, syncs, drops caches and reads back, 40 times, then powers off.
+const LOOP_INIT: &str = "#!/bin/busybox sh\n\
+    i=0\n\
+    while [ $i -lt 40 ]; do\n\
+      i=$((i+1))\n\
+      echo \"data $i\" > /data-$i || echo \"WRITE-ERROR $i\"\n\
+      /bin/busybox sync || echo \"SYNC-ERROR $i\"\n\
+      echo 3 > /proc/sys/vm/drop_caches\n\
+      [ \"$(/bin/busybox cat /data-$i)\" = \"data $i\" ] || echo \"READ-ERROR $i\"\n\
+      echo \"LOOP $i ok\"\n\
+      /bin/busybox usleep 200000\n\
+    done\n\
+    echo PXEROOT-MARKER-DONE\n\
+    /bin/busybox poweroff -f\n";
+
 /// The root image: busybox-static, and an init that proves it ran.
 fn root_image(dir: &Path) -> PathBuf {
+    root_image_with(dir, MARKER_INIT)
+}
+
+fn root_image_with(dir: &Path, init: &str) -> PathBuf {
     require("busybox");
     let tree = dir.join("rootfs");
     for d in ["bin", "sbin", "proc", "sys", "dev", "etc", "tmp"] {
@@ -96,12 +122,6 @@ fn root_image(dir: &Path) -> PathBuf {
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static");
     std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
-    let init = "#!/bin/busybox sh\n\
-        echo \"PXEROOT-MARKER root init running as pid $$\"\n\
-        echo \"written by the diskless client\" > /marker\n\
-        /bin/busybox sync\n\
-        echo PXEROOT-MARKER-DONE\n\
-        /bin/busybox poweroff -f\n";
     std::fs::write(tree.join("sbin/init"), init).unwrap();
     run(Command::new("chmod").arg("755").arg(tree.join("sbin/init")));
     let img = dir.join("root.img");
@@ -119,7 +139,7 @@ fn initramfs(dir: &Path) -> PathBuf {
 
 /// Boot QEMU in `ns` with `cmdline`; returns the console lines and whether
 /// QEMU exited by itself. `stop_when` ends the boot early.
-fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, stop_when: impl Fn(&str) -> bool) -> (Vec<String>, bool) {
+fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
     require("qemu-system-x86_64");
     let mut c = ns.command(Path::new("qemu-system-x86_64"));
     c.args(["-accel", "tcg", "-machine", "pc", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
@@ -243,4 +263,69 @@ fn test_boot_wrong_server_or_export_retries_without_panic() {
     let console = lines.join("\n");
     assert!(console.contains("server refused by policy: client 52:54:00:b0:07:01 is not configured"), "{console}");
     assert!(!console.contains("Kernel panic"), "{console}");
+}
+
+fn start_server(ns: &Netns, img: &Path, state: &Path, log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let p = Proc(
+        ns.command(&bin())
+            .args(["nbd", "--base"])
+            .arg(img)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--listen", &format!("{SERVER_IP}:10809")])
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // Listening before the guest (or the monitor) needs it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("ip").args(["netns", "exec", &ns.name, "bash", "-c", "exec 3<>/dev/tcp/10.99.0.1/10809"]).status().map(|s| s.success()).unwrap_or(false) {
+        assert!(Instant::now() < deadline, "pxeroot did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+#[test]
+fn test_boot_netlink_survives_a_daemon_restart_mid_io() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image_with(d.path(), LOOP_INIT);
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("netlink");
+    let state = d.path().join("state");
+    let log = d.path().join("pxeroot.log");
+    let mut server = Some(start_server(&ns, &img, &state, &log));
+    let mut restarted = false;
+    let (lines, exited) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "netlink"), |l| {
+        if l.contains("LOOP 8 ok") && !restarted {
+            // Restart the daemon while the guest is in its write/read loop.
+            if let Some(mut p) = server.take() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ = p.0.wait();
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            server = Some(start_server(&ns, &img, &state, &log));
+            restarted = true;
+        }
+        l.contains("FATAL")
+    });
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    assert!(restarted, "the loop never reached the restart point:\n{console}");
+    assert!(console.contains("attach /dev/nbd0 (netlink): ok"), "{console}");
+    assert!(console.contains("reconnected to 10.99.0.1:10809"), "the monitor did not reconnect:\n{console}");
+    assert!(console.contains("LOOP 40 ok") && console.contains("PXEROOT-MARKER-DONE"), "{console}");
+    for bad in ["ERROR", "I/O error", "EXT4-fs error", "Kernel panic"] {
+        assert!(!console.contains(bad), "{bad} on the console:\n{console}");
+    }
+    assert!(exited, "the guest did not power off");
+    drop(server);
+    let flat = d.path().join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(state.join(format!("{STEM}.qcow2"))).arg(&flat));
+    for i in [1, 8, 9, 40] {
+        let data = stdout(Command::new("debugfs").args(["-R", &format!("cat /data-{i}")]).arg(&flat));
+        assert!(data.contains(&format!("data {i}")), "/data-{i} missing from the overlay: {data}");
+    }
 }

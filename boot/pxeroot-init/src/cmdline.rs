@@ -4,7 +4,9 @@
 //! Keys (unknown ones are the kernel's or the real init's business):
 //! - `pxeroot.server=IP[:PORT]` (required), `pxeroot.export=NAME` (default:
 //!   the MAC of the boot interface), `pxeroot.attach=ioctl|netlink`,
-//!   `pxeroot.timeout=SECONDS` (NBD request timeout), `pxeroot.debug`;
+//!   `pxeroot.timeout=SECONDS` (NBD request timeout),
+//!   `pxeroot.reconnect=SECONDS` (netlink: how long I/O waits for a
+//!   reconnect), `pxeroot.debug`;
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -19,6 +21,9 @@ pub const DEFAULT_PORT: u16 = 10809;
 /// Seconds the kernel waits on one NBD request before it considers the
 /// connection dead (and, in netlink mode, waits for a reconnect).
 pub const DEFAULT_TIMEOUT: u64 = 30;
+/// Seconds the kernel keeps I/O waiting for a dead connection to be
+/// replaced (netlink mode): how long a pxeroot restart may take.
+pub const DEFAULT_RECONNECT: u64 = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
@@ -47,6 +52,7 @@ pub struct Settings {
     pub export: Option<String>,
     pub attach: Attach,
     pub timeout: u64,
+    pub reconnect: u64,
     pub debug: bool,
     pub net: NetConfig,
     pub bootif: Option<[u8; 6]>,
@@ -136,6 +142,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         export: None,
         attach: Attach::Ioctl,
         timeout: DEFAULT_TIMEOUT,
+        reconnect: DEFAULT_RECONNECT,
         debug: false,
         net: NetConfig::Dhcp { device: None },
         bootif: None,
@@ -158,6 +165,9 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
             }
             "pxeroot.timeout" => {
                 s.timeout = value.parse().ok().filter(|&t| t > 0).ok_or_else(|| err("pxeroot.timeout", value, "seconds, > 0"))?
+            }
+            "pxeroot.reconnect" => {
+                s.reconnect = value.parse().ok().filter(|&t| t > 0).ok_or_else(|| err("pxeroot.reconnect", value, "seconds, > 0"))?
             }
             "pxeroot.debug" => s.debug = true,
             "ip" => s.net = parse_ip(value)?,

@@ -17,6 +17,8 @@
 
 mod cmdline;
 mod nbd;
+mod nbdnl;
+mod netlink;
 mod sys;
 
 use std::fmt::Display;
@@ -36,6 +38,7 @@ const NEWROOT: &str = "/newroot";
 /// systemd it is a root storage daemon to spare at shutdown.
 const KEEPER_ARGV0: &str = "@pxeroot-nbd";
 const KEEPER_FLAG: &str = "--keep-nbd-device";
+const MONITOR_FLAG: &str = "--monitor";
 /// How long to wait for the link to report carrier.
 const CARRIER_WAIT: Duration = Duration::from_secs(10);
 /// Backoff between attempts to reach the server: doubles up to this.
@@ -75,8 +78,10 @@ impl Console {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(KEEPER_FLAG) {
-        keep_nbd_device(&args);
+    match args.get(1).map(String::as_str) {
+        Some(KEEPER_FLAG) => keep_nbd_device(&args),
+        Some(MONITOR_FLAG) => run_monitor(&args[2..]),
+        _ => {}
     }
     let con = Console { start: Instant::now() };
     if let Err(e) = boot(&con) {
@@ -101,9 +106,7 @@ fn boot(con: &Console) -> Result<(), String> {
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
     match settings.attach {
         Attach::Ioctl => con.step("attach /dev/nbd0 (ioctl)", || attach_ioctl(&settings, sock, info))?,
-        Attach::Netlink => {
-            return Err("pxeroot.attach=netlink is not supported by this pxeroot-init build; use pxeroot.attach=ioctl".into())
-        }
+        Attach::Netlink => con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, sock, info))?,
     }
     con.step(&format!("mount /dev/nbd0 ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings))?;
     con.say(format_args!("switching root, exec {}", settings.init));
@@ -306,6 +309,48 @@ fn keep_nbd_device(args: &[String]) -> ! {
         Err(e) => eprintln!("pxeroot-nbd: NBD_DO_IT failed: {e}"),
     }
     std::process::exit(0)
+}
+
+/// CONNECT through netlink with a dead-connection timeout, and start the
+/// monitor that reconnects when the link dies.
+fn attach_netlink(s: &Settings, export: &str, sock: std::net::TcpStream, info: nbd::Export) -> Result<(), String> {
+    const INDEX: u32 = 0;
+    // Subscribe before connecting so no LINK_DEAD can be missed.
+    let events = nbdnl::Genl::open()?;
+    events.join_events()?;
+    nbdnl::Genl::open()?.connect(INDEX, &sock, info, s.timeout, s.reconnect)?;
+    let args = nbdnl::MonitorArgs {
+        events_fd: events.raw_fd(),
+        index: INDEX,
+        server: s.server,
+        export: export.to_string(),
+        size: info.size,
+        flags: info.flags,
+    };
+    sys::keep_across_exec(events.raw_fd()).map_err(|e| format!("fcntl: {e}"))?;
+    match sys::fork().map_err(|e| format!("fork: {e}"))? {
+        sys::Forked::Child => {
+            let err = std::process::Command::new("/init").arg0(KEEPER_ARGV0).arg(MONITOR_FLAG).args(args.to_args()).exec();
+            eprintln!("pxeroot-init: cannot exec the NBD monitor: {err}");
+            std::process::exit(1);
+        }
+        sys::Forked::Parent => {}
+    }
+    drop(sock);
+    drop(events);
+    Ok(())
+}
+
+/// The monitor: `@pxeroot-nbd --monitor FD INDEX SERVER EXPORT SIZE FLAGS`.
+fn run_monitor(args: &[String]) -> ! {
+    let Some(m) = nbdnl::MonitorArgs::parse(args) else {
+        eprintln!("pxeroot-nbd: bad monitor arguments {args:?}");
+        std::process::exit(2);
+    };
+    if let Err(e) = sys::harden_root_keeper() {
+        eprintln!("pxeroot-nbd: hardening failed: {e}");
+    }
+    nbdnl::monitor(&m, |msg| eprintln!("pxeroot-nbd: {msg}"))
 }
 
 fn mount_root(s: &Settings) -> Result<(), String> {

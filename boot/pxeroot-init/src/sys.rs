@@ -233,3 +233,56 @@ pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: l
     })?;
     Ok(())
 }
+
+// --- generic netlink socket --------------------------------------------
+
+fn sockaddr_nl() -> libc::sockaddr_nl {
+    // SAFETY: sockaddr_nl is plain data; zero is "the kernel, no groups".
+    let mut a: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    a.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    a
+}
+
+/// A generic netlink socket bound to a kernel-assigned port.
+pub fn netlink_socket() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: socket() takes no pointers; ownership of the fd passes to OwnedFd.
+    let fd = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_GENERIC) })?;
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let addr = sockaddr_nl();
+    // SAFETY: bind reads a sockaddr_nl of the given size from `addr`.
+    check(unsafe {
+        libc::bind(fd, &addr as *const libc::sockaddr_nl as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t)
+    })?;
+    Ok(owned)
+}
+
+pub fn netlink_send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
+    let addr = sockaddr_nl();
+    // SAFETY: `msg` is a live slice of the given length; `addr` is a valid
+    // sockaddr_nl for the whole call.
+    let n = unsafe {
+        libc::sendto(fd, msg.as_ptr().cast(), msg.len(), 0, &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t)
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn netlink_recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Subscribe to a generic netlink multicast group.
+pub fn netlink_join(fd: RawFd, group: u32) -> io::Result<()> {
+    const SOL_NETLINK: libc::c_int = 270;
+    const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+    setsockopt_int(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group as libc::c_int)
+}
