@@ -280,7 +280,7 @@ fn start_server(ns: &Netns, img: &Path, state: &Path, log: &Path) -> Proc {
     );
     // Listening before the guest (or the monitor) needs it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !Command::new("ip").args(["netns", "exec", &ns.name, "bash", "-c", "exec 3<>/dev/tcp/10.99.0.1/10809"]).status().map(|s| s.success()).unwrap_or(false) {
+    while !Command::new("ip").args(["netns", "exec", &ns.name, "bash", "-c", "exec 3<>/dev/tcp/10.99.0.1/10809"]).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
         assert!(Instant::now() < deadline, "pxeroot did not start listening");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -328,4 +328,36 @@ fn test_boot_netlink_survives_a_daemon_restart_mid_io() {
         let data = stdout(Command::new("debugfs").args(["-R", &format!("cat /data-{i}")]).arg(&flat));
         assert!(data.contains(&format!("data {i}")), "/data-{i} missing from the overlay: {data}");
     }
+}
+
+#[test]
+fn test_boot_without_ip_uses_dhcp() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("dhcp");
+    let state = d.path().join("state");
+    let _server = start_server(&ns, &img, &state, &d.path().join("pxeroot.log"));
+    // The segment's DHCP server: dnsmasq, DHCP only (port=0: no DNS).
+    let _dnsmasq = Proc(
+        ns.command(Path::new("dnsmasq"))
+            .args(["--no-daemon", "--port=0", "--interface=tap0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
+            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h", "--dhcp-option=3,10.99.0.1"])
+            .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
+            .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cmd = format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} BOOTIF=01-{}", MAC.replace(':', "-"));
+    let (lines, exited) = boot(&ns, &kernel, &initrd, &cmd, |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    assert!(console.contains("DHCP on eth0: 10.99.0."), "{console}");
+    assert!(console.contains("gateway Some(10.99.0.1)"), "{console}");
+    // Export defaulted to the boot interface's MAC.
+    assert!(console.contains("export 52:54:00:b0:07:01: ok"), "{console}");
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
 }

@@ -8,7 +8,7 @@
 //!   `pxeroot.reconnect=SECONDS` (netlink: how long I/O waits for a
 //!   reconnect), `pxeroot.debug`;
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
-//!   and iPXE write it (`ip=dhcp` or absent: DHCP);
+//!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
 //! - `root=` is ignored (the root is the NBD device), `rootfstype=` (default
 //!   ext4), `rootflags=`, `ro`/`rw` (default rw), `init=` (default /sbin/init).

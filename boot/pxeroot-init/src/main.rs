@@ -16,6 +16,7 @@
 //! and what to check, then retry where a retry can help, or wait forever.
 
 mod cmdline;
+mod dhcp;
 mod nbd;
 mod nbdnl;
 mod netlink;
@@ -100,7 +101,7 @@ fn boot(con: &Console) -> Result<(), String> {
     con.say(format_args!("{loaded} modules loaded"));
     let (iface, mac) = con.step("find the boot interface", || find_interface(&settings))?;
     con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
-    con.step(&format!("configure {iface}"), || configure_net(&settings, &iface))?;
+    con.step(&format!("configure {iface}"), || configure_net(con, &settings, &iface, mac))?;
     let export = settings.export.clone().unwrap_or_else(|| mac_text(&mac));
     let (sock, info) = connect_with_retry(con, &settings, &export);
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
@@ -198,19 +199,10 @@ fn find_interface(s: &Settings) -> Result<(String, [u8; 6]), String> {
     }
 }
 
-fn configure_net(s: &Settings, iface: &str) -> Result<(), String> {
+fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Result<(), String> {
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
-    let st = match &s.net {
-        NetConfig::Static(st) => st,
-        NetConfig::Dhcp { .. } => {
-            return Err("no ip= on the kernel command line: pass ip=CLIENT::GATEWAY:NETMASK::DEVICE:off \
-                        (the generated iPXE script does; this pxeroot-init has no DHCP client yet)"
-                .into())
-        }
-    };
-    sys::set_address(iface, st.client, st.prefix).map_err(|e| format!("setting {}/{} on {iface}: {e}", st.client, st.prefix))?;
-    // Wait for carrier so the first SYN is not dropped.
+    // Wait for carrier so the first packet is not dropped.
     let deadline = Instant::now() + CARRIER_WAIT;
     while std::fs::read_to_string(format!("/sys/class/net/{iface}/carrier")).map(|c| c.trim() != "1").unwrap_or(true) {
         if Instant::now() > deadline {
@@ -218,10 +210,72 @@ fn configure_net(s: &Settings, iface: &str) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let st = match &s.net {
+        NetConfig::Static(st) => st.clone(),
+        NetConfig::Dhcp { .. } => {
+            let lease = dhcp_with_retry(con, iface, mac);
+            cmdline::StaticIp { client: lease.address, gateway: lease.router, prefix: lease.prefix, device: None }
+        }
+    };
+    sys::set_address(iface, st.client, st.prefix).map_err(|e| format!("setting {}/{} on {iface}: {e}", st.client, st.prefix))?;
     if let Some(gw) = st.gateway {
         sys::add_default_route(gw).map_err(|e| format!("adding the default route via {gw}: {e}"))?;
     }
+    con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
     Ok(())
+}
+
+/// How long one DHCP exchange waits for each reply.
+const DHCP_REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// DISCOVER, take the first OFFER, REQUEST it, wait for the ACK. Retried
+/// forever with backoff: a DHCP server may be slow to come up.
+fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> dhcp::Lease {
+    let mut backoff = Duration::from_millis(500);
+    let mut attempt = 1u32;
+    loop {
+        let t = Instant::now();
+        match dhcp_once(iface, mac, attempt) {
+            Ok(l) => {
+                con.say(format_args!("DHCP on {iface}: {} from {:?} ({:.3} s)", l.address, l.server_id, t.elapsed().as_secs_f64()));
+                return l;
+            }
+            Err(e) => con.say(format_args!("DHCP on {iface} failed (attempt {attempt}): {e}; is a DHCP server on this segment? retrying")),
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        attempt += 1;
+    }
+}
+
+fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, String> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:68").map_err(|e| format!("binding UDP port 68: {e}"))?;
+    sock.set_broadcast(true).map_err(|e| e.to_string())?;
+    sys::bind_to_device(sock.as_raw_fd(), iface).map_err(|e| format!("SO_BINDTODEVICE {iface}: {e}"))?;
+    sock.set_read_timeout(Some(DHCP_REPLY_WAIT)).map_err(|e| e.to_string())?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let xid = nanos ^ u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ attempt;
+    let to = "255.255.255.255:67";
+    let wait_for = |kind: u8| -> Result<dhcp::Lease, String> {
+        let mut buf = [0u8; 1500];
+        let deadline = Instant::now() + DHCP_REPLY_WAIT;
+        while Instant::now() < deadline {
+            let Ok(n) = sock.recv(&mut buf) else { break };
+            if let Some(l) = dhcp::parse_reply(&buf[..n], xid, mac) {
+                if l.message_type == kind {
+                    return Ok(l);
+                }
+                if l.message_type == dhcp::NAK {
+                    return Err("the server said NAK".into());
+                }
+            }
+        }
+        Err(format!("no {} within {DHCP_REPLY_WAIT:?}", if kind == dhcp::OFFER { "OFFER" } else { "ACK" }))
+    };
+    sock.send_to(&dhcp::discover(xid, mac), to).map_err(|e| format!("sending DISCOVER: {e}"))?;
+    let offer = wait_for(dhcp::OFFER)?;
+    sock.send_to(&dhcp::request(xid, mac, &offer), to).map_err(|e| format!("sending REQUEST: {e}"))?;
+    wait_for(dhcp::ACK)
 }
 
 /// Reach the server and negotiate, forever, with backoff: a server that is

@@ -286,3 +286,14 @@ pub fn netlink_join(fd: RawFd, group: u32) -> io::Result<()> {
     const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
     setsockopt_int(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group as libc::c_int)
 }
+
+/// SO_BINDTODEVICE: send and receive only through interface `name`.
+pub fn bind_to_device(fd: RawFd, name: &str) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: the option value is the NUL-terminated name in `n`, with its
+    // length (including the NUL) passed alongside.
+    check(unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, n.as_ptr().cast(), n.as_bytes_with_nul().len() as libc::socklen_t)
+    })?;
+    Ok(())
+}

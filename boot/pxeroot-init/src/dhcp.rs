@@ -1,0 +1,182 @@
+//! A minimal DHCPv4 client codec (RFC 2131/2132), sans-IO: build DISCOVER
+//! and REQUEST, parse OFFER and ACK. Only what a diskless client needs: an
+//! address, a netmask, a router. The socket loop is in `main.rs`.
+//!
+//! Not dhcproto: it pulls in a DNS library, and every KB of the static init
+//! is TFTP time in a boot storm; this codec is about 150 lines.
+
+use std::net::Ipv4Addr;
+
+const OP_BOOTREQUEST: u8 = 1;
+const OP_BOOTREPLY: u8 = 2;
+const HTYPE_ETHERNET: u8 = 1;
+const MAGIC: [u8; 4] = [99, 130, 83, 99];
+/// Fixed part of a BOOTP message, before the magic cookie.
+const FIXED_LEN: usize = 236;
+/// Ask the server to broadcast its reply: we have no address yet.
+const FLAG_BROADCAST: u16 = 0x8000;
+
+pub const OPT_SUBNET_MASK: u8 = 1;
+pub const OPT_ROUTER: u8 = 3;
+pub const OPT_REQUESTED_IP: u8 = 50;
+pub const OPT_MESSAGE_TYPE: u8 = 53;
+pub const OPT_SERVER_ID: u8 = 54;
+pub const OPT_PARAM_LIST: u8 = 55;
+pub const OPT_MAX_SIZE: u8 = 57;
+pub const OPT_CLIENT_ID: u8 = 61;
+pub const OPT_END: u8 = 255;
+pub const OPT_PAD: u8 = 0;
+
+pub const DISCOVER: u8 = 1;
+pub const OFFER: u8 = 2;
+pub const REQUEST: u8 = 3;
+pub const ACK: u8 = 5;
+pub const NAK: u8 = 6;
+
+/// What a server offered or acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub message_type: u8,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub router: Option<Ipv4Addr>,
+    pub server_id: Option<Ipv4Addr>,
+}
+
+fn message(xid: u32, mac: [u8; 6], kind: u8, extra: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut m = vec![0u8; FIXED_LEN];
+    m[0] = OP_BOOTREQUEST;
+    m[1] = HTYPE_ETHERNET;
+    m[2] = 6;
+    m[4..8].copy_from_slice(&xid.to_be_bytes());
+    m[10..12].copy_from_slice(&FLAG_BROADCAST.to_be_bytes());
+    m[28..34].copy_from_slice(&mac);
+    m.extend_from_slice(&MAGIC);
+    let mut client_id = vec![HTYPE_ETHERNET];
+    client_id.extend_from_slice(&mac);
+    let mut opts: Vec<(u8, Vec<u8>)> = vec![
+        (OPT_MESSAGE_TYPE, vec![kind]),
+        (OPT_CLIENT_ID, client_id),
+        (OPT_MAX_SIZE, 1500u16.to_be_bytes().to_vec()),
+        (OPT_PARAM_LIST, vec![OPT_SUBNET_MASK, OPT_ROUTER]),
+    ];
+    opts.extend(extra.iter().cloned());
+    for (code, data) in opts {
+        m.push(code);
+        m.push(data.len() as u8);
+        m.extend_from_slice(&data);
+    }
+    m.push(OPT_END);
+    // Some servers ignore BOOTP messages shorter than 300 bytes.
+    m.resize(m.len().max(300), 0);
+    m
+}
+
+pub fn discover(xid: u32, mac: [u8; 6]) -> Vec<u8> {
+    message(xid, mac, DISCOVER, &[])
+}
+
+/// REQUEST the offered address from the server that offered it.
+pub fn request(xid: u32, mac: [u8; 6], offer: &Lease) -> Vec<u8> {
+    let mut extra = vec![(OPT_REQUESTED_IP, offer.address.octets().to_vec())];
+    if let Some(s) = offer.server_id {
+        extra.push((OPT_SERVER_ID, s.octets().to_vec()));
+    }
+    message(xid, mac, REQUEST, &extra)
+}
+
+fn ip(data: &[u8]) -> Option<Ipv4Addr> {
+    Some(Ipv4Addr::new(*data.first()?, *data.get(1)?, *data.get(2)?, *data.get(3)?))
+}
+
+/// Parse a reply meant for us (`xid`, `mac`); `None` for anything else.
+pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
+    if buf.len() < FIXED_LEN + 4 || buf[0] != OP_BOOTREPLY || buf[4..8] != xid.to_be_bytes() || buf[28..34] != mac {
+        return None;
+    }
+    if buf[FIXED_LEN..FIXED_LEN + 4] != MAGIC {
+        return None;
+    }
+    let address = ip(&buf[16..20])?;
+    let mut lease = Lease { message_type: 0, address, prefix: 24, router: None, server_id: None };
+    let mut at = FIXED_LEN + 4;
+    while at < buf.len() {
+        let code = buf[at];
+        if code == OPT_END {
+            break;
+        }
+        if code == OPT_PAD {
+            at += 1;
+            continue;
+        }
+        let len = *buf.get(at + 1)? as usize;
+        let data = buf.get(at + 2..at + 2 + len)?;
+        match code {
+            OPT_MESSAGE_TYPE => lease.message_type = *data.first()?,
+            OPT_SUBNET_MASK => {
+                let m = u32::from(ip(data)?);
+                if m.leading_ones() + m.trailing_zeros() == 32 {
+                    lease.prefix = m.leading_ones() as u8;
+                }
+            }
+            OPT_ROUTER => lease.router = ip(data),
+            OPT_SERVER_ID => lease.server_id = ip(data),
+            _ => {}
+        }
+        at += 2 + len;
+    }
+    (lease.message_type != 0).then_some(lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn reply(kind: u8, xid: u32) -> Vec<u8> {
+        let mut m = discover(xid, MAC);
+        m[0] = OP_BOOTREPLY;
+        m[16..20].copy_from_slice(&[10, 0, 0, 7]);
+        m.truncate(FIXED_LEN + 4);
+        for (c, d) in [(OPT_MESSAGE_TYPE, vec![kind]), (OPT_SUBNET_MASK, vec![255, 255, 0, 0]), (OPT_ROUTER, vec![10, 0, 0, 1]), (OPT_SERVER_ID, vec![10, 0, 0, 2])] {
+            m.push(c);
+            m.push(d.len() as u8);
+            m.extend_from_slice(&d);
+        }
+        m.push(OPT_END);
+        m
+    }
+
+    #[test]
+    fn test_discover_layout() {
+        let d = discover(0xdeadbeef, MAC);
+        assert_eq!((d[0], d[1], d[2]), (1, 1, 6));
+        assert_eq!(&d[4..8], &0xdeadbeefu32.to_be_bytes());
+        assert_eq!(&d[28..34], &MAC);
+        assert_eq!(&d[236..240], &MAGIC);
+        assert_eq!(&d[240..243], &[OPT_MESSAGE_TYPE, 1, DISCOVER]);
+        assert!(d.len() >= 300);
+    }
+
+    #[test]
+    fn test_parse_offer_and_ignore_others() {
+        let r = reply(OFFER, 9);
+        let l = parse_reply(&r, 9, MAC).unwrap();
+        assert_eq!(l, Lease { message_type: OFFER, address: Ipv4Addr::new(10, 0, 0, 7), prefix: 16, router: Some(Ipv4Addr::new(10, 0, 0, 1)), server_id: Some(Ipv4Addr::new(10, 0, 0, 2)) });
+        assert!(parse_reply(&r, 10, MAC).is_none(), "other xid");
+        assert!(parse_reply(&r, 9, [0; 6]).is_none(), "other client");
+        assert!(parse_reply(&r[..100], 9, MAC).is_none(), "truncated");
+        let req = request(9, MAC, &l);
+        assert!(req.windows(6).any(|w| w == [OPT_REQUESTED_IP, 4, 10, 0, 0, 7]));
+    }
+
+    #[test]
+    fn test_parse_truncated_option_is_rejected() {
+        let mut r = reply(ACK, 3);
+        r.pop(); // END
+        r.push(OPT_ROUTER);
+        r.push(200); // longer than what follows
+        assert!(parse_reply(&r, 3, MAC).is_none());
+    }
+}
