@@ -92,6 +92,8 @@ const MARKER_INIT: &str = "#!/bin/busybox sh\n\
     echo \"written by the diskless client\" > /marker\n\
     /bin/busybox sync\n\
     echo PXEROOT-MARKER-DONE\n\
+    /bin/busybox mount -o remount,ro /\n\
+    /sbin/pxeroot-disconnect poweroff\n\
     /bin/busybox poweroff -f\n";
 
 /// Writes, syncs, drops caches and reads back, 40 times, then powers off.
@@ -122,6 +124,8 @@ fn root_image_with(dir: &Path, init: &str) -> PathBuf {
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static");
     std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    // The clean-shutdown hook: pxeroot-init under the name pxeroot-disconnect.
+    std::fs::copy(init_binary(), tree.join("sbin/pxeroot-disconnect")).unwrap();
     std::fs::write(tree.join("sbin/init"), init).unwrap();
     run(Command::new("chmod").arg("755").arg(tree.join("sbin/init")));
     let img = dir.join("root.img");
@@ -229,7 +233,10 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
         assert!(console.contains(step), "missing step {step:?}:\n{console}");
     }
     eprintln!("QEMU start to power-off: {:.1} s", t.elapsed().as_secs_f64());
+    assert!(console.contains("pxeroot-disconnect: /dev/nbd0 disconnected"), "{console}");
     drop(server);
+    let log = std::fs::read_to_string(d.path().join("pxeroot.log")).unwrap_or_default();
+    assert!(log.contains("client sent DISC"), "the server never saw DISC:\n{log}");
     // The marker written by the guest is in its overlay.
     let flat = d.path().join("flat.img");
     run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(state.join(format!("{STEM}.qcow2"))).arg(&flat));

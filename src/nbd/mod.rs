@@ -347,7 +347,10 @@ async fn transmission(
         };
         debug!(command = ?req.command, offset = req.offset, length = req.length, cookie = req.cookie, "request");
         let op = match validate::validate(&req, &view) {
-            Ok(Op::Disconnect) => break Ok(()),
+            Ok(Op::Disconnect) => {
+                info!("client sent DISC: finishing in-flight requests and closing");
+                break Ok(());
+            }
             Ok(op) => op,
             Err(rej) => {
                 debug!(errno = rej.errno, message = %rej.message, "request refused");

@@ -40,6 +40,10 @@ const NEWROOT: &str = "/newroot";
 const KEEPER_ARGV0: &str = "@pxeroot-nbd";
 const KEEPER_FLAG: &str = "--keep-nbd-device";
 const MONITOR_FLAG: &str = "--monitor";
+/// Invoked under this name (a copy or link of this binary in the root
+/// image, e.g. in /usr/lib/systemd/system-shutdown/), it disconnects
+/// /dev/nbd0 cleanly: the kernel sends NBD's DISC to the server.
+const DISCONNECT_NAME: &str = "pxeroot-disconnect";
 /// How long to wait for the link to report carrier.
 const CARRIER_WAIT: Duration = Duration::from_secs(10);
 /// Backoff between attempts to reach the server: doubles up to this.
@@ -83,6 +87,9 @@ fn main() {
         Some(KEEPER_FLAG) => keep_nbd_device(&args),
         Some(MONITOR_FLAG) => run_monitor(&args[2..]),
         _ => {}
+    }
+    if args.first().map(|a| a.rsplit('/').next() == Some(DISCONNECT_NAME)).unwrap_or(false) {
+        std::process::exit(disconnect("/dev/nbd0"));
     }
     let con = Console { start: Instant::now() };
     if let Err(e) = boot(&con) {
@@ -405,6 +412,30 @@ fn run_monitor(args: &[String]) -> ! {
         eprintln!("pxeroot-nbd: hardening failed: {e}");
     }
     nbdnl::monitor(&m, |msg| eprintln!("pxeroot-nbd: {msg}"))
+}
+
+/// `pxeroot-disconnect [poweroff|reboot|...]`: sync, then NBD_DISCONNECT on
+/// the root device. Run it after the root is read-only (systemd runs
+/// system-shutdown hooks then). Returns the exit code.
+fn disconnect(device: &str) -> i32 {
+    sys::sync();
+    let dev = match std::fs::OpenOptions::new().read(true).open(device) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("pxeroot-disconnect: opening {device}: {e}");
+            return 1;
+        }
+    };
+    match sys::ioctl_arg(dev.as_raw_fd(), nbd::NBD_DISCONNECT, 0) {
+        Ok(_) => {
+            println!("pxeroot-disconnect: {device} disconnected");
+            0
+        }
+        Err(e) => {
+            eprintln!("pxeroot-disconnect: NBD_DISCONNECT on {device}: {e}");
+            1
+        }
+    }
 }
 
 fn mount_root(s: &Settings) -> Result<(), String> {

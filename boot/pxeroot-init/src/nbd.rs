@@ -130,6 +130,7 @@ pub const NBD_SET_BLKSIZE: libc::c_ulong = 0xab01;
 pub const NBD_SET_SIZE: libc::c_ulong = 0xab02;
 pub const NBD_DO_IT: libc::c_ulong = 0xab03;
 pub const NBD_CLEAR_SOCK: libc::c_ulong = 0xab04;
+pub const NBD_DISCONNECT: libc::c_ulong = 0xab08;
 pub const NBD_SET_TIMEOUT: libc::c_ulong = 0xab09;
 pub const NBD_SET_FLAGS: libc::c_ulong = 0xab0a;
 /// Logical block size we give the kernel. 512 lets any filesystem mount
