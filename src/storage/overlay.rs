@@ -60,7 +60,8 @@ pub struct Overlay {
     settled: Condvar,
     /// Serialises flushes (each flush writes metadata in its fixed order).
     flushing: Mutex<()>,
-    /// Set by every data write; cleared by a flush that syncs.
+    /// Set when a data write completes; taken (swapped to false) by each
+    /// flush before it syncs.
     unsynced: AtomicBool,
 }
 
@@ -347,7 +348,6 @@ impl Overlay {
     /// go to the file in one `pwrite` each: contiguous data clusters in
     /// place, and whole new clusters allocated side by side.
     pub fn write(&self, data: &[u8], off: u64) -> Result<()> {
-        self.unsynced.store(true, Ordering::Release);
         let end = off + data.len() as u64;
         let mut pos = off;
         while pos < end {
@@ -360,7 +360,11 @@ impl Overlay {
                     }
                 }
             };
-            pos += self.carry_out(plan, &data[(pos - off) as usize..], pos)?;
+            let done = self.carry_out(plan, &data[(pos - off) as usize..], pos);
+            // Marked once the bytes are in the file (even partly, on error),
+            // so a flush that starts after this write completed syncs it.
+            self.unsynced.store(true, Ordering::Release);
+            pos += done?;
         }
         Ok(())
     }
@@ -600,8 +604,11 @@ impl Overlay {
     /// metadata in crash-safe order (see the module notes).
     pub fn flush(&self) -> Result<()> {
         let _serial = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken before the sync: a write completing after this point sets
+        // the flag again and is synced by the next flush.
+        let data_written = self.unsynced.swap(false, Ordering::AcqRel);
         let snap = self.snapshot();
-        let result = self.write_snapshot(&snap);
+        let result = self.write_snapshot(&snap, data_written);
         if result.is_err() {
             // Put the metadata back as dirty so the next flush retries it.
             let mut meta = self.lock();
@@ -638,14 +645,11 @@ impl Overlay {
         s
     }
 
-    fn write_snapshot(&self, s: &Snapshot) -> Result<()> {
+    fn write_snapshot(&self, s: &Snapshot, data_written: bool) -> Result<()> {
         let write = |bytes: &[u8], at: u64, what| {
             self.file.write_all_at(bytes, at).map_err(|e| StorageError::io(what, &self.path, at, e))
         };
-        let sync = || {
-            self.unsynced.store(false, Ordering::Release);
-            self.file.sync_data().map_err(|e| StorageError::io("fdatasync", &self.path, 0, e))
-        };
+        let sync = || self.file.sync_data().map_err(|e| StorageError::io("fdatasync", &self.path, 0, e));
         let mut synced = false;
         if !s.refblocks.is_empty() {
             for (_, at, bytes) in &s.refblocks {
@@ -671,7 +675,7 @@ impl Overlay {
             sync()?;
             synced = true;
         }
-        if !synced && self.unsynced.load(Ordering::Acquire) {
+        if !synced && data_written {
             sync()?;
         }
         Ok(())
