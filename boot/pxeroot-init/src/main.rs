@@ -44,7 +44,8 @@ const MONITOR_FLAG: &str = "--monitor";
 /// image, e.g. in /usr/lib/systemd/system-shutdown/), it disconnects
 /// /dev/nbd0 cleanly: the kernel sends NBD's DISC to the server.
 const DISCONNECT_NAME: &str = "pxeroot-disconnect";
-/// How long to wait for the link to report carrier.
+/// How often to report that the interface or its carrier is still missing
+/// (the wait itself goes on: a cable may be plugged in late).
 const CARRIER_WAIT: Duration = Duration::from_secs(10);
 /// Backoff between attempts to reach the server: doubles up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -106,7 +107,7 @@ fn boot(con: &Console) -> Result<(), String> {
     }
     let loaded = con.step("load kernel modules", load_modules)?;
     con.say(format_args!("{loaded} modules loaded"));
-    let (iface, mac) = con.step("find the boot interface", || find_interface(&settings))?;
+    let (iface, mac) = con.step("find the boot interface", || find_interface(con, &settings))?;
     con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
     con.step(&format!("configure {iface}"), || configure_net(con, &settings, &iface, mac))?;
     let export = settings.export.clone().unwrap_or_else(|| mac_text(&mac));
@@ -169,13 +170,13 @@ fn mac_text(mac: &[u8; 6]) -> String {
 
 /// The interface named by `ip=`, else the one whose MAC is `BOOTIF`, else
 /// the first that is not loopback.
-fn find_interface(s: &Settings) -> Result<(String, [u8; 6]), String> {
+fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), String> {
     let wanted = match &s.net {
         NetConfig::Static(st) => st.device.clone(),
         NetConfig::Dhcp { device } => device.clone(),
     };
     // NIC drivers probe asynchronously after their module loads: wait.
-    let deadline = Instant::now() + CARRIER_WAIT;
+    let mut deadline = Instant::now() + CARRIER_WAIT;
     loop {
         let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
             .map_err(|e| format!("listing /sys/class/net: {e}"))?
@@ -196,11 +197,13 @@ fn find_interface(s: &Settings) -> Result<(String, [u8; 6]), String> {
             return Ok(p);
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "no network interface matches (wanted {:?}, BOOTIF {:?}); check that the NIC's driver is in the initramfs",
+            // Keep waiting (a NIC may probe late), but say why every so often.
+            con.say(format_args!(
+                "no network interface matches yet (wanted {:?}, BOOTIF {:?}); still waiting: check that the NIC's driver is in the initramfs",
                 wanted,
                 s.bootif.map(|m| mac_text(&m))
             ));
+            deadline = Instant::now() + CARRIER_WAIT;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -210,10 +213,11 @@ fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Resu
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
     // Wait for carrier so the first packet is not dropped.
-    let deadline = Instant::now() + CARRIER_WAIT;
+    let mut deadline = Instant::now() + CARRIER_WAIT;
     while std::fs::read_to_string(format!("/sys/class/net/{iface}/carrier")).map(|c| c.trim() != "1").unwrap_or(true) {
         if Instant::now() > deadline {
-            return Err(format!("{iface} has no carrier after {CARRIER_WAIT:?}: is the cable (or tap) connected?"));
+            con.say(format_args!("{iface} has no carrier yet: is the cable (or tap) connected? still waiting"));
+            deadline = Instant::now() + CARRIER_WAIT;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
