@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::future::Future;
+
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +43,7 @@ pub fn serve(file: &Path) -> Result<()> {
     let listen = c.nbd_listen.clone();
     let registry = Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image)
         .context("cannot open the configured images")?;
-    run(registry, listen)
+    run(registry, listen, c.pxe)
 }
 
 /// `pxeroot nbd`: one base, one overlay per MAC-shaped export name.
@@ -56,27 +58,57 @@ pub fn adhoc_nbd(base: &Path, state_dir: PathBuf, listen: SocketAddr, policy: Ov
     let rule = ClientRule { image: name.clone(), policy };
     let registry = Registry::new(state_dir, vec![image], BTreeMap::new(), Some(rule), Some(name))
         .with_context(|| format!("cannot serve {}", base.display()))?;
-    run(registry, Some(vec![listen]))
+    run(registry, Some(vec![listen]), None)
 }
 
-fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>) -> Result<()> {
+fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crate::config::PxeConfig>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let registry = Arc::new(registry);
-        let mut services = Vec::new();
+        let mut services: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
         if let Some(addrs) = nbd_listen {
             let listeners = nbd::bind(&addrs).await?;
-            services.push(tokio::spawn(nbd::serve(listeners, registry.clone(), shutdown.clone())));
+            let (r, s) = (registry.clone(), shutdown.clone());
+            services.push(tokio::spawn(async move {
+                nbd::serve(listeners, r, s).await;
+                Ok(())
+            }));
+        }
+        if let Some(p) = pxe {
+            let resolver = Arc::new(
+                crate::bootfiles::Resolver::new(&p.boot_dir, registry.clone(), p.script, p.boot)
+                    .with_context(|| format!("cannot serve {}", p.boot_dir.display()))?,
+            );
+            if let Some(addr) = p.tftp_listen {
+                let s = shutdown.clone();
+                services.push(tokio::spawn(async move { crate::tftp::serve(addr, resolver, s).await.map_err(anyhow::Error::from) }));
+            }
         }
         if services.is_empty() {
             anyhow::bail!("no service is enabled in the configuration");
         }
-        wait_for_signal().await?;
+        // Run until a signal, or until a service fails (then stop the rest).
+        let failed = tokio::select! {
+            r = wait_for_signal() => { r?; None }
+            r = futures_lite::future::poll_fn(|cx| {
+                for s in services.iter_mut() {
+                    if let std::task::Poll::Ready(r) = std::pin::Pin::new(s).poll(cx) {
+                        return std::task::Poll::Ready(r);
+                    }
+                }
+                std::task::Poll::Pending
+            }) => Some(r),
+        };
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         shutdown.cancel();
         for s in services {
-            s.await.context("a service task failed")?;
+            if let Ok(Err(e)) = s.await {
+                tracing::error!(error = %format!("{e:#}"), "service failed");
+            }
+        }
+        if let Some(r) = failed {
+            r.context("a service task panicked")?.context("a service failed")?;
         }
         tracing::info!("stopped");
         Ok(())

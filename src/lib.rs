@@ -3,9 +3,12 @@
 //! See ARCHITECTURE.md for the bird's-eye view and the code map.
 #![forbid(unsafe_code)]
 
+pub mod bootfiles;
 pub mod cli;
 pub mod config;
 pub mod initramfs;
+pub mod ipxe;
 pub mod mac;
 pub mod nbd;
 pub mod storage;
+pub mod tftp;

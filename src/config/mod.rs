@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::ipxe::{BootSpec, ScriptParams};
 use crate::mac::Mac;
 use crate::storage::registry::{ClientRule, ImageSpec, OverlayPolicy};
 
@@ -24,7 +25,23 @@ pub struct Config {
     pub unknown: Option<ClientRule>,
     /// Image served under the empty export name.
     pub default_image: Option<String>,
+    /// The PXE side, when `[pxe]` is configured.
+    pub pxe: Option<PxeConfig>,
 }
+
+/// What the PXE services (TFTP now; DHCP and HTTP next) serve.
+#[derive(Debug, Clone)]
+pub struct PxeConfig {
+    pub boot_dir: PathBuf,
+    pub script: ScriptParams,
+    /// Kernel, initrd and arguments per image that has them.
+    pub boot: BTreeMap<String, BootSpec>,
+    /// `None` when TFTP is disabled.
+    pub tftp_listen: Option<SocketAddr>,
+}
+
+/// TFTP's well-known port.
+pub const DEFAULT_TFTP_LISTEN: &str = "0.0.0.0:69";
 
 /// A configuration error: where, what, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +194,48 @@ impl wire::Root {
             None => None,
         };
 
-        Ok(Config { state_dir, nbd_listen, images, clients, unknown, default_image })
+        let pxe = match self.pxe {
+            None => {
+                if self.tftp.is_some() {
+                    return Err(err("tftp", "is set but [pxe] is missing".into(), "add [pxe] with server_address and boot_dir"));
+                }
+                None
+            }
+            Some(p) => {
+                let server = p.server_address.parse().map_err(|_| {
+                    err("pxe.server_address", format!("{:?} is not an IPv4 address", p.server_address), "give the address clients reach this server at, e.g. \"10.0.0.1\"")
+                })?;
+                let boot_dir = resolve(&p.boot_dir);
+                if !boot_dir.is_dir() {
+                    return Err(err("pxe.boot_dir", format!("{} is not a directory", boot_dir.display()), "point it at the directory holding kernels, initrds and iPXE binaries"));
+                }
+                let attach = p.attach.unwrap_or_else(|| "netlink".into());
+                if attach != "netlink" && attach != "ioctl" {
+                    return Err(err("pxe.attach", format!("{attach:?} is not an attach mode"), "use \"netlink\" (reconnects) or \"ioctl\""));
+                }
+                let nbd_port = nbd_listen.as_ref().and_then(|l| l.first()).map_or(nbd_wire::consts::DEFAULT_PORT, |a| a.port());
+                let mut boot = BTreeMap::new();
+                for (name, image) in &self.images {
+                    match (&image.kernel, &image.initrd) {
+                        (Some(k), Some(i)) => {
+                            boot.insert(name.clone(), BootSpec { kernel: k.clone(), initrd: i.clone(), cmdline: image.cmdline.clone().unwrap_or_default() });
+                        }
+                        (None, None) => {}
+                        _ => return Err(err(&format!("images.{name}"), "has only one of kernel and initrd".into(), "give both (paths inside pxe.boot_dir), or neither")),
+                    }
+                }
+                let tftp_listen = match &self.tftp {
+                    Some(t) if !t.enabled => None,
+                    t => {
+                        let text = t.as_ref().and_then(|t| t.listen.clone()).unwrap_or_else(|| DEFAULT_TFTP_LISTEN.into());
+                        Some(text.parse().map_err(|_| err("tftp.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:69\""))?)
+                    }
+                };
+                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach }, boot, tftp_listen })
+            }
+        };
+
+        Ok(Config { state_dir, nbd_listen, images, clients, unknown, default_image, pxe })
     }
 }
 

@@ -19,6 +19,24 @@ pub struct Root {
     pub clients: BTreeMap<String, Client>,
     pub unknown_clients: Option<Unknown>,
     pub default_export: Option<String>,
+    pub pxe: Option<Pxe>,
+    pub tftp: Option<Tftp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pxe {
+    pub server_address: String,
+    pub boot_dir: PathBuf,
+    pub attach: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tftp {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +56,9 @@ fn yes() -> bool {
 pub struct Image {
     pub path: PathBuf,
     pub description: Option<String>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

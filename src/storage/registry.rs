@@ -196,6 +196,11 @@ impl Registry {
         }
     }
 
+    /// The image a client boots (configured, or the unknown-client default).
+    pub fn image_of(&self, mac: Mac) -> Option<String> {
+        self.rule(mac).map(|r| r.image.clone())
+    }
+
     fn rule(&self, mac: Mac) -> Option<&ClientRule> {
         self.clients.get(&mac).or(self.unknown.as_ref())
     }

@@ -1,0 +1,125 @@
+//! The one boot-file resolver behind TFTP (and, later, HTTP): a requested
+//! name becomes either a file inside the boot directory or a generated
+//! per-client iPXE script. Nothing outside the boot directory is ever
+//! opened: `..`, absolute paths, backslash tricks and symlinks that lead out
+//! are refused.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use std::collections::BTreeMap;
+
+use crate::ipxe::{self, BootSpec, ScriptParams};
+use crate::mac::Mac;
+use crate::storage::registry::{Registry, Target};
+
+/// Directory prefix under which per-client scripts are served:
+/// `pxeroot/52-54-00-12-34-56.ipxe`.
+pub const SCRIPT_DIR: &str = "pxeroot";
+pub const SCRIPT_EXT: &str = ".ipxe";
+/// Longest request path we consider (TFTP file names are short; this bounds
+/// the work on hostile input).
+pub const MAX_PATH_LEN: usize = 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("path {path:?} is refused: {reason}")]
+    Refused { path: String, reason: &'static str },
+    #[error("{path:?} not found")]
+    NotFound { path: String },
+}
+
+/// What a name resolves to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BootFile {
+    /// A file inside the boot directory (canonical path).
+    File(PathBuf),
+    /// A generated script for this client.
+    Script { mac: Mac, text: String },
+}
+
+/// Clean a requested name into a relative path with no `..`: the pure half
+/// of the traversal rules. Backslashes count as separators and a leading
+/// separator is ignored, as PXE clients send both.
+pub fn clean(raw: &str) -> Result<PathBuf, ResolveError> {
+    let refuse = |reason| ResolveError::Refused { path: raw.chars().take(MAX_PATH_LEN).collect(), reason };
+    if raw.len() > MAX_PATH_LEN {
+        return Err(refuse("too long"));
+    }
+    if raw.contains('\0') {
+        return Err(refuse("contains NUL"));
+    }
+    let unified = raw.replace('\\', "/");
+    let mut out = PathBuf::new();
+    for c in Path::new(unified.trim_start_matches('/')).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("contains ..")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("is absolute")),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(refuse("is empty"));
+    }
+    Ok(out)
+}
+
+/// Serves the boot directory and the scripts.
+pub struct Resolver {
+    root: PathBuf,
+    registry: Arc<Registry>,
+    params: ScriptParams,
+    /// Kernel, initrd and arguments per image name.
+    boot: BTreeMap<String, BootSpec>,
+}
+
+impl Resolver {
+    /// `root` must exist; it is canonicalised once here.
+    pub fn new(root: &Path, registry: Arc<Registry>, params: ScriptParams, boot: BTreeMap<String, BootSpec>) -> std::io::Result<Resolver> {
+        Ok(Resolver { root: root.canonicalize()?, registry, params, boot })
+    }
+
+    pub fn resolve(&self, raw: &str) -> Result<BootFile, ResolveError> {
+        let rel = clean(raw)?;
+        let text = rel.to_string_lossy();
+        if let Some(name) = text.strip_prefix(&format!("{SCRIPT_DIR}/")).and_then(|n| n.strip_suffix(SCRIPT_EXT)) {
+            return self.script(name, raw);
+        }
+        let not_found = || ResolveError::NotFound { path: raw.to_string() };
+        // Canonicalising follows symlinks: the result must still be inside.
+        let full = self.root.join(&rel).canonicalize().map_err(|_| not_found())?;
+        if !full.starts_with(&self.root) {
+            return Err(ResolveError::Refused { path: raw.to_string(), reason: "leads outside the boot directory" });
+        }
+        if !full.is_file() {
+            return Err(not_found());
+        }
+        Ok(BootFile::File(full))
+    }
+
+    fn script(&self, name: &str, raw: &str) -> Result<BootFile, ResolveError> {
+        let not_found = || ResolveError::NotFound { path: raw.to_string() };
+        let mac: Mac = name.parse().map_err(|_| not_found())?;
+        let target = self.registry.resolve(&mac.to_string()).map_err(|_| not_found())?;
+        let Target::Client(mac) = target else { return Err(not_found()) };
+        let image = self.registry.image_of(mac).ok_or_else(not_found)?;
+        let boot = self.boot.get(&image).ok_or_else(not_found)?;
+        Ok(BootFile::Script { mac, text: ipxe::render(&self.params, mac, boot) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_clean_refuses_traversal_and_absolute_forms() {
+        for bad in ["../etc/passwd", "a/../../b", "..\\..\\etc\\passwd", "pxeroot/../../x", "", "/", "a\0b"] {
+            assert!(clean(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(clean("/undionly.kpxe").unwrap(), PathBuf::from("undionly.kpxe"));
+        assert_eq!(clean("\\efi\\ipxe.efi").unwrap(), PathBuf::from("efi/ipxe.efi"));
+        assert_eq!(clean("./a/./b").unwrap(), PathBuf::from("a/b"));
+    }
+}

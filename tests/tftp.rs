@@ -1,0 +1,145 @@
+//! TFTP judged by curl and atftp: files arrive intact with default and large
+//! block sizes and with windowsize; per-client iPXE scripts are generated;
+//! traversal attempts and write requests are refused and nothing outside the
+//! boot directory is read.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MAC: &str = "52:54:00:7f:00:01";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: Server,
+    tftp_port: u16,
+    boot: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let boot = d.join("boot");
+    std::fs::create_dir_all(boot.join("debian")).unwrap();
+    std::fs::write(boot.join("small.bin"), pattern(1, 1000)).unwrap();
+    std::fs::write(boot.join("debian/vmlinuz"), pattern(2, 8 << 20)).unwrap();
+    std::fs::write(boot.join("debian/initrd.zst"), pattern(3, 1 << 20)).unwrap();
+    // A symlink out of the boot directory, and a secret beside it.
+    std::os::unix::fs::symlink("/", boot.join("escape")).unwrap();
+    std::fs::write(d.join("secret.txt"), "SECRET-OUTSIDE-BOOT-DIR").unwrap();
+    make_raw_base(&d.join("base.img"), 1 << 20, 4);
+    let nbd_port = free_port();
+    let tftp_port = free_port();
+    let cfg = d.join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"state_dir = "state"
+[nbd]
+listen = ["127.0.0.1:{nbd_port}"]
+[pxe]
+server_address = "127.0.0.1"
+boot_dir = "boot"
+[tftp]
+listen = "127.0.0.1:{tftp_port}"
+[images.debian]
+path = "base.img"
+kernel = "debian/vmlinuz"
+initrd = "debian/initrd.zst"
+cmdline = "console=ttyS0"
+[clients."{MAC}"]
+image = "debian"
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::with_config(&cfg, nbd_port, d);
+    let out = d.join("out");
+    let s = Setup { _dir: dir, server, tftp_port, boot, out };
+    // TFTP binds right after NBD: wait until it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !curl(&s, "small.bin", &[]).status.success() {
+        assert!(Instant::now() < deadline, "TFTP never answered:\n{}", s.server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s
+}
+
+fn curl(s: &Setup, name: &str, extra: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args(["-s", "--path-as-is", "--max-time", "20", "-o"])
+        .arg(&s.out)
+        .args(extra)
+        .arg(format!("tftp://127.0.0.1:{}/{name}", s.tftp_port))
+        .output()
+        .unwrap()
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[test]
+fn test_tftp_files_intact_with_curl_and_atftp() {
+    require("curl");
+    require("atftp");
+    let s = setup();
+    for blksize in ["512", "1468"] {
+        let o = curl(&s, "debian/vmlinuz", &["--tftp-blksize", blksize]);
+        assert!(o.status.success(), "curl blksize {blksize}: {o:?}");
+        assert!(same(&s.out, &s.boot.join("debian/vmlinuz")), "blksize {blksize}: content differs");
+    }
+    // atftp negotiates windowsize (RFC 7440) and blksize.
+    let local = s.out.with_extension("atftp");
+    let o = Command::new("atftp")
+        .args(["--option", "blksize 1468", "--option", "windowsize 16", "-g", "-r", "debian/initrd.zst", "-l"])
+        .arg(&local)
+        .args(["127.0.0.1", &s.tftp_port.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "atftp: {o:?}");
+    assert!(same(&local, &s.boot.join("debian/initrd.zst")));
+    assert!(s.server.log_text().contains("TFTP transfer finished"), "no transfer log line");
+}
+
+#[test]
+fn test_tftp_serves_the_client_script() {
+    require("curl");
+    let s = setup();
+    for name in ["pxeroot/52-54-00-7f-00-01.ipxe", "pxeroot/52:54:00:7F:00:01.ipxe"] {
+        let o = curl(&s, name, &[]);
+        assert!(o.status.success(), "{name}: {o:?}");
+        let text = std::fs::read_to_string(&s.out).unwrap();
+        assert!(text.starts_with("#!ipxe"), "{text}");
+        assert!(text.contains("kernel tftp://127.0.0.1/debian/vmlinuz initrd=initrd.zst console=ttyS0 "), "{text}");
+        assert!(text.contains(&format!("pxeroot.export={MAC}")), "{text}");
+        assert!(text.contains("initrd tftp://127.0.0.1/debian/initrd.zst"), "{text}");
+    }
+    // A MAC that is not configured (unknown clients refused): not found.
+    assert!(!curl(&s, "pxeroot/52-54-00-00-00-99.ipxe", &[]).status.success());
+}
+
+#[test]
+fn test_tftp_refuses_traversal_and_writes() {
+    require("curl");
+    let s = setup();
+    for name in ["../secret.txt", "..%5Csecret.txt", "debian/../../secret.txt", "escape/etc/passwd", "escape/tmp", "%2Fetc%2Fpasswd", "/etc/passwd"] {
+        let _ = std::fs::remove_file(&s.out);
+        let o = curl(&s, name, &[]);
+        let got = std::fs::read_to_string(&s.out).unwrap_or_default();
+        assert!(!o.status.success(), "{name} was served: {got:?}");
+        assert!(!got.contains("SECRET") && !got.contains("root:"), "{name} leaked content");
+    }
+    assert!(s.server.log_text().contains("TFTP request refused"));
+    // Write requests are refused and nothing appears in the boot directory.
+    let up = s.out.with_extension("up");
+    std::fs::write(&up, "x").unwrap();
+    let o = Command::new("curl").args(["-s", "--max-time", "10", "-T"]).arg(&up).arg(format!("tftp://127.0.0.1:{}/new.bin", s.tftp_port)).output().unwrap();
+    assert!(!o.status.success(), "upload accepted");
+    assert!(!s.boot.join("new.bin").exists());
+}
