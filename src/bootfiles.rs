@@ -80,6 +80,11 @@ impl Resolver {
         Ok(Resolver { root: root.canonicalize()?, registry, params, boot })
     }
 
+    /// The registry, for the boot events the services report.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn resolve(&self, raw: &str) -> Result<BootFile, ResolveError> {
         let rel = clean(raw)?;
         let text = rel.to_string_lossy();

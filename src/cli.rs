@@ -34,6 +34,23 @@ pub fn check_config(file: &Path) -> Result<()> {
         Some(r) => println!("  unknown clients: boot image {} ({:?})", r.image, r.policy),
         None => println!("  unknown clients: refused"),
     }
+    match &c.pxe {
+        Some(p) => {
+            println!("  pxe: server {}, boot files from {}, attach {}", p.script.server, p.boot_dir.display(), p.script.attach);
+            for (image, b) in &p.boot {
+                println!("  boot {image}: kernel {} initrd {}", b.kernel, b.initrd);
+            }
+            match p.tftp_listen {
+                Some(a) => println!("  tftp: listening on {a}"),
+                None => println!("  tftp: disabled"),
+            }
+            match &p.dhcp {
+                Some(d) => println!("  dhcp: proxy on {}, UEFI {:?}, files {:?}", d.interface.as_deref().unwrap_or("all interfaces"), d.uefi, d.files),
+                None => println!("  dhcp: off"),
+            }
+        }
+        None => println!("  pxe: not configured (NBD only)"),
+    }
     Ok(())
 }
 
@@ -41,8 +58,11 @@ pub fn check_config(file: &Path) -> Result<()> {
 pub fn serve(file: &Path) -> Result<()> {
     let c = Config::load(file)?;
     let listen = c.nbd_listen.clone();
-    let registry = Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image)
+    let mut registry = Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image)
         .context("cannot open the configured images")?;
+    if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some()) {
+        registry = registry.with_boot_events();
+    }
     run(registry, listen, c.pxe)
 }
 
@@ -83,6 +103,10 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
             if let Some(addr) = p.tftp_listen {
                 let s = shutdown.clone();
                 services.push(tokio::spawn(async move { crate::tftp::serve(addr, resolver, s).await.map_err(anyhow::Error::from) }));
+            }
+            if let Some(d) = p.dhcp {
+                let (r, s) = (registry.clone(), shutdown.clone());
+                services.push(tokio::spawn(async move { crate::dhcp::serve(d, r, s).await.map_err(anyhow::Error::from) }));
             }
         }
         if services.is_empty() {

@@ -88,7 +88,13 @@ impl Handler for TftpHandler {
                 (Source::File(blocking::Unblock::new(f)), size)
             }
             Ok(BootFile::Script { mac, text }) => {
-                info!(%mac, %client, "boot script requested over TFTP");
+                // Fetching its script is where a client's new boot starts.
+                info!(%mac, %client, "boot script requested over TFTP: new boot");
+                match self.resolver.registry().new_boot(mac) {
+                    Ok(true) => info!(%mac, "ephemeral overlay reset for the new boot"),
+                    Ok(false) => {}
+                    Err(e) => warn!(%mac, error = %e, "resetting the ephemeral overlay failed"),
+                }
                 let size = text.len() as u64;
                 (Source::Script(Cursor::new(text.into_bytes())), size)
             }

@@ -37,8 +37,10 @@ fn test_check_config_ok_and_errors_name_file_key_fix() {
 
     // The shipped example is valid once its image exists.
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pxeroot.example.toml")).unwrap();
-    std::fs::create_dir_all(d.path().join("srv")).unwrap();
-    let example = example.replace("/srv/pxeroot/images/", &format!("{}/srv/", d.path().display()));
+    std::fs::create_dir_all(d.path().join("srv/boot")).unwrap();
+    let example = example
+        .replace("/srv/pxeroot/images/", &format!("{}/srv/", d.path().display()))
+        .replace("/srv/pxeroot/boot", &format!("{}/srv/boot", d.path().display()));
     for line in example.lines().filter(|l| l.starts_with("path = ")) {
         let p = line.trim_start_matches("path = ").trim_matches('"');
         make_raw_base(std::path::Path::new(p), 1 << 20, 2);

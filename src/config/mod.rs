@@ -38,6 +38,8 @@ pub struct PxeConfig {
     pub boot: BTreeMap<String, BootSpec>,
     /// `None` when TFTP is disabled.
     pub tftp_listen: Option<SocketAddr>,
+    /// `None` when DHCP is off.
+    pub dhcp: Option<crate::dhcp::DhcpConfig>,
 }
 
 /// TFTP's well-known port.
@@ -196,8 +198,8 @@ impl wire::Root {
 
         let pxe = match self.pxe {
             None => {
-                if self.tftp.is_some() {
-                    return Err(err("tftp", "is set but [pxe] is missing".into(), "add [pxe] with server_address and boot_dir"));
+                if self.tftp.is_some() || self.dhcp.is_some() {
+                    return Err(err(if self.tftp.is_some() { "tftp" } else { "dhcp" }, "is set but [pxe] is missing".into(), "add [pxe] with server_address and boot_dir"));
                 }
                 None
             }
@@ -231,7 +233,35 @@ impl wire::Root {
                         Some(text.parse().map_err(|_| err("tftp.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:69\""))?)
                     }
                 };
-                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach }, boot, tftp_listen })
+                let dhcp = match &self.dhcp {
+                    None => None,
+                    Some(d) => match d.mode.as_deref().unwrap_or("proxy") {
+                        "off" => None,
+                        "proxy" => {
+                            let uefi = match d.uefi.as_deref().unwrap_or("in-offer") {
+                                "in-offer" => crate::dhcp::decide::UefiStrategy::InOffer,
+                                "via-4011" => crate::dhcp::decide::UefiStrategy::Via4011,
+                                other => return Err(err("dhcp.uefi", format!("{other:?} is not a UEFI strategy"), "use \"in-offer\" or \"via-4011\"")),
+                            };
+                            let defaults = crate::dhcp::decide::BootFiles::default();
+                            Some(crate::dhcp::DhcpConfig {
+                                server,
+                                interface: d.interface.clone(),
+                                files: crate::dhcp::decide::BootFiles {
+                                    bios: d.bios_file.clone().unwrap_or(defaults.bios),
+                                    uefi_x64: d.uefi_x64_file.clone().unwrap_or(defaults.uefi_x64),
+                                    uefi_arm64: d.uefi_arm64_file.clone().unwrap_or(defaults.uefi_arm64),
+                                },
+                                uefi,
+                                dhcp_port: 67,
+                                pxe_port: 4011,
+                            })
+                        }
+                        "full" => return Err(err("dhcp.mode", "\"full\" is not available in this version".into(), "use \"proxy\" beside the site's DHCP server, or \"off\"")),
+                        other => return Err(err("dhcp.mode", format!("{other:?} is not a DHCP mode"), "use \"proxy\" or \"off\"")),
+                    },
+                };
+                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach }, boot, tftp_listen, dhcp })
             }
         };
 

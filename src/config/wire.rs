@@ -21,6 +21,18 @@ pub struct Root {
     pub default_export: Option<String>,
     pub pxe: Option<Pxe>,
     pub tftp: Option<Tftp>,
+    pub dhcp: Option<Dhcp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp {
+    pub mode: Option<String>,
+    pub interface: Option<String>,
+    pub uefi: Option<String>,
+    pub bios_file: Option<String>,
+    pub uefi_x64_file: Option<String>,
+    pub uefi_arm64_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

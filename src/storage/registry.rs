@@ -179,6 +179,15 @@ impl Registry {
         })
     }
 
+    /// From now on a boot starts only when [`Registry::new_boot`] says so
+    /// (the PXE side calls it when a client fetches its boot script), not
+    /// whenever a session starts with no other connection open. This keeps
+    /// an ephemeral overlay across an NBD reconnect within one boot.
+    pub fn with_boot_events(mut self) -> Registry {
+        self.reset_on_new_session = false;
+        self
+    }
+
     /// Map an export name to what it serves.
     pub fn resolve(&self, name: &str) -> std::result::Result<Target, ResolveError> {
         if name.is_empty() {

@@ -1,0 +1,308 @@
+//! The proxy DHCP decision, as a pure function: a decoded request, the port
+//! it arrived on and what the daemon knows go in; a reply (or none) and a
+//! boot event come out. No sockets, no clock.
+//!
+//! Facts from `../shared/reference/pxe-dhcp.md`: answer only PXE clients
+//! (option 60 `PXEClient...`), never hand out addresses (yiaddr 0, no lease
+//! options), echo option 97, put the boot file in `siaddr` + `file` and in
+//! options 66/67, option 43 sub-option 6 = 8 (no further discovery). A client
+//! that already runs iPXE (option 77 `iPXE` or option 175) gets its script,
+//! so it never loads iPXE again.
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+
+use crate::mac::Mac;
+
+/// Option 43 sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: boot the file named
+/// in this reply, no boot server discovery, no menu.
+const PXE_DISCOVERY_CONTROL_BOOT_FILE: [u8; 4] = [6, 1, 8, 255];
+/// iPXE's encapsulated options.
+const OPT_IPXE_ENCAP: u8 = 175;
+/// Longest file name the BOOTP `file` field holds (128 bytes with its NUL).
+pub const MAX_BOOT_FILE: usize = 127;
+
+/// Which port a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// 67: answer DISCOVER with a proxy OFFER.
+    Dhcp,
+    /// 4011: answer REQUEST with an ACK carrying the boot file.
+    Pxe,
+}
+
+/// The client's firmware, from option 93.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Bios,
+    UefiX64,
+    UefiArm64,
+}
+
+impl Arch {
+    fn from_option93(code: u16) -> Option<Arch> {
+        match code {
+            0 => Some(Arch::Bios),
+            // 9 is EBC by the RFC, but many x64 firmwares send it.
+            7 | 9 => Some(Arch::UefiX64),
+            11 => Some(Arch::UefiArm64),
+            _ => None,
+        }
+    }
+}
+
+/// Boot file names per architecture (inside the boot directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFiles {
+    pub bios: String,
+    pub uefi_x64: String,
+    pub uefi_arm64: String,
+}
+
+impl Default for BootFiles {
+    fn default() -> Self {
+        BootFiles { bios: "undionly.kpxe".into(), uefi_x64: "ipxe.efi".into(), uefi_arm64: "ipxe-arm64.efi".into() }
+    }
+}
+
+/// How UEFI firmware is answered (pxe-dhcp.md): (a) everything in the offer,
+/// or (b) a bare offer, then the boot file in an ACK on port 4011.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UefiStrategy {
+    InOffer,
+    Via4011,
+}
+
+/// What the decision needs from the daemon.
+pub struct Context<'a> {
+    pub server: Ipv4Addr,
+    pub files: &'a BootFiles,
+    pub uefi: UefiStrategy,
+    /// Whether this MAC may boot (configured, or unknown clients boot).
+    pub may_boot: &'a dyn Fn(Mac) -> bool,
+    /// The script URL for a client already running iPXE.
+    pub script_url: &'a dyn Fn(Mac) -> String,
+}
+
+/// What a request was, for the boot timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub mac: Mac,
+    pub kind: MessageType,
+    pub arch: Option<u16>,
+    pub ipxe: bool,
+    /// The boot file offered, if any.
+    pub offered: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ignored {
+    NotBootRequest,
+    NotEthernet,
+    NotPxe,
+    WrongMessage,
+    UnknownArch(u16),
+    NotAllowed(Mac),
+}
+
+/// Decide the reply to `req`, which arrived on `port`.
+pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen), Ignored> {
+    if req.opcode() != Opcode::BootRequest {
+        return Err(Ignored::NotBootRequest);
+    }
+    let mac: Mac = match req.chaddr().get(..6).and_then(|c| <[u8; 6]>::try_from(c).ok()) {
+        Some(m) => Mac(m),
+        None => return Err(Ignored::NotEthernet),
+    };
+    let opts = req.opts();
+    let pxe_class = matches!(opts.get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"));
+    if !pxe_class {
+        return Err(Ignored::NotPxe);
+    }
+    let kind = opts.msg_type().ok_or(Ignored::WrongMessage)?;
+    let reply_kind = match (port, kind) {
+        (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
+        (Port::Pxe, MessageType::Request) => MessageType::Ack,
+        _ => return Err(Ignored::WrongMessage),
+    };
+    let arch_code = match opts.get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+        _ => None,
+    };
+    // No option 93: a legacy BIOS ROM.
+    let arch = match arch_code {
+        None => Arch::Bios,
+        Some(c) => Arch::from_option93(c).ok_or(Ignored::UnknownArch(c))?,
+    };
+    let ipxe = matches!(opts.get(OptionCode::UserClass), Some(DhcpOption::UserClass(u)) if u == b"iPXE")
+        || opts.get(OptionCode::Unknown(OPT_IPXE_ENCAP)).is_some();
+    if !(ctx.may_boot)(mac) {
+        return Err(Ignored::NotAllowed(mac));
+    }
+    let file = if ipxe {
+        (ctx.script_url)(mac)
+    } else {
+        match arch {
+            Arch::Bios => ctx.files.bios.clone(),
+            Arch::UefiX64 => ctx.files.uefi_x64.clone(),
+            Arch::UefiArm64 => ctx.files.uefi_arm64.clone(),
+        }
+    };
+    // Strategy (b): UEFI firmware gets a bare offer and the file on 4011.
+    let bare = reply_kind == MessageType::Offer && !ipxe && arch != Arch::Bios && ctx.uefi == UefiStrategy::Via4011;
+
+    let mut r = Message::default();
+    r.set_opcode(Opcode::BootReply)
+        .set_htype(req.htype())
+        .set_xid(req.xid())
+        .set_flags(if req.flags().broadcast() { Flags::default().set_broadcast() } else { Flags::default() })
+        .set_giaddr(req.giaddr())
+        .set_chaddr(req.chaddr())
+        .set_yiaddr(Ipv4Addr::UNSPECIFIED)
+        .set_siaddr(ctx.server);
+    let o = r.opts_mut();
+    o.insert(DhcpOption::MessageType(reply_kind));
+    o.insert(DhcpOption::ServerIdentifier(ctx.server));
+    o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    if let Some(DhcpOption::ClientMachineIdentifier(id)) = opts.get(OptionCode::ClientMachineIdentifier) {
+        o.insert(DhcpOption::ClientMachineIdentifier(id.clone()));
+    }
+    let offered = if bare {
+        None
+    } else {
+        let name = &file[..file.len().min(MAX_BOOT_FILE)];
+        o.insert(DhcpOption::TFTPServerName(ctx.server.to_string().into_bytes()));
+        o.insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
+        o.insert(DhcpOption::VendorExtensions(PXE_DISCOVERY_CONTROL_BOOT_FILE.to_vec()));
+        r.set_fname_str(name);
+        Some(name.to_string())
+    };
+    Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::{Decodable, Decoder};
+
+    /// DHCP payloads (UDP to port 67) from a pcap file: 24-byte header, then
+    /// per record 16 bytes + an Ethernet/IPv4/UDP frame.
+    pub fn pcap_dhcp_requests(bytes: &[u8]) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut at = 24;
+        while at + 16 <= bytes.len() {
+            let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+            let frame = &bytes[at + 16..(at + 16 + incl).min(bytes.len())];
+            at += 16 + incl;
+            if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
+                continue;
+            }
+            let ihl = (frame[14] & 0x0f) as usize * 4;
+            let udp = 14 + ihl;
+            let dport = u16::from_be_bytes([frame[udp + 2], frame[udp + 3]]);
+            if dport != 67 && dport != 4011 {
+                continue;
+            }
+            if let Ok(m) = Message::decode(&mut Decoder::new(&frame[udp + 8..])) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn fixture(name: &str) -> Vec<Message> {
+        let path = format!("{}/tests/fixtures/dhcp/{name}", env!("CARGO_MANIFEST_DIR"));
+        pcap_dhcp_requests(&std::fs::read(path).unwrap())
+    }
+
+    fn ctx<'a>(files: &'a BootFiles, uefi: UefiStrategy, may: &'a dyn Fn(Mac) -> bool, url: &'a dyn Fn(Mac) -> String) -> Context<'a> {
+        Context { server: Ipv4Addr::new(10, 99, 0, 1), files, uefi, may_boot: may, script_url: url }
+    }
+
+    fn opt_bytes(m: &Message, code: OptionCode) -> Option<Vec<u8>> {
+        match m.opts().get(code)? {
+            DhcpOption::BootfileName(b) | DhcpOption::ClassIdentifier(b) | DhcpOption::VendorExtensions(b) | DhcpOption::ClientMachineIdentifier(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn test_bios_ipxe_rom_discover_gets_its_script() {
+        let files = BootFiles::default();
+        let url = |m: Mac| format!("tftp://10.99.0.1/pxeroot/{}.ipxe", m.file_stem());
+        let reqs = fixture("bios-ipxe-rom.pcap");
+        assert!(!reqs.is_empty());
+        for req in reqs {
+            let (r, seen) = decide(&req, Port::Dhcp, &ctx(&files, UefiStrategy::InOffer, &|_| true, &url)).unwrap();
+            assert_eq!(seen.mac.to_string(), "52:54:00:aa:00:01");
+            assert!(seen.ipxe && seen.arch == Some(0));
+            assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
+            assert_eq!(r.xid(), req.xid());
+            assert_eq!(r.yiaddr(), Ipv4Addr::UNSPECIFIED, "a proxy never hands out addresses");
+            assert_eq!(r.siaddr(), Ipv4Addr::new(10, 99, 0, 1));
+            assert_eq!(opt_bytes(&r, OptionCode::ClassIdentifier).unwrap(), b"PXEClient");
+            assert_eq!(opt_bytes(&r, OptionCode::BootfileName).unwrap(), b"tftp://10.99.0.1/pxeroot/52-54-00-aa-00-01.ipxe");
+            assert!(r.opts().get(OptionCode::SubnetMask).is_none() && r.opts().get(OptionCode::AddressLeaseTime).is_none());
+            assert_eq!(opt_bytes(&r, OptionCode::ClientMachineIdentifier), opt_bytes(&req, OptionCode::ClientMachineIdentifier), "option 97 echoed");
+        }
+    }
+
+    #[test]
+    fn test_ovmf_native_pxe_gets_ipxe_efi_and_rom_gets_script() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| "tftp://10.99.0.1/pxeroot/x.ipxe".to_string();
+        let mut native = 0;
+        let mut rom = 0;
+        for req in fixture("ovmf-virtio.pcap") {
+            let (r, seen) = decide(&req, Port::Dhcp, &ctx(&files, UefiStrategy::InOffer, &|_| true, &url)).unwrap();
+            assert_eq!(seen.arch, Some(7));
+            let file = opt_bytes(&r, OptionCode::BootfileName).unwrap();
+            if seen.ipxe {
+                rom += 1;
+                assert_eq!(file, b"tftp://10.99.0.1/pxeroot/x.ipxe");
+            } else {
+                native += 1;
+                assert_eq!(file, b"ipxe.efi");
+                assert_eq!(opt_bytes(&r, OptionCode::VendorExtensions).unwrap(), PXE_DISCOVERY_CONTROL_BOOT_FILE);
+                assert!(r.flags().broadcast(), "broadcast flag kept");
+            }
+        }
+        assert!(native > 0 && rom > 0, "native {native} rom {rom}");
+    }
+
+    #[test]
+    fn test_uefi_via_4011_bare_offer_then_ack() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let c = ctx(&files, UefiStrategy::Via4011, &|_| true, &url);
+        let req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
+        let (offer, seen) = decide(&req, Port::Dhcp, &c).unwrap();
+        assert_eq!(seen.offered, None);
+        assert!(offer.opts().get(OptionCode::BootfileName).is_none());
+        let mut request = req.clone();
+        request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        let (ack, seen) = decide(&request, Port::Pxe, &c).unwrap();
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(seen.offered.as_deref(), Some("ipxe.efi"));
+        // A DISCOVER on 4011, or a REQUEST on 67, is not ours.
+        assert_eq!(decide(&req, Port::Pxe, &c).unwrap_err(), Ignored::WrongMessage);
+        assert_eq!(decide(&request, Port::Dhcp, &c).unwrap_err(), Ignored::WrongMessage);
+    }
+
+    #[test]
+    fn test_ignores_non_pxe_and_unknown_macs() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let req = fixture("bios-ipxe-rom.pcap").remove(0);
+        let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
+        assert!(matches!(decide(&req, Port::Dhcp, &c), Err(Ignored::NotAllowed(_))));
+        let mut plain = req.clone();
+        plain.opts_mut().insert(DhcpOption::ClassIdentifier(b"MSFT 5.0".to_vec()));
+        let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        assert_eq!(decide(&plain, Port::Dhcp, &c).unwrap_err(), Ignored::NotPxe);
+        let mut arch = req.clone();
+        arch.opts_mut().insert(DhcpOption::ClientSystemArchitecture(dhcproto::v4::Architecture::Unknown(25)));
+        assert_eq!(decide(&arch, Port::Dhcp, &c).unwrap_err(), Ignored::UnknownArch(25));
+    }
+}

@@ -1,0 +1,179 @@
+//! Proxy DHCP: the socket shell around [`decide::decide`]. Listens on UDP 67
+//! (DISCOVER -> proxy OFFER) and 4011 (REQUEST -> ACK) beside the site's
+//! own DHCP server. Malformed packets are dropped with a debug log; a flood
+//! from one MAC is rate-limited without starving others.
+
+pub mod decide;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::mac::Mac;
+use crate::storage::registry::Registry;
+use decide::{BootFiles, Context, Port, UefiStrategy};
+
+/// Largest DHCP packet we read (an Ethernet MTU; RFC 2131 minimum is 576).
+pub const MAX_PACKET: usize = 1500;
+/// Replies per MAC per [`RATE_WINDOW`]: firmware retries a few times a minute.
+pub const MAX_REPLIES_PER_MAC: u32 = 10;
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// MACs the rate limiter remembers; older entries are dropped past this.
+pub const MAX_TRACKED_MACS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("cannot listen for DHCP on UDP {port}{}", interface.as_ref().map(|i| format!(" on {i}")).unwrap_or_default())]
+    Bind {
+        port: u16,
+        interface: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the DHCP service needs from the config.
+#[derive(Debug, Clone)]
+pub struct DhcpConfig {
+    pub server: Ipv4Addr,
+    pub interface: Option<String>,
+    pub files: BootFiles,
+    pub uefi: UefiStrategy,
+    /// Ports, 67 and 4011 unless a test moves them.
+    pub dhcp_port: u16,
+    pub pxe_port: u16,
+}
+
+/// Per-MAC rate limiting, pure: time comes in as an argument.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    seen: HashMap<Mac, (Instant, u32)>,
+}
+
+impl RateLimiter {
+    /// Whether a reply to `mac` may go out at `now`.
+    pub fn allow(&mut self, mac: Mac, now: Instant) -> bool {
+        if self.seen.len() >= MAX_TRACKED_MACS && !self.seen.contains_key(&mac) {
+            self.seen.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+        }
+        let e = self.seen.entry(mac).or_insert((now, 0));
+        if now.duration_since(e.0) >= RATE_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= MAX_REPLIES_PER_MAC
+    }
+}
+
+fn socket(port: u16, interface: Option<&str>) -> Result<UdpSocket, DhcpError> {
+    let err = |source| DhcpError::Bind { port, interface: interface.map(String::from), source };
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_broadcast(true).map_err(err)?;
+    if let Some(i) = interface {
+        s.bind_device(Some(i.as_bytes())).map_err(err)?;
+    }
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+/// Serve proxy DHCP until `shutdown`.
+pub async fn serve(cfg: DhcpConfig, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<(), DhcpError> {
+    let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref())?;
+    let pxe = socket(cfg.pxe_port, cfg.interface.as_deref())?;
+    info!(server = %cfg.server, interface = ?cfg.interface, "proxy DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
+    let cfg = Arc::new(cfg);
+    let limiter = Arc::new(std::sync::Mutex::new(RateLimiter::default()));
+    let a = tokio::spawn(listen(dhcp, Port::Dhcp, cfg.clone(), registry.clone(), limiter.clone(), shutdown.clone()));
+    let b = tokio::spawn(listen(pxe, Port::Pxe, cfg, registry, limiter, shutdown));
+    let _ = tokio::join!(a, b);
+    Ok(())
+}
+
+async fn listen(
+    sock: UdpSocket,
+    port: Port,
+    cfg: Arc<DhcpConfig>,
+    registry: Arc<Registry>,
+    limiter: Arc<std::sync::Mutex<RateLimiter>>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let may_boot = |m: Mac| registry.image_of(m).is_some();
+    let script_url = |m: Mac| format!("tftp://{}/{}/{}{}", cfg.server, crate::bootfiles::SCRIPT_DIR, m.file_stem(), crate::bootfiles::SCRIPT_EXT);
+    loop {
+        let (n, from) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "DHCP receive failed");
+                    continue;
+                }
+            },
+        };
+        let req = match dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..n])) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(%from, bytes = n, error = %e, "malformed DHCP packet dropped");
+                continue;
+            }
+        };
+        let decided = {
+            let ctx = Context { server: cfg.server, files: &cfg.files, uefi: cfg.uefi, may_boot: &may_boot, script_url: &script_url };
+            decide::decide(&req, port, &ctx)
+        };
+        let (reply, seen) = match decided {
+            Ok(x) => x,
+            Err(why) => {
+                debug!(%from, ?why, "DHCP request not answered");
+                continue;
+            }
+        };
+        let allowed = limiter.lock().map(|mut l| l.allow(seen.mac, Instant::now())).unwrap_or(true);
+        if !allowed {
+            debug!(mac = %seen.mac, "DHCP reply rate-limited");
+            continue;
+        }
+        let to = match port {
+            Port::Dhcp if !req.giaddr().is_unspecified() => SocketAddr::V4(SocketAddrV4::new(req.giaddr(), 67)),
+            Port::Dhcp => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
+            Port::Pxe => from,
+        };
+        let mut out = Vec::with_capacity(512);
+        if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
+            warn!(error = %e, "encoding a DHCP reply failed");
+            continue;
+        }
+        match sock.send_to(&out, to).await {
+            Ok(_) => info!(mac = %seen.mac, arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, request = ?seen.kind, "DHCP: PXE client answered"),
+            Err(e) => warn!(mac = %seen.mac, %to, error = %e, "sending the DHCP reply failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_rate_limiter_per_mac_window() {
+        let mut l = RateLimiter::default();
+        let t = Instant::now();
+        let a = Mac([1, 2, 3, 4, 5, 6]);
+        let b = Mac([1, 2, 3, 4, 5, 7]);
+        for _ in 0..MAX_REPLIES_PER_MAC {
+            assert!(l.allow(a, t));
+        }
+        assert!(!l.allow(a, t), "flood not limited");
+        assert!(l.allow(b, t), "another MAC starved");
+        assert!(l.allow(a, t + RATE_WINDOW), "window did not reset");
+    }
+}
