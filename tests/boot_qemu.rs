@@ -44,7 +44,7 @@ impl Netns {
     fn new(tag: &str) -> Netns {
         assert!(nix::unistd::geteuid().is_root(), "boot tests need root for namespaces and taps (CI runs as root)");
         let name = format!("pxrt-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
@@ -143,15 +143,18 @@ fn initramfs(dir: &Path) -> PathBuf {
 
 /// Boot QEMU in `ns` with `cmdline`; returns the console lines and whether
 /// QEMU exited by itself. `stop_when` ends the boot early.
-fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+    let args: Vec<String> = vec!["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string(), "-append".into(), cmdline.into()];
+    run_qemu(ns, &args, stop_when)
+}
+
+/// Run QEMU (TCG, serial console on stdout, virtio-net on tap0) with `args`.
+fn run_qemu(ns: &Netns, args: &[String], mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
     require("qemu-system-x86_64");
     let mut c = ns.command(Path::new("qemu-system-x86_64"));
-    c.args(["-accel", "tcg", "-machine", "pc", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
-        .args(["-no-reboot", "-serial", "stdio", "-kernel"])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", cmdline])
+    c.args(["-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
+        .args(["-no-reboot", "-serial", "stdio"])
+        .args(args)
         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
         .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
         .stdout(Stdio::piped())
@@ -367,4 +370,91 @@ fn test_boot_without_ip_uses_dhcp() {
     // Export defaulted to the boot interface's MAC.
     assert!(console.contains("export 52:54:00:b0:07:01: ok"), "{console}");
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
+}
+
+/// The reference topology: a "LAN" namespace with a bridge, the client's
+/// tap and the site's DHCP server (dnsmasq); pxeroot in its own namespace,
+/// joined to the bridge by veth. No default route: nothing leaves.
+fn lan_and_server(tag: &str) -> (Netns, Netns) {
+    let lan = Netns::new(&format!("{tag}l"));
+    let srv = Netns::new(&format!("{tag}s"));
+    // Re-plumb: in the LAN namespace the tap joins a bridge that holds the
+    // site DHCP server's address; the server namespace gets a veth.
+    lan.exec(&["ip", "addr", "flush", "dev", "tap0"]);
+    lan.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    lan.exec(&["ip", "link", "set", "tap0", "master", "br0"]);
+    lan.exec(&["ip", "addr", "add", "10.99.0.254/24", "dev", "br0"]);
+    lan.exec(&["ip", "link", "set", "br0", "up"]);
+    srv.exec(&["ip", "link", "del", "tap0"]);
+    lan.exec(&["ip", "link", "add", "vlan0", "type", "veth", "peer", "name", "vsrv0", "netns", &srv.name]);
+    lan.exec(&["ip", "link", "set", "vlan0", "master", "br0"]);
+    lan.exec(&["ip", "link", "set", "vlan0", "up"]);
+    srv.exec(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vsrv0"]);
+    srv.exec(&["ip", "link", "set", "vsrv0", "up"]);
+    (lan, srv)
+}
+
+#[test]
+fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let boot = d.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
+    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    let (lan, srv) = lan_and_server("pxe");
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"state_dir = "state"
+[nbd]
+listen = ["{SERVER_IP}:10809"]
+[pxe]
+server_address = "{SERVER_IP}"
+boot_dir = "boot"
+attach = "ioctl"
+[dhcp]
+mode = "proxy"
+interface = "vsrv0"
+[images.root]
+path = "{}"
+kernel = "vmlinuz"
+initrd = "initrd.zst"
+cmdline = "console=ttyS0 panic=-1 loglevel=4"
+[clients."{MAC}"]
+image = "root"
+"#,
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log_path = d.path().join("pxeroot.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    // The site's DHCP server: addresses only, no boot information.
+    let _dnsmasq = Proc(
+        lan.command(Path::new("dnsmasq"))
+            .args(["--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
+            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
+            .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
+            .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
+    eprintln!("PXE boot, QEMU start to power-off: {:.1} s", t.elapsed().as_secs_f64());
+    for event in ["DHCP: PXE client answered", "new boot", "TFTP transfer finished", "NBD session opened"] {
+        assert!(server_log.contains(event), "no {event:?} in the server log:\n{server_log}");
+    }
+    let flat = d.path().join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{STEM}.qcow2"))).arg(&flat));
+    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+    assert!(marker.contains("written by the diskless client"), "{marker}");
 }
