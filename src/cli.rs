@@ -104,6 +104,10 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
                 let s = shutdown.clone();
                 services.push(tokio::spawn(async move { crate::tftp::serve(addr, resolver, s).await.map_err(anyhow::Error::from) }));
             }
+            if let Some(i) = p.ra_interface {
+                let s = shutdown.clone();
+                services.push(tokio::spawn(async move { crate::ra::serve(i, s).await.map_err(anyhow::Error::from) }));
+            }
             if let Some(d) = p.dhcp {
                 let (r, s) = (registry.clone(), shutdown.clone());
                 services.push(tokio::spawn(async move { crate::dhcp::serve(d, r, s).await.map_err(anyhow::Error::from) }));

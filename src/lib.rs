@@ -11,5 +11,6 @@ pub mod initramfs;
 pub mod ipxe;
 pub mod mac;
 pub mod nbd;
+pub mod ra;
 pub mod storage;
 pub mod tftp;

@@ -170,13 +170,15 @@ fn run_qemu(ns: &Netns, args: &[String], mut stop_when: impl FnMut(&str) -> bool
             }
         }
     });
-    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + BOOT_TIMEOUT;
     let mut lines = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(l) => {
                 let stop = stop_when(&l);
-                lines.push(l);
+                // Host-side time since QEMU started: the boot's timeline.
+                lines.push(format!("[{:6.2}] {l}", started.elapsed().as_secs_f64()));
                 if stop {
                     return (lines, false);
                 }
@@ -418,6 +420,7 @@ attach = "ioctl"
 [dhcp]
 mode = "proxy"
 interface = "vsrv0"
+ipv6_router_advertisements = true
 [images.root]
 path = "{}"
 kernel = "vmlinuz"
@@ -447,9 +450,16 @@ image = "root"
     let t = Instant::now();
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
+    eprintln!("{console}");
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
     eprintln!("PXE boot, QEMU start to power-off: {:.1} s", t.elapsed().as_secs_f64());
+    // The router advertisement ends iPXE's IPv6 autoconfiguration wait
+    // (about 16 s without it).
+    let at = |needle: &str| lines.iter().find(|l| l.contains(needle)).and_then(|l| l[1..7].trim().parse::<f64>().ok());
+    let configured = at("Configuring (net0").expect("iPXE configured");
+    let started = at("Press Ctrl-B for the iPXE command line").expect("iPXE started");
+    assert!(configured - started < 6.0, "iPXE's network configuration took {:.1} s: the RA did not end the IPv6 wait", configured - started);
     for event in ["DHCP: PXE client answered", "new boot", "TFTP transfer finished", "NBD session opened"] {
         assert!(server_log.contains(event), "no {event:?} in the server log:\n{server_log}");
     }

@@ -40,6 +40,8 @@ pub struct PxeConfig {
     pub tftp_listen: Option<SocketAddr>,
     /// `None` when DHCP is off.
     pub dhcp: Option<crate::dhcp::DhcpConfig>,
+    /// Interface to send IPv6 router advertisements (lifetime 0) on.
+    pub ra_interface: Option<String>,
 }
 
 /// TFTP's well-known port.
@@ -261,7 +263,13 @@ impl wire::Root {
                         other => return Err(err("dhcp.mode", format!("{other:?} is not a DHCP mode"), "use \"proxy\" or \"off\"")),
                     },
                 };
-                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach }, boot, tftp_listen, dhcp })
+                let ra_interface = match &self.dhcp {
+                    Some(d) if d.ipv6_router_advertisements == Some(true) => Some(d.interface.clone().ok_or_else(|| {
+                        err("dhcp.ipv6_router_advertisements", "needs an interface".into(), "set dhcp.interface to the boot network's interface")
+                    })?),
+                    _ => None,
+                };
+                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach }, boot, tftp_listen, dhcp, ra_interface })
             }
         };
 

@@ -33,6 +33,7 @@ pub struct Dhcp {
     pub bios_file: Option<String>,
     pub uefi_x64_file: Option<String>,
     pub uefi_arm64_file: Option<String>,
+    pub ipv6_router_advertisements: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
