@@ -44,6 +44,11 @@ pub fn check_config(file: &Path) -> Result<()> {
                 Some(a) => println!("  tftp: listening on {a}"),
                 None => println!("  tftp: disabled"),
             }
+            match p.http_listen {
+                Some(a) => println!("  http: listening on {a}"),
+                None => println!("  http: disabled"),
+            }
+            println!("  scripts fetch kernel and initrd from {}", p.script.files_base);
             match &p.dhcp {
                 Some(d) => println!("  dhcp: proxy on {}, UEFI {:?}, files {:?}", d.interface.as_deref().unwrap_or("all interfaces"), d.uefi, d.files),
                 None => println!("  dhcp: off"),
@@ -60,7 +65,7 @@ pub fn serve(file: &Path) -> Result<()> {
     let listen = c.nbd_listen.clone();
     let mut registry = Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image)
         .context("cannot open the configured images")?;
-    if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some()) {
+    if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
         registry = registry.with_boot_events();
     }
     run(registry, listen, c.pxe)
@@ -101,8 +106,12 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
                     .with_context(|| format!("cannot serve {}", p.boot_dir.display()))?,
             );
             if let Some(addr) = p.tftp_listen {
-                let s = shutdown.clone();
-                services.push(tokio::spawn(async move { crate::tftp::serve(addr, resolver, s).await.map_err(anyhow::Error::from) }));
+                let (s, r) = (shutdown.clone(), resolver.clone());
+                services.push(tokio::spawn(async move { crate::tftp::serve(addr, r, s).await.map_err(anyhow::Error::from) }));
+            }
+            if let Some(addr) = p.http_listen {
+                let (s, r) = (shutdown.clone(), resolver.clone());
+                services.push(tokio::spawn(async move { crate::http::serve(addr, r, s).await.map_err(anyhow::Error::from) }));
             }
             if let Some(i) = p.ra_interface {
                 let s = shutdown.clone();

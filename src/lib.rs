@@ -7,6 +7,7 @@ pub mod bootfiles;
 pub mod cli;
 pub mod config;
 pub mod dhcp;
+pub mod http;
 pub mod initramfs;
 pub mod ipxe;
 pub mod mac;

@@ -47,6 +47,8 @@ server_address = "127.0.0.1"
 boot_dir = "boot"
 [tftp]
 listen = "127.0.0.1:{tftp_port}"
+[http]
+enabled = false
 [images.debian]
 path = "base.img"
 kernel = "debian/vmlinuz"

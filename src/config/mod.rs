@@ -42,7 +42,12 @@ pub struct PxeConfig {
     pub dhcp: Option<crate::dhcp::DhcpConfig>,
     /// Interface to send IPv6 router advertisements (lifetime 0) on.
     pub ra_interface: Option<String>,
+    /// `None` when HTTP is disabled.
+    pub http_listen: Option<SocketAddr>,
 }
+
+/// HTTP's well-known port.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
 
 /// TFTP's well-known port.
 pub const DEFAULT_TFTP_LISTEN: &str = "0.0.0.0:69";
@@ -200,8 +205,9 @@ impl wire::Root {
 
         let pxe = match self.pxe {
             None => {
-                if self.tftp.is_some() || self.dhcp.is_some() {
-                    return Err(err(if self.tftp.is_some() { "tftp" } else { "dhcp" }, "is set but [pxe] is missing".into(), "add [pxe] with server_address and boot_dir"));
+                let stray = [("tftp", self.tftp.is_some()), ("dhcp", self.dhcp.is_some()), ("http", self.http.is_some())];
+                if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(err(key, "is set but [pxe] is missing".into(), "add [pxe] with server_address and boot_dir"));
                 }
                 None
             }
@@ -269,7 +275,22 @@ impl wire::Root {
                     })?),
                     _ => None,
                 };
-                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach }, boot, tftp_listen, dhcp, ra_interface })
+                let http_listen: Option<SocketAddr> = match &self.http {
+                    Some(h) if !h.enabled => None,
+                    h => {
+                        let text = h.as_ref().and_then(|h| h.listen.clone()).unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
+                        Some(text.parse().map_err(|_| err("http.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:80\""))?)
+                    }
+                };
+                let files_base = match (p.boot_files_over.as_deref(), http_listen, tftp_listen) {
+                    (None | Some("http"), Some(h), _) => format!("http://{server}:{}", h.port()),
+                    (Some("http"), None, _) => return Err(err("pxe.boot_files_over", "is \"http\" but HTTP is disabled".into(), "enable [http], or use \"tftp\"")),
+                    (None | Some("tftp"), _, Some(_)) => format!("tftp://{server}"),
+                    (Some("tftp"), _, None) => return Err(err("pxe.boot_files_over", "is \"tftp\" but TFTP is disabled".into(), "enable [tftp], or use \"http\"")),
+                    (None, None, None) => return Err(err("pxe", "serves boot files over neither HTTP nor TFTP".into(), "enable [http] or [tftp]")),
+                    (Some(other), _, _) => return Err(err("pxe.boot_files_over", format!("{other:?} is not a transport"), "use \"http\" or \"tftp\"")),
+                };
+                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach, files_base }, boot, tftp_listen, dhcp, ra_interface, http_listen })
             }
         };
 

@@ -22,6 +22,15 @@ pub struct Root {
     pub pxe: Option<Pxe>,
     pub tftp: Option<Tftp>,
     pub dhcp: Option<Dhcp>,
+    pub http: Option<Http>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +51,7 @@ pub struct Pxe {
     pub server_address: String,
     pub boot_dir: PathBuf,
     pub attach: Option<String>,
+    pub boot_files_over: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,126 @@
+//! HTTP judged by curl: whole files and ranges match, HEAD gives the length,
+//! the client's script is generated, traversal attempts get 403/404 and
+//! nothing outside the boot directory is read, no redirects, GET/HEAD only.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MAC: &str = "52:54:00:7f:00:02";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: Server,
+    base: String,
+    boot: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let boot = d.join("boot");
+    std::fs::create_dir_all(boot.join("debian")).unwrap();
+    std::fs::write(boot.join("debian/vmlinuz"), pattern(2, 8 << 20)).unwrap();
+    std::fs::write(boot.join("debian/initrd.zst"), pattern(3, 1 << 20)).unwrap();
+    std::os::unix::fs::symlink("/", boot.join("escape")).unwrap();
+    std::fs::write(d.join("secret.txt"), "SECRET-OUTSIDE-BOOT-DIR").unwrap();
+    make_raw_base(&d.join("base.img"), 1 << 20, 4);
+    let (nbd_port, http_port) = (free_port(), free_port());
+    let cfg = d.join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"state_dir = "state"
+[nbd]
+listen = ["127.0.0.1:{nbd_port}"]
+[pxe]
+server_address = "127.0.0.1"
+boot_dir = "boot"
+[tftp]
+enabled = false
+[http]
+listen = "127.0.0.1:{http_port}"
+[images.debian]
+path = "base.img"
+kernel = "debian/vmlinuz"
+initrd = "debian/initrd.zst"
+[clients."{MAC}"]
+image = "debian"
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::with_config(&cfg, nbd_port, d);
+    let base = format!("http://127.0.0.1:{http_port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(Instant::now() < deadline, "HTTP never listened:\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = d.join("out");
+    Setup { _dir: dir, server, base, out, boot }
+}
+
+/// curl a path as-is; returns (status code, body).
+fn get(s: &Setup, path: &str, extra: &[&str]) -> (u16, Vec<u8>) {
+    let _ = std::fs::remove_file(&s.out);
+    let o = Command::new("curl")
+        .args(["-s", "--path-as-is", "--max-time", "20", "-o"])
+        .arg(&s.out)
+        .args(["-w", "%{http_code}"])
+        .args(extra)
+        .arg(format!("{}{path}", s.base))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0);
+    (code, std::fs::read(&s.out).unwrap_or_default())
+}
+
+#[test]
+fn test_http_whole_files_ranges_and_head() {
+    require("curl");
+    let s = setup();
+    let kernel = std::fs::read(s.boot.join("debian/vmlinuz")).unwrap();
+    let (code, body) = get(&s, "/debian/vmlinuz", &[]);
+    assert_eq!(code, 200);
+    assert!(body == kernel, "whole file differs");
+    for (range, a, b) in [("0-99", 0usize, 100usize), ("8388000-", 8388000, 8 << 20), ("-1000", (8 << 20) - 1000, 8 << 20), ("4096-8191", 4096, 8192)] {
+        let (code, body) = get(&s, "/debian/vmlinuz", &["-r", range]);
+        assert_eq!(code, 206, "range {range}");
+        assert!(body == kernel[a..b], "range {range} differs");
+    }
+    let (code, _) = get(&s, "/debian/vmlinuz", &["-r", "99999999-"]);
+    assert_eq!(code, 416);
+    let head = Command::new("curl").args(["-s", "-I"]).arg(format!("{}/debian/initrd.zst", s.base)).output().unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(head.contains("content-length: 1048576") && head.contains("accept-ranges: bytes"), "{head}");
+    let (code, _) = get(&s, "/debian/vmlinuz", &["-X", "POST"]);
+    assert_eq!(code, 405);
+    assert!(s.server.log_text().contains("HTTP transfer finished"));
+}
+
+#[test]
+fn test_http_script_and_refusals() {
+    require("curl");
+    let s = setup();
+    let (code, body) = get(&s, "/pxeroot/52-54-00-7f-00-02.ipxe", &[]);
+    assert_eq!(code, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains(&format!("kernel {}/debian/vmlinuz initrd=initrd.zst", s.base)), "{text}");
+    assert!(text.contains(&format!("initrd {}/debian/initrd.zst", s.base)), "{text}");
+    assert_eq!(get(&s, "/pxeroot/52-54-00-00-00-99.ipxe", &[]).0, 404);
+    for path in ["/../secret.txt", "/%2e%2e/secret.txt", "/debian/..%2f..%2fsecret.txt", "/..%5csecret.txt", "/escape/etc/passwd", "/escape/tmp"] {
+        let (code, body) = get(&s, path, &[]);
+        assert!(code == 403 || code == 404, "{path}: {code}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains("SECRET") && !body.contains("root:"), "{path} leaked");
+    }
+    assert!(s.server.log_text().contains("HTTP request refused"));
+    // Never a redirect, even for a directory.
+    let (code, _) = get(&s, "/debian", &[]);
+    assert_eq!(code, 404);
+}
