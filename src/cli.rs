@@ -66,7 +66,7 @@ pub fn serve(file: &Path) -> Result<()> {
     let mut registry = Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image)
         .context("cannot open the configured images")?;
     if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
-        registry = registry.with_boot_events();
+        registry = registry.with_boot_events(c.require_boot_address);
     }
     run(registry, listen, c.pxe)
 }

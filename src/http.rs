@@ -112,7 +112,7 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
     let (file, size, name) = match resolved {
         Ok(BootFile::Script { mac, text }) => {
             info!(%mac, client = %peer, "boot script requested over HTTP: new boot");
-            if let Err(e) = resolver.registry().new_boot(mac) {
+            if let Err(e) = resolver.registry().new_boot(mac, peer.ip()) {
                 warn!(%mac, error = %e, "resetting the ephemeral overlay failed");
             }
             let len = text.len();

@@ -90,7 +90,7 @@ impl Handler for TftpHandler {
             Ok(BootFile::Script { mac, text }) => {
                 // Fetching its script is where a client's new boot starts.
                 info!(%mac, %client, "boot script requested over TFTP: new boot");
-                match self.resolver.registry().new_boot(mac) {
+                match self.resolver.registry().new_boot(mac, client.ip()) {
                     Ok(true) => info!(%mac, "ephemeral overlay reset for the new boot"),
                     Ok(false) => {}
                     Err(e) => warn!(%mac, error = %e, "resetting the ephemeral overlay failed"),

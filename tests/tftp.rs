@@ -16,6 +16,8 @@ const MAC: &str = "52:54:00:7f:00:01";
 struct Setup {
     _dir: tempfile::TempDir,
     server: Server,
+    nbd_port: u16,
+    cfg: std::path::PathBuf,
     tftp_port: u16,
     boot: std::path::PathBuf,
     out: std::path::PathBuf,
@@ -62,7 +64,7 @@ image = "debian"
     .unwrap();
     let server = Server::with_config(&cfg, nbd_port, d);
     let out = d.join("out");
-    let s = Setup { _dir: dir, server, tftp_port, boot, out };
+    let s = Setup { _dir: dir, server, nbd_port, cfg, tftp_port, boot, out };
     // TFTP binds right after NBD: wait until it answers.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !curl(&s, "small.bin", &[]).status.success() {
@@ -144,4 +146,60 @@ fn test_tftp_refuses_traversal_and_writes() {
     let o = Command::new("curl").args(["-s", "--max-time", "10", "-T"]).arg(&up).arg(format!("tftp://127.0.0.1:{}/new.bin", s.tftp_port)).output().unwrap();
     assert!(!o.status.success(), "upload accepted");
     assert!(!s.boot.join("new.bin").exists());
+}
+
+#[test]
+fn test_overlay_opens_only_from_the_address_the_client_booted_from() {
+    require("curl");
+    let s = setup();
+    let policy = nbd_wire::consts::REP_ERR_POLICY;
+    // Not booted yet: refused, with a message saying why.
+    let e = Client::connect(s.nbd_port, MAC).expect_err("must refuse before a boot");
+    assert_eq!(e.reply_type, policy);
+    assert!(e.message.contains("has not booted through this server"), "{}", e.message);
+    // The script fetch from 127.0.0.1 is the boot: that address may connect.
+    assert!(curl(&s, "pxeroot/52-54-00-7f-00-01.ipxe", &[]).status.success());
+    Client::connect(s.nbd_port, MAC).expect("the booting address is allowed");
+    let e = Client::connect_from(s.nbd_port, MAC, Some(std::net::Ipv4Addr::new(127, 0, 0, 2))).expect_err("another address must be refused");
+    assert!(e.message.contains("booted from 127.0.0.1") && e.message.contains("127.0.0.2"), "{}", e.message);
+    // The read-only base export is not bound to anyone.
+    Client::connect_from(s.nbd_port, "debian", Some(std::net::Ipv4Addr::new(127, 0, 0, 2))).expect("base export");
+    // After a daemon restart the recorded address still holds (a netlink
+    // client reconnecting mid-boot must get back in).
+    let Setup { _dir, server, nbd_port, cfg, .. } = s;
+    assert_eq!(server.stop(), 0);
+    let _server = Server::with_config(&cfg, nbd_port, cfg.parent().unwrap());
+    Client::connect(nbd_port, MAC).expect("allowed after restart");
+    // The switch relaxes it.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[nbd]\n", "[nbd]\nrequire_boot_address = false\n");
+    std::fs::write(&cfg, text).unwrap();
+    drop(_server);
+    let _server = Server::with_config(&cfg, nbd_port, cfg.parent().unwrap());
+    Client::connect_from(nbd_port, MAC, Some(std::net::Ipv4Addr::new(127, 0, 0, 3))).expect("relaxed");
+}
+
+#[test]
+fn test_ephemeral_overlay_kept_across_reconnect_reset_by_next_boot() {
+    require("curl");
+    let s = setup();
+    let Setup { _dir, server, nbd_port, cfg, tftp_port, boot, out } = s;
+    assert_eq!(server.stop(), 0);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("image = \"debian\"\n", "image = \"debian\"\npolicy = \"ephemeral\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let server = Server::with_config(&cfg, nbd_port, cfg.parent().unwrap());
+    let s = Setup { _dir, server, nbd_port, cfg, tftp_port, boot, out };
+    let fetch = |s: &Setup| assert!(curl(s, "pxeroot/52-54-00-7f-00-01.ipxe", &[]).status.success());
+    fetch(&s); // boot 1
+    let mut c = Client::connect(s.nbd_port, MAC).unwrap();
+    assert_eq!(c.write(0, &[0xee; 4096]), 0);
+    c.disconnect();
+    // A reconnect within the same boot (netlink after a network blip) keeps it.
+    let mut c = Client::connect(s.nbd_port, MAC).unwrap();
+    assert_eq!(c.read(0, 4096).1, vec![0xee; 4096], "ephemeral overlay lost on reconnect");
+    c.disconnect();
+    std::thread::sleep(Duration::from_millis(200));
+    fetch(&s); // boot 2
+    let mut c = Client::connect(s.nbd_port, MAC).unwrap();
+    assert_ne!(c.read(0, 4096).1, vec![0xee; 4096], "ephemeral overlay survived a new boot");
+    assert!(s.server.log_text().contains("ephemeral overlay reset for the new boot"));
 }

@@ -19,6 +19,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `None` when the NBD service is disabled.
     pub nbd_listen: Option<Vec<SocketAddr>>,
+    /// Client overlays open only from the address the client booted from
+    /// (meaningful with PXE, which records that address).
+    pub require_boot_address: bool,
     pub images: Vec<ImageSpec>,
     pub clients: BTreeMap<Mac, ClientRule>,
     /// What a MAC without a `[clients]` entry gets; `None` = refused.
@@ -122,6 +125,7 @@ impl wire::Root {
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
 
         let state_dir = resolve(&self.state_dir);
+        let require_boot_address = self.nbd.as_ref().and_then(|n| n.require_boot_address).unwrap_or(true);
 
         let nbd_listen = match self.nbd {
             Some(wire::Nbd { enabled: false, .. }) => None,
@@ -294,7 +298,7 @@ impl wire::Root {
             }
         };
 
-        Ok(Config { state_dir, nbd_listen, images, clients, unknown, default_image, pxe })
+        Ok(Config { state_dir, nbd_listen, require_boot_address, images, clients, unknown, default_image, pxe })
     }
 }
 

@@ -68,6 +68,7 @@ pub struct Nbd {
     #[serde(default = "yes")]
     pub enabled: bool,
     pub listen: Option<Vec<String>>,
+    pub require_boot_address: Option<bool>,
 }
 
 fn yes() -> bool {

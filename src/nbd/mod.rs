@@ -158,7 +158,8 @@ async fn connection(stream: TcpStream, registry: Arc<Registry>, shutdown: Cancel
     sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(KEEPALIVE).with_interval(KEEPALIVE))?;
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(256 << 10, rd);
-    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &registry))
+    let peer = rd.get_ref().peer_addr().ok().map(|a| a.ip());
+    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &registry, peer))
         .await
         .map_err(|_| NbdError::HandshakeTimeout)??;
     let Some((disk, neg, target)) = opened else { return Ok(()) };
@@ -180,12 +181,13 @@ async fn handshake(
     rd: &mut BufReader<OwnedReadHalf>,
     wr: &mut OwnedWriteHalf,
     registry: &Arc<Registry>,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<Option<(Disk, Negotiation, Target)>, NbdError> {
     wr.write_all(&handshake::greeting()).await?;
     let mut flags = [0u8; 4];
     rd.read_exact(&mut flags).await?;
     let (flags, _) = handshake::parse_client_flags(&flags)?.ok_or(nbd_wire::WireError::MalformedReply { reason: "short" })?;
-    let mut neg = Negotiation { no_zeroes: flags.no_zeroes, ..Negotiation::default() };
+    let mut neg = Negotiation { peer, no_zeroes: flags.no_zeroes, ..Negotiation::default() };
     for _ in 0..MAX_OPTIONS_PER_HANDSHAKE {
         let mut hdr = [0u8; OPTION_HEADER_LEN];
         rd.read_exact(&mut hdr).await?;

@@ -19,6 +19,8 @@ pub const BLOCK_PREFERRED: u32 = 4096;
 /// What the client agreed during the handshake.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Negotiation {
+    /// The client's address, for the registry's access check.
+    pub peer: Option<std::net::IpAddr>,
     pub no_zeroes: bool,
     pub structured: bool,
     /// Whether `base:allocation` was selected with SET_META_CONTEXT.
@@ -120,6 +122,7 @@ impl Negotiation {
             ClientOption::ExportName(name) => match registry.resolve(&name) {
                 // EXPORT_NAME has no error reply: refusing means closing.
                 Err(_) => Step::Close(Vec::new()),
+                Ok(target) if self.access(&target, registry).is_err() => Step::Close(Vec::new()),
                 Ok(target) => Step::Open(OpenRequest { option: OPT_EXPORT_NAME, name, target, requests: Vec::new() }),
             },
             ClientOption::Info { name, requests } => self.info_or_go(OPT_INFO, name, requests, registry),
@@ -131,9 +134,25 @@ impl Negotiation {
         }
     }
 
+    /// Whether this connection may open `target` (client overlays may be
+    /// bound to the address their client booted from).
+    fn access(&self, target: &Target, registry: &Registry) -> Result<(), String> {
+        match (target, self.peer) {
+            (Target::Client(mac), Some(peer)) => registry.check_access(*mac, peer),
+            _ => Ok(()),
+        }
+    }
+
     fn info_or_go(&mut self, option: u32, name: String, requests: Vec<InfoRequest>, registry: &Registry) -> Step {
         match registry.resolve(&name) {
-            Ok(target) => Step::Open(OpenRequest { option, name, target, requests }),
+            Ok(target) => match self.access(&target, registry) {
+                Ok(()) => Step::Open(OpenRequest { option, name, target, requests }),
+                Err(msg) => {
+                    let mut out = Vec::new();
+                    handshake::option_error(&mut out, option, REP_ERR_POLICY, &msg);
+                    Step::Reply(out)
+                }
+            },
             Err(e) => {
                 let mut out = Vec::new();
                 resolve_error_reply(&mut out, option, &e);

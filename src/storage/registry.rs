@@ -98,6 +98,9 @@ pub struct Registry {
     /// connection of that MAC open. The PXE side will own this decision
     /// (a DHCP DISCOVER is the real start of a boot) and turn this off.
     reset_on_new_session: bool,
+    /// When set, a client's overlay opens only for connections from the
+    /// address it last booted from (recorded by `new_boot`).
+    require_boot_address: bool,
     open: Mutex<Open>,
     /// Signalled when an overlay finished closing.
     closed: Condvar,
@@ -174,6 +177,7 @@ impl Registry {
             unknown,
             default_image,
             reset_on_new_session: true,
+            require_boot_address: false,
             open: Mutex::new(Open::default()),
             closed: Condvar::new(),
         })
@@ -183,9 +187,33 @@ impl Registry {
     /// (the PXE side calls it when a client fetches its boot script), not
     /// whenever a session starts with no other connection open. This keeps
     /// an ephemeral overlay across an NBD reconnect within one boot.
-    pub fn with_boot_events(mut self) -> Registry {
+    pub fn with_boot_events(mut self, require_boot_address: bool) -> Registry {
         self.reset_on_new_session = false;
+        self.require_boot_address = require_boot_address;
         self
+    }
+
+    fn boot_address_path(&self, mac: Mac) -> PathBuf {
+        self.state_dir.join(format!("{}.boot-address", mac.file_stem()))
+    }
+
+    /// Whether `peer` may open `mac`'s overlay: with boot addresses
+    /// required, only from the address that client last booted from (kept
+    /// in the state directory, so a reconnect after a restart still passes).
+    pub fn check_access(&self, mac: Mac, peer: std::net::IpAddr) -> std::result::Result<(), String> {
+        if !self.require_boot_address {
+            return Ok(());
+        }
+        let recorded = std::fs::read_to_string(self.boot_address_path(mac)).ok().and_then(|t| t.trim().parse::<std::net::IpAddr>().ok());
+        match recorded {
+            Some(a) if a == peer => Ok(()),
+            Some(a) => Err(format!(
+                "client {mac} booted from {a}; its overlay is not opened for {peer} (nbd.require_boot_address = false allows any address)"
+            )),
+            None => Err(format!(
+                "client {mac} has not booted through this server yet, so no address may open its overlay                  (nbd.require_boot_address = false allows any address)"
+            )),
+        }
     }
 
     /// Map an export name to what it serves.
@@ -345,10 +373,15 @@ impl Registry {
         }
     }
 
-    /// The hook for "this MAC started a new boot": resets an ephemeral
-    /// overlay when none of that client's connections is open. Returns
-    /// whether it was reset.
-    pub fn new_boot(&self, mac: Mac) -> Result<bool> {
+    /// The hook for "this MAC started a new boot", from `address`: records
+    /// the address (see `check_access`) and resets an ephemeral overlay when
+    /// none of that client's connections is open. Returns whether it was reset.
+    pub fn new_boot(&self, mac: Mac, address: std::net::IpAddr) -> Result<bool> {
+        let path = self.boot_address_path(mac);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{address}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| StorageError::io("record boot address", &path, 0, e))?;
         let open = self.lock_open();
         if open.slots.contains_key(&mac) || open.closing.contains(&mac) {
             tracing::warn!(%mac, "new boot while an NBD connection is still open: overlay kept");

@@ -195,7 +195,20 @@ pub struct HandshakeRefused {
 
 impl Client {
     pub fn connect(port: u16, export: &str) -> Result<Client, HandshakeRefused> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Client::connect_from(port, export, None)
+    }
+
+    /// Connect from a chosen loopback source address (e.g. 127.0.0.2).
+    pub fn connect_from(port: u16, export: &str, source: Option<std::net::Ipv4Addr>) -> Result<Client, HandshakeRefused> {
+        let mut s = match source {
+            None => TcpStream::connect(("127.0.0.1", port)).expect("connect"),
+            Some(src) => {
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+                sock.bind(&std::net::SocketAddr::from((src, 0)).into()).expect("bind source");
+                sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).expect("connect");
+                sock.into()
+            }
+        };
         s.set_nodelay(true).expect("nodelay");
         s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
         let mut g = [0u8; 18];
