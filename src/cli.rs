@@ -50,7 +50,13 @@ pub fn check_config(file: &Path) -> Result<()> {
             }
             println!("  scripts fetch kernel and initrd from {}", p.script.files_base);
             match &p.dhcp {
-                Some(d) => println!("  dhcp: proxy on {}, UEFI {:?}, files {:?}", d.interface.as_deref().unwrap_or("all interfaces"), d.uefi, d.files),
+                Some(d) => {
+                    let mode = match &d.mode {
+                        crate::dhcp::Mode::Proxy => "proxy".to_string(),
+                        crate::dhcp::Mode::Full { pool, .. } => format!("full, pool {}-{}", pool.0, pool.1),
+                    };
+                    println!("  dhcp: {mode} on {}, UEFI {:?}, files {:?}", d.interface.as_deref().unwrap_or("all interfaces"), d.uefi, d.files)
+                }
                 None => println!("  dhcp: off"),
             }
         }

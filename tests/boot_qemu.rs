@@ -468,3 +468,56 @@ image = "root"
     let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
     assert!(marker.contains("written by the diskless client"), "{marker}");
 }
+
+#[test]
+fn test_pxe_boot_full_dhcp_mode_without_another_server() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let boot = d.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
+    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    let (lan, srv) = lan_and_server("full");
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"state_dir = "state"
+[nbd]
+listen = ["{SERVER_IP}:10809"]
+[pxe]
+server_address = "{SERVER_IP}"
+boot_dir = "boot"
+[dhcp]
+mode = "full"
+interface = "vsrv0"
+ipv6_router_advertisements = true
+pool_start = "10.99.0.100"
+pool_end = "10.99.0.110"
+netmask = "255.255.255.0"
+[images.root]
+path = "{}"
+kernel = "vmlinuz"
+initrd = "initrd.zst"
+cmdline = "console=ttyS0 panic=-1 loglevel=4"
+[clients."{MAC}"]
+image = "root"
+address = "10.99.0.42"
+"#,
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log_path = d.path().join("pxeroot.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
+    // The reservation was honoured, and the lease is on disk for a restart.
+    assert!(console.contains("net0: 10.99.0.42/255.255.255.0"), "{console}");
+    assert!(console.contains("pxeroot-init") && console.contains("10.99.0.42"), "{console}");
+    let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap_or_default();
+    assert!(leases.contains(&format!("10.99.0.42 {MAC}")) && leases.contains("bound"), "{leases}");
+}

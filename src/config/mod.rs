@@ -107,6 +107,46 @@ impl Config {
     }
 }
 
+/// Default lease time in full-DHCP mode.
+pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
+
+type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
+
+fn full_dhcp_mode(d: &wire::Dhcp, clients: &BTreeMap<String, wire::Client>, state_dir: &Path, err: &ErrFn) -> Result<crate::dhcp::Mode, ConfigError> {
+    let ip = |key: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
+        match v {
+            Some(t) => t.parse().map(Some).map_err(|_| err(key, format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\"")),
+            None if needed => Err(err(key, "is required in full mode".into(), "give the first and last address of the pool")),
+            None => Ok(None),
+        }
+    };
+    let first = ip("dhcp.pool_start", &d.pool_start, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let last = ip("dhcp.pool_end", &d.pool_end, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    if u32::from(first) > u32::from(last) {
+        return Err(err("dhcp.pool_end", format!("{last} is below pool_start {first}"), "swap them"));
+    }
+    let netmask = ip("dhcp.netmask", &d.netmask, false)?.unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
+    let router = ip("dhcp.router", &d.router, false)?;
+    let mut dns = Vec::new();
+    for (i, t) in d.dns.iter().flatten().enumerate() {
+        dns.push(t.parse().map_err(|_| err(&format!("dhcp.dns[{i}]"), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses"))?);
+    }
+    let mut reservations = BTreeMap::new();
+    for (mac_text, c) in clients {
+        if let (Ok(mac), Some(a)) = (mac_text.parse::<Mac>(), &c.address) {
+            let key = format!("clients.\"{mac_text}\".address");
+            reservations.insert(mac, a.parse().map_err(|_| err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?);
+        }
+    }
+    Ok(crate::dhcp::Mode::Full {
+        network: crate::dhcp::decide::Network { netmask, router, dns },
+        pool: (first, last),
+        lease_secs: d.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS).max(60),
+        reservations,
+        leases_file: state_dir.join("dhcp-leases.txt"),
+    })
+}
+
 fn line_col(text: &str, at: usize) -> String {
     let before = &text[..at.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -247,31 +287,38 @@ impl wire::Root {
                 };
                 let dhcp = match &self.dhcp {
                     None => None,
-                    Some(d) => match d.mode.as_deref().unwrap_or("proxy") {
-                        "off" => None,
-                        "proxy" => {
-                            let uefi = match d.uefi.as_deref().unwrap_or("in-offer") {
-                                "in-offer" => crate::dhcp::decide::UefiStrategy::InOffer,
-                                "via-4011" => crate::dhcp::decide::UefiStrategy::Via4011,
-                                other => return Err(err("dhcp.uefi", format!("{other:?} is not a UEFI strategy"), "use \"in-offer\" or \"via-4011\"")),
-                            };
-                            let defaults = crate::dhcp::decide::BootFiles::default();
-                            Some(crate::dhcp::DhcpConfig {
-                                server,
-                                interface: d.interface.clone(),
-                                files: crate::dhcp::decide::BootFiles {
-                                    bios: d.bios_file.clone().unwrap_or(defaults.bios),
-                                    uefi_x64: d.uefi_x64_file.clone().unwrap_or(defaults.uefi_x64),
-                                    uefi_arm64: d.uefi_arm64_file.clone().unwrap_or(defaults.uefi_arm64),
-                                },
-                                uefi,
-                                dhcp_port: 67,
-                                pxe_port: 4011,
-                            })
+                    Some(d) => {
+                        let mode = match d.mode.as_deref().unwrap_or("proxy") {
+                            "off" => None,
+                            "proxy" => Some(crate::dhcp::Mode::Proxy),
+                            "full" => Some(full_dhcp_mode(d, &self.clients, &state_dir, &err)?),
+                            other => return Err(err("dhcp.mode", format!("{other:?} is not a DHCP mode"), "use \"proxy\", \"full\" or \"off\"")),
+                        };
+                        match mode {
+                            None => None,
+                            Some(mode) => {
+                                let uefi = match d.uefi.as_deref().unwrap_or("in-offer") {
+                                    "in-offer" => crate::dhcp::decide::UefiStrategy::InOffer,
+                                    "via-4011" => crate::dhcp::decide::UefiStrategy::Via4011,
+                                    other => return Err(err("dhcp.uefi", format!("{other:?} is not a UEFI strategy"), "use \"in-offer\" or \"via-4011\"")),
+                                };
+                                let defaults = crate::dhcp::decide::BootFiles::default();
+                                Some(crate::dhcp::DhcpConfig {
+                                    mode,
+                                    server,
+                                    interface: d.interface.clone(),
+                                    files: crate::dhcp::decide::BootFiles {
+                                        bios: d.bios_file.clone().unwrap_or(defaults.bios),
+                                        uefi_x64: d.uefi_x64_file.clone().unwrap_or(defaults.uefi_x64),
+                                        uefi_arm64: d.uefi_arm64_file.clone().unwrap_or(defaults.uefi_arm64),
+                                    },
+                                    uefi,
+                                    dhcp_port: 67,
+                                    pxe_port: 4011,
+                                })
+                            }
                         }
-                        "full" => return Err(err("dhcp.mode", "\"full\" is not available in this version".into(), "use \"proxy\" beside the site's DHCP server, or \"off\"")),
-                        other => return Err(err("dhcp.mode", format!("{other:?} is not a DHCP mode"), "use \"proxy\" or \"off\"")),
-                    },
+                    }
                 };
                 let ra_interface = match &self.dhcp {
                     Some(d) if d.ipv6_router_advertisements == Some(true) => Some(d.interface.clone().ok_or_else(|| {

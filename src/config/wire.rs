@@ -43,6 +43,12 @@ pub struct Dhcp {
     pub uefi_x64_file: Option<String>,
     pub uefi_arm64_file: Option<String>,
     pub ipv6_router_advertisements: Option<bool>,
+    pub pool_start: Option<String>,
+    pub pool_end: Option<String>,
+    pub netmask: Option<String>,
+    pub router: Option<String>,
+    pub dns: Option<Vec<String>>,
+    pub lease_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +96,8 @@ pub struct Image {
 pub struct Client {
     pub image: String,
     pub policy: Option<OverlayPolicy>,
+    /// Full-DHCP mode: this client's reserved address.
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]

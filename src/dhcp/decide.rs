@@ -106,26 +106,32 @@ pub enum Ignored {
     NotAllowed(Mac),
 }
 
-/// Decide the reply to `req`, which arrived on `port`.
-pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen), Ignored> {
+/// The client's MAC, if the request is an Ethernet BOOTREQUEST.
+fn client_mac(req: &Message) -> Result<Mac, Ignored> {
     if req.opcode() != Opcode::BootRequest {
         return Err(Ignored::NotBootRequest);
     }
-    let mac: Mac = match req.chaddr().get(..6).and_then(|c| <[u8; 6]>::try_from(c).ok()) {
-        Some(m) => Mac(m),
-        None => return Err(Ignored::NotEthernet),
-    };
-    let opts = req.opts();
-    let pxe_class = matches!(opts.get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"));
-    if !pxe_class {
-        return Err(Ignored::NotPxe);
+    match req.chaddr().get(..6).and_then(|c| <[u8; 6]>::try_from(c).ok()) {
+        Some(m) => Ok(Mac(m)),
+        None => Err(Ignored::NotEthernet),
     }
-    let kind = opts.msg_type().ok_or(Ignored::WrongMessage)?;
-    let reply_kind = match (port, kind) {
-        (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
-        (Port::Pxe, MessageType::Request) => MessageType::Ack,
-        _ => return Err(Ignored::WrongMessage),
-    };
+}
+
+fn is_pxe_client(req: &Message) -> bool {
+    matches!(req.opts().get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"))
+}
+
+/// What to boot, for a PXE client that may boot: the file name (a script
+/// URL for iPXE), plus what the timeline records.
+struct Boot {
+    file: String,
+    arch: Option<u16>,
+    arch_kind: Arch,
+    ipxe: bool,
+}
+
+fn boot_for(req: &Message, mac: Mac, ctx: &Context) -> Result<Boot, Ignored> {
+    let opts = req.opts();
     let arch_code = match opts.get(OptionCode::ClientSystemArchitecture) {
         Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
         _ => None,
@@ -149,9 +155,11 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
             Arch::UefiArm64 => ctx.files.uefi_arm64.clone(),
         }
     };
-    // Strategy (b): UEFI firmware gets a bare offer and the file on 4011.
-    let bare = reply_kind == MessageType::Offer && !ipxe && arch != Arch::Bios && ctx.uefi == UefiStrategy::Via4011;
+    Ok(Boot { file, arch: arch_code, arch_kind: arch, ipxe })
+}
 
+/// A reply skeleton for `req`: same xid, chaddr, flags and giaddr.
+fn reply_to(req: &Message, kind: MessageType, server: Ipv4Addr, yiaddr: Ipv4Addr) -> Message {
     let mut r = Message::default();
     r.set_opcode(Opcode::BootReply)
         .set_htype(req.htype())
@@ -159,26 +167,136 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
         .set_flags(if req.flags().broadcast() { Flags::default().set_broadcast() } else { Flags::default() })
         .set_giaddr(req.giaddr())
         .set_chaddr(req.chaddr())
-        .set_yiaddr(Ipv4Addr::UNSPECIFIED)
-        .set_siaddr(ctx.server);
+        .set_yiaddr(yiaddr)
+        .set_siaddr(server);
+    r.opts_mut().insert(DhcpOption::MessageType(kind));
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+    r
+}
+
+/// Put the boot information into a reply: `file`, options 60, 97, 66, 67, 43.
+fn add_boot(r: &mut Message, req: &Message, server: Ipv4Addr, file: &str) -> String {
+    let name = file[..file.len().min(MAX_BOOT_FILE)].to_string();
     let o = r.opts_mut();
-    o.insert(DhcpOption::MessageType(reply_kind));
-    o.insert(DhcpOption::ServerIdentifier(ctx.server));
     o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
-    if let Some(DhcpOption::ClientMachineIdentifier(id)) = opts.get(OptionCode::ClientMachineIdentifier) {
+    if let Some(DhcpOption::ClientMachineIdentifier(id)) = req.opts().get(OptionCode::ClientMachineIdentifier) {
         o.insert(DhcpOption::ClientMachineIdentifier(id.clone()));
     }
+    o.insert(DhcpOption::TFTPServerName(server.to_string().into_bytes()));
+    o.insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
+    o.insert(DhcpOption::VendorExtensions(PXE_DISCOVERY_CONTROL_BOOT_FILE.to_vec()));
+    r.set_fname_str(&name);
+    name
+}
+
+/// Decide the proxy reply to `req`, which arrived on `port`.
+pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen), Ignored> {
+    let mac = client_mac(req)?;
+    if !is_pxe_client(req) {
+        return Err(Ignored::NotPxe);
+    }
+    let kind = req.opts().msg_type().ok_or(Ignored::WrongMessage)?;
+    let reply_kind = match (port, kind) {
+        (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
+        (Port::Pxe, MessageType::Request) => MessageType::Ack,
+        _ => return Err(Ignored::WrongMessage),
+    };
+    let Boot { file, arch: arch_code, arch_kind: arch, ipxe } = boot_for(req, mac, ctx)?;
+    // Strategy (b): UEFI firmware gets a bare offer and the file on 4011.
+    let bare = reply_kind == MessageType::Offer && !ipxe && arch != Arch::Bios && ctx.uefi == UefiStrategy::Via4011;
+
+    let mut r = reply_to(req, reply_kind, ctx.server, Ipv4Addr::UNSPECIFIED);
     let offered = if bare {
+        r.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        if let Some(DhcpOption::ClientMachineIdentifier(id)) = req.opts().get(OptionCode::ClientMachineIdentifier) {
+            r.opts_mut().insert(DhcpOption::ClientMachineIdentifier(id.clone()));
+        }
         None
     } else {
-        let name = &file[..file.len().min(MAX_BOOT_FILE)];
-        o.insert(DhcpOption::TFTPServerName(ctx.server.to_string().into_bytes()));
-        o.insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
-        o.insert(DhcpOption::VendorExtensions(PXE_DISCOVERY_CONTROL_BOOT_FILE.to_vec()));
-        r.set_fname_str(name);
-        Some(name.to_string())
+        Some(add_boot(&mut r, req, ctx.server, &file))
     };
     Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered }))
+}
+
+/// Full-DHCP mode's network parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub netmask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// iPXE's option 175 with sub-option 176 (no-pxedhcp) = 1: do not wait for
+/// proxy offers, this server's offer says everything.
+const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
+
+/// Decide a full-DHCP reply: addresses for every client (from `leases`, at
+/// `now` seconds), boot information for PXE clients that may boot. `Ok(None)`
+/// for messages that need no reply (DECLINE, RELEASE, another server's REQUEST).
+pub fn decide_full(
+    req: &Message,
+    ctx: &Context,
+    net: &Network,
+    leases: &mut super::leases::LeaseTable,
+    now: u64,
+) -> Result<Option<(Message, Seen)>, Ignored> {
+    let mac = client_mac(req)?;
+    let kind = req.opts().msg_type().ok_or(Ignored::WrongMessage)?;
+    let requested = match req.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+        _ => None,
+    };
+    let for_us = match req.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => *s == ctx.server,
+        _ => true,
+    };
+    let (reply_kind, address) = match kind {
+        MessageType::Discover => match leases.offer(mac, now) {
+            Ok(ip) => (MessageType::Offer, ip),
+            Err(_) => return Err(Ignored::WrongMessage),
+        },
+        MessageType::Request if for_us => {
+            let ip = requested.unwrap_or(req.ciaddr());
+            match leases.request(mac, ip, now) {
+                Ok(_) => (MessageType::Ack, ip),
+                Err(_) => {
+                    let nak = reply_to(req, MessageType::Nak, ctx.server, Ipv4Addr::UNSPECIFIED);
+                    return Ok(Some((nak, Seen { mac, kind, arch: None, ipxe: false, offered: None })));
+                }
+            }
+        }
+        MessageType::Decline => {
+            if let Some(ip) = requested {
+                leases.decline(mac, ip, now);
+            }
+            return Ok(None);
+        }
+        MessageType::Release => {
+            leases.release(mac, req.ciaddr());
+            return Ok(None);
+        }
+        _ => return Ok(None),
+    };
+    let mut r = reply_to(req, reply_kind, ctx.server, address);
+    let o = r.opts_mut();
+    o.insert(DhcpOption::AddressLeaseTime(leases.lease_secs() as u32));
+    o.insert(DhcpOption::SubnetMask(net.netmask));
+    if let Some(gw) = net.router {
+        o.insert(DhcpOption::Router(vec![gw]));
+    }
+    if !net.dns.is_empty() {
+        o.insert(DhcpOption::DomainNameServer(net.dns.clone()));
+    }
+    let mut seen = Seen { mac, kind, arch: None, ipxe: false, offered: None };
+    if is_pxe_client(req) {
+        if let Ok(boot) = boot_for(req, mac, ctx) {
+            seen.arch = boot.arch;
+            seen.ipxe = boot.ipxe;
+            seen.offered = Some(add_boot(&mut r, req, ctx.server, &boot.file));
+            r.opts_mut().insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(OptionCode::Unknown(OPT_IPXE_ENCAP), IPXE_NO_PXEDHCP.to_vec())));
+        }
+    }
+    Ok(Some((r, seen)))
 }
 
 #[cfg(test)]
@@ -304,5 +422,50 @@ mod tests {
         let mut arch = req.clone();
         arch.opts_mut().insert(DhcpOption::ClientSystemArchitecture(dhcproto::v4::Architecture::Unknown(25)));
         assert_eq!(decide(&arch, Port::Dhcp, &c).unwrap_err(), Ignored::UnknownArch(25));
+    }
+}
+
+#[cfg(test)]
+mod full_tests {
+    use super::*;
+    use crate::dhcp::leases::LeaseTable;
+    use std::collections::BTreeMap;
+
+    fn discover(mac: [u8; 6], pxe: bool) -> Message {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest).set_xid(7).set_chaddr(&mac);
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+        if pxe {
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        }
+        m
+    }
+
+    #[test]
+    fn test_full_mode_offers_addresses_and_boot_info() {
+        let files = BootFiles::default();
+        let url = |m: Mac| format!("tftp://10.0.0.1/pxeroot/{}.ipxe", m.file_stem());
+        let ctx = Context { server: Ipv4Addr::new(10, 0, 0, 1), files: &files, uefi: UefiStrategy::InOffer, may_boot: &|_| true, script_url: &url };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 0, 0, 254)), dns: vec![] };
+        let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
+        let (offer, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 1], true), &ctx, &net, &mut leases, 0).unwrap().unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(seen.offered.as_deref(), Some("tftp://10.0.0.1/pxeroot/52-54-00-00-00-01.ipxe"));
+        assert!(matches!(offer.opts().get(OptionCode::Unknown(175)), Some(DhcpOption::Unknown(u)) if u.data() == IPXE_NO_PXEDHCP));
+        let (other, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 2], false), &ctx, &net, &mut leases, 0).unwrap().unwrap();
+        assert_ne!(other.yiaddr(), offer.yiaddr());
+        assert_eq!(seen.offered, None, "a non-PXE client gets an address only");
+        // REQUEST the offered address: ACK; someone else's: NAK.
+        let mut req = discover([0x52, 0x54, 0, 0, 0, 1], true);
+        req.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        let (ack, _) = decide_full(&req, &ctx, &net, &mut leases, 1).unwrap().unwrap();
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        let mut steal = discover([0x52, 0x54, 0, 0, 0, 3], false);
+        steal.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        steal.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        let (nak, _) = decide_full(&steal, &ctx, &net, &mut leases, 1).unwrap().unwrap();
+        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
     }
 }

@@ -4,6 +4,7 @@
 //! from one MAC is rate-limited without starving others.
 
 pub mod decide;
+pub mod leases;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -38,9 +39,24 @@ pub enum DhcpError {
     },
 }
 
+/// Proxy beside another DHCP server, or the only DHCP server.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Proxy,
+    Full {
+        network: decide::Network,
+        pool: (Ipv4Addr, Ipv4Addr),
+        lease_secs: u64,
+        reservations: std::collections::BTreeMap<Mac, Ipv4Addr>,
+        /// Where leases are kept across restarts.
+        leases_file: std::path::PathBuf,
+    },
+}
+
 /// What the DHCP service needs from the config.
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
+    pub mode: Mode,
     pub server: Ipv4Addr,
     pub interface: Option<String>,
     pub files: BootFiles,
@@ -89,12 +105,36 @@ pub async fn serve(cfg: DhcpConfig, registry: Arc<Registry>, shutdown: Cancellat
     let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref())?;
     let pxe = socket(cfg.pxe_port, cfg.interface.as_deref())?;
     info!(server = %cfg.server, interface = ?cfg.interface, "proxy DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
+    let leases = match &cfg.mode {
+        Mode::Proxy => None,
+        Mode::Full { pool, lease_secs, reservations, leases_file, .. } => {
+            let mut t = leases::LeaseTable::new(pool.0, pool.1, *lease_secs, reservations.clone());
+            match std::fs::read_to_string(leases_file) {
+                Ok(text) => match t.load(&text) {
+                    Ok(()) => info!(file = %leases_file.display(), "DHCP leases loaded"),
+                    Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file ignored"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file unreadable"),
+            }
+            info!(first = %pool.0, last = %pool.1, "full DHCP: handing out addresses");
+            Some(Arc::new(std::sync::Mutex::new(t)))
+        }
+    };
     let cfg = Arc::new(cfg);
     let limiter = Arc::new(std::sync::Mutex::new(RateLimiter::default()));
-    let a = tokio::spawn(listen(dhcp, Port::Dhcp, cfg.clone(), registry.clone(), limiter.clone(), shutdown.clone()));
-    let b = tokio::spawn(listen(pxe, Port::Pxe, cfg, registry, limiter, shutdown));
+    let a = tokio::spawn(listen(dhcp, Port::Dhcp, cfg.clone(), registry.clone(), limiter.clone(), leases.clone(), shutdown.clone()));
+    let b = tokio::spawn(listen(pxe, Port::Pxe, cfg, registry, limiter, None, shutdown));
     let _ = tokio::join!(a, b);
     Ok(())
+}
+
+/// Write the lease table (tmp + rename, so a crash never leaves half a file).
+fn save_leases(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+        warn!(file = %path.display(), error = %e, "saving DHCP leases failed");
+    }
 }
 
 async fn listen(
@@ -103,6 +143,7 @@ async fn listen(
     cfg: Arc<DhcpConfig>,
     registry: Arc<Registry>,
     limiter: Arc<std::sync::Mutex<RateLimiter>>,
+    leases: Option<Arc<std::sync::Mutex<leases::LeaseTable>>>,
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; MAX_PACKET];
@@ -128,7 +169,24 @@ async fn listen(
         };
         let decided = {
             let ctx = Context { server: cfg.server, files: &cfg.files, uefi: cfg.uefi, may_boot: &may_boot, script_url: &script_url };
-            decide::decide(&req, port, &ctx)
+            match (&leases, &cfg.mode) {
+                (Some(table), Mode::Full { network, leases_file, .. }) => {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = t.save();
+                    let r = decide::decide_full(&req, &ctx, network, &mut t, now);
+                    let after = t.save();
+                    if after != before {
+                        save_leases(leases_file, &after);
+                    }
+                    match r {
+                        Ok(Some(x)) => Ok(x),
+                        Ok(None) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => decide::decide(&req, port, &ctx),
+            }
         };
         let (reply, seen) = match decided {
             Ok(x) => x,
@@ -153,7 +211,7 @@ async fn listen(
             continue;
         }
         match sock.send_to(&out, to).await {
-            Ok(_) => info!(mac = %seen.mac, arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, request = ?seen.kind, "DHCP: PXE client answered"),
+            Ok(_) => info!(mac = %seen.mac, address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, request = ?seen.kind, "DHCP: client answered"),
             Err(e) => warn!(mac = %seen.mac, %to, error = %e, "sending the DHCP reply failed"),
         }
     }
