@@ -9,15 +9,15 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::netns::{lan_and_server, Netns, Proc, SERVER_IP};
 use common::*;
 
 const MAC: &str = "52:54:00:b0:07:01";
 const STEM: &str = "52-54-00-b0-07-01";
-const SERVER_IP: &str = "10.99.0.1";
 const CLIENT_IP: &str = "10.99.0.2";
 /// A TCG boot reaches /init in about 7 s here; the whole test boot is well
 /// under a minute.
@@ -32,59 +32,6 @@ fn kernel_dir() -> PathBuf {
 fn init_binary() -> PathBuf {
     let out = stdout(&mut Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/boot/pxeroot-init/build-static")));
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(out.trim())
-}
-
-/// A network namespace with one tap (the client's cable) at SERVER_IP;
-/// deleted, with everything in it, when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        assert!(nix::unistd::geteuid().is_root(), "boot tests need root for namespaces and taps (CI runs as root)");
-        let name = format!("pxrt-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns.exec(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
-        ns.exec(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "tap0"]);
-        ns.exec(&["ip", "link", "set", "tap0", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args));
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Kill whatever still runs inside, then remove the namespace.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const MARKER_INIT: &str = "#!/bin/busybox sh\n\
@@ -372,28 +319,6 @@ fn test_boot_without_ip_uses_dhcp() {
     // Export defaulted to the boot interface's MAC.
     assert!(console.contains("export 52:54:00:b0:07:01: ok"), "{console}");
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
-}
-
-/// The reference topology: a "LAN" namespace with a bridge, the client's
-/// tap and the site's DHCP server (dnsmasq); pxeroot in its own namespace,
-/// joined to the bridge by veth. No default route: nothing leaves.
-fn lan_and_server(tag: &str) -> (Netns, Netns) {
-    let lan = Netns::new(&format!("{tag}l"));
-    let srv = Netns::new(&format!("{tag}s"));
-    // Re-plumb: in the LAN namespace the tap joins a bridge that holds the
-    // site DHCP server's address; the server namespace gets a veth.
-    lan.exec(&["ip", "addr", "flush", "dev", "tap0"]);
-    lan.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
-    lan.exec(&["ip", "link", "set", "tap0", "master", "br0"]);
-    lan.exec(&["ip", "addr", "add", "10.99.0.254/24", "dev", "br0"]);
-    lan.exec(&["ip", "link", "set", "br0", "up"]);
-    srv.exec(&["ip", "link", "del", "tap0"]);
-    lan.exec(&["ip", "link", "add", "vlan0", "type", "veth", "peer", "name", "vsrv0", "netns", &srv.name]);
-    lan.exec(&["ip", "link", "set", "vlan0", "master", "br0"]);
-    lan.exec(&["ip", "link", "set", "vlan0", "up"]);
-    srv.exec(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vsrv0"]);
-    srv.exec(&["ip", "link", "set", "vsrv0", "up"]);
-    (lan, srv)
 }
 
 #[test]

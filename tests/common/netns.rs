@@ -1,0 +1,98 @@
+//! Test network namespaces and processes that are cleaned up on drop, even
+//! when a test fails: nothing a test starts outlives it.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::run;
+
+/// The boot server's address in every test topology.
+pub const SERVER_IP: &str = "10.99.0.1";
+
+/// A network namespace with one tap (the client's cable) at SERVER_IP;
+/// deleted, with everything in it, when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        assert!(nix::unistd::geteuid().is_root(), "boot tests need root for namespaces and taps (CI runs as root)");
+        let name = format!("pxrt-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.exec(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ns.exec(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "tap0"]);
+        ns.exec(&["ip", "link", "set", "tap0", "up"]);
+        ns
+    }
+
+    pub fn exec(&self, args: &[&str]) {
+        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args));
+    }
+
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill whatever still runs inside, then remove the namespace.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The reference topology: a "LAN" namespace with a bridge, the client's
+/// tap and the site's DHCP server (dnsmasq); pxeroot in its own namespace,
+/// joined to the bridge by veth. No default route: nothing leaves.
+pub fn lan_and_server(tag: &str) -> (Netns, Netns) {
+    let lan = Netns::new(&format!("{tag}l"));
+    let srv = Netns::new(&format!("{tag}s"));
+    // Re-plumb: in the LAN namespace the tap joins a bridge that holds the
+    // site DHCP server's address; the server namespace gets a veth.
+    lan.exec(&["ip", "addr", "flush", "dev", "tap0"]);
+    lan.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    lan.exec(&["ip", "link", "set", "tap0", "master", "br0"]);
+    lan.exec(&["ip", "addr", "add", "10.99.0.254/24", "dev", "br0"]);
+    lan.exec(&["ip", "link", "set", "br0", "up"]);
+    srv.exec(&["ip", "link", "del", "tap0"]);
+    lan.exec(&["ip", "link", "add", "vlan0", "type", "veth", "peer", "name", "vsrv0", "netns", &srv.name]);
+    lan.exec(&["ip", "link", "set", "vlan0", "master", "br0"]);
+    lan.exec(&["ip", "link", "set", "vlan0", "up"]);
+    srv.exec(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vsrv0"]);
+    srv.exec(&["ip", "link", "set", "vsrv0", "up"]);
+    (lan, srv)
+}
+
+
+/// A client host on the LAN of `lan_and_server`: its own namespace, joined
+/// to the bridge by veth `vcli0`, without an address (as firmware starts).
+pub fn client_on(lan: &Netns, tag: &str) -> Netns {
+    let cli = Netns::new(tag);
+    cli.exec(&["ip", "link", "del", "tap0"]);
+    lan.exec(&["ip", "link", "add", "vclil", "type", "veth", "peer", "name", "vcli0", "netns", &cli.name]);
+    lan.exec(&["ip", "link", "set", "vclil", "master", "br0"]);
+    lan.exec(&["ip", "link", "set", "vclil", "up"]);
+    cli.exec(&["ip", "link", "set", "vcli0", "up"]);
+    cli
+}

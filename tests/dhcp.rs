@@ -1,0 +1,189 @@
+//! DHCP in network namespaces, with real firmware packets (the fixtures):
+//! beside dnsmasq as the site's DHCP server, a PXE DISCOVER gets both
+//! offers, and pxeroot's names the right file for BIOS, UEFI x64 and iPXE;
+//! garbage does not disturb it. In full mode, two clients get different
+//! addresses and a restarted daemon remembers the leases.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::netns::{client_on, lan_and_server, Netns, Proc, SERVER_IP};
+use common::*;
+
+/// DHCP payloads sent to port 67 in a pcap file.
+fn fixture_discovers(name: &str) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(format!("{}/tests/fixtures/dhcp/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &bytes[at + 16..(at + 16 + incl).min(bytes.len())];
+        at += 16 + incl;
+        if frame.len() < 42 || frame[12..14] != [8, 0] || frame[23] != 17 {
+            continue;
+        }
+        let udp = 14 + (frame[14] & 0x0f) as usize * 4;
+        if u16::from_be_bytes([frame[udp + 2], frame[udp + 3]]) == 67 {
+            out.push(frame[udp + 8..].to_vec());
+        }
+    }
+    out
+}
+
+/// Remove DHCP option `code` from a raw packet (to turn iPXE's DISCOVER into
+/// a plain PXE ROM's).
+fn strip_option(p: &[u8], code: u8) -> Vec<u8> {
+    let mut out = p[..240].to_vec();
+    let mut i = 240;
+    while i < p.len() && p[i] != 255 {
+        if p[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let len = p[i + 1] as usize;
+        if p[i] != code {
+            out.extend_from_slice(&p[i..i + 2 + len]);
+        }
+        i += 2 + len;
+    }
+    out.push(255);
+    out.resize(out.len().max(300), 0);
+    out
+}
+
+fn with_mac(p: &[u8], last: u8) -> Vec<u8> {
+    let mut p = p.to_vec();
+    p[33] = last;
+    p
+}
+
+#[derive(Debug)]
+struct Reply {
+    server: String,
+    yiaddr: String,
+    file: String,
+    kind: u8,
+}
+
+fn probe(ns: &Netns, dir: &Path, packet: &[u8], garbage: bool) -> Vec<Reply> {
+    require("python3");
+    // The probe's interface does not have the packet's MAC: ask for
+    // broadcast replies, or a server unicasting to that MAC is never heard.
+    let mut packet = packet.to_vec();
+    packet[10] |= 0x80;
+    let f = dir.join(format!("packet-{}", std::process::id()));
+    std::fs::write(&f, &packet).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/dhcp_probe.py");
+    let mut c = ns.command(Path::new("python3"));
+    c.args([script, "vcli0"]).arg(&f).arg("3");
+    if garbage {
+        c.arg("garbage-first");
+    }
+    let out = stdout(&mut c);
+    out.lines()
+        .filter_map(|l| {
+            let field = |k: &str| l.split(&format!("\"{k}\": ")).nth(1).map(|r| r.split([',', '}']).next().unwrap_or("").trim().trim_matches('"').to_string());
+            Some(Reply { server: field("server")?, yiaddr: field("yiaddr")?, file: field("file")?, kind: field("type")?.parse().ok()? })
+        })
+        .collect()
+}
+
+fn config(dir: &Path, dhcp: &str) -> PathBuf {
+    make_raw_base(&dir.join("base.img"), 1 << 20, 1);
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let cfg = dir.join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [http]\nenabled = false\n[dhcp]\ninterface = \"vsrv0\"\n{dhcp}\n[images.root]\npath = \"base.img\"\n\
+             [unknown_clients]\naction = \"boot\"\nimage = \"root\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn start(srv: &Netns, cfg: &Path) -> Proc {
+    let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
+    let p = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(cfg).stderr(log).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    p
+}
+
+#[test]
+fn test_proxy_beside_dnsmasq_offers_the_right_file_per_firmware() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let (lan, srv) = lan_and_server("dhcp");
+    let cli = client_on(&lan, "dhcpc");
+    let cfg = config(d.path(), "mode = \"proxy\"");
+    let _pxeroot = start(&srv, &cfg);
+    let _dnsmasq = Proc(
+        lan.command(Path::new("dnsmasq"))
+            .args(["--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
+            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
+            .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
+            .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let ipxe = fixture_discovers("bios-ipxe-rom.pcap").remove(0);
+    let bios = strip_option(&strip_option(&ipxe, 77), 175);
+    let uefi = fixture_discovers("ovmf-full-chain.pcap").remove(0);
+    for (what, packet, file, garbage) in [
+        ("iPXE ROM", with_mac(&ipxe, 0x11), "tftp://10.99.0.1/pxeroot/52-54-00-aa-00-11.ipxe", true),
+        ("BIOS PXE", with_mac(&bios, 0x12), "undionly.kpxe", false),
+        ("UEFI x64 PXE", uefi, "ipxe.efi", false),
+    ] {
+        let replies = probe(&cli, d.path(), &packet, garbage);
+        let site = replies.iter().find(|r| r.server == "10.99.0.254").unwrap_or_else(|| panic!("{what}: no offer from dnsmasq: {replies:?}"));
+        assert!(site.yiaddr.starts_with("10.99.0."), "{what}: {site:?}");
+        let ours = replies.iter().find(|r| r.server == SERVER_IP).unwrap_or_else(|| panic!("{what}: no proxy offer: {replies:?}"));
+        assert_eq!(ours.kind, 2, "{what}: not an OFFER");
+        assert_eq!(ours.yiaddr, "0.0.0.0", "{what}: a proxy must not hand out addresses");
+        assert_eq!(ours.file, file, "{what}");
+    }
+}
+
+#[test]
+fn test_full_mode_two_clients_and_leases_survive_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let (lan, srv) = lan_and_server("fdhcp");
+    let cli = client_on(&lan, "fdhcpc");
+    let cfg = config(d.path(), "mode = \"full\"\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.120\"\nrouter = \"10.99.0.254\"");
+    let ipxe = fixture_discovers("bios-ipxe-rom.pcap").remove(0);
+    let request = |p: &[u8], ip: &str| {
+        // DISCOVER -> REQUEST for `ip` (option 53 = 3, option 50 appended).
+        let mut r = strip_option(p, 255);
+        r.truncate(r.iter().rposition(|&b| b == 255).unwrap_or(r.len()));
+        let i = r[240..].windows(3).position(|w| w == [53, 1, 1]).expect("option 53") + 240;
+        r[i + 2] = 3;
+        r.extend_from_slice(&[50, 4]);
+        r.extend(ip.split('.').map(|o| o.parse::<u8>().unwrap()));
+        r.push(255);
+        r.resize(r.len().max(300), 0);
+        r
+    };
+    let server = start(&srv, &cfg);
+    let mut got = Vec::new();
+    for last in [0x21u8, 0x22] {
+        let disc = with_mac(&ipxe, last);
+        let offer = probe(&cli, d.path(), &disc, false).into_iter().find(|r| r.server == SERVER_IP).expect("offer");
+        let ack = probe(&cli, d.path(), &request(&disc, &offer.yiaddr), false).into_iter().find(|r| r.server == SERVER_IP).expect("ack");
+        assert_eq!(ack.kind, 5, "not an ACK: {ack:?}");
+        got.push(ack.yiaddr);
+    }
+    assert_ne!(got[0], got[1], "two clients, one address");
+    drop(server);
+    let _server = start(&srv, &cfg);
+    let again = probe(&cli, d.path(), &with_mac(&ipxe, 0x21), false).into_iter().find(|r| r.server == SERVER_IP).expect("offer after restart");
+    assert_eq!(again.yiaddr, got[0], "the lease was forgotten across a restart");
+    let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap();
+    assert!(leases.contains("52:54:00:aa:00:21") && leases.contains("52:54:00:aa:00:22"), "{leases}");
+}
