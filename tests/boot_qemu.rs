@@ -34,15 +34,6 @@ fn init_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(out.trim())
 }
 
-const MARKER_INIT: &str = "#!/bin/busybox sh\n\
-    echo \"PXEROOT-MARKER root init running as pid $$\"\n\
-    echo \"written by the diskless client\" > /marker\n\
-    /bin/busybox sync\n\
-    echo PXEROOT-MARKER-DONE\n\
-    /bin/busybox mount -o remount,ro /\n\
-    /sbin/pxeroot-disconnect poweroff\n\
-    /bin/busybox poweroff -f\n";
-
 /// Writes, syncs, drops caches and reads back, 40 times, then powers off.
 const LOOP_INIT: &str = "#!/bin/busybox sh\n\
     i=0\n\
@@ -58,25 +49,28 @@ const LOOP_INIT: &str = "#!/bin/busybox sh\n\
     echo PXEROOT-MARKER-DONE\n\
     /bin/busybox poweroff -f\n";
 
-/// The root image: busybox-static, and an init that proves it ran.
+/// The root image from `images/build-test-root`: busybox-static and an
+/// init that prints a marker, writes /marker, sends DISC and powers off.
 fn root_image(dir: &Path) -> PathBuf {
-    root_image_with(dir, MARKER_INIT)
+    build_root(dir, None)
 }
 
+/// The same image with another /sbin/init.
 fn root_image_with(dir: &Path, init: &str) -> PathBuf {
+    let script = dir.join("init.sh");
+    std::fs::write(&script, init).unwrap();
+    build_root(dir, Some(&script))
+}
+
+fn build_root(dir: &Path, init: Option<&Path>) -> PathBuf {
     require("busybox");
-    let tree = dir.join("rootfs");
-    for d in ["bin", "sbin", "proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(tree.join(d)).unwrap();
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static");
-    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
-    // The clean-shutdown hook: pxeroot-init under the name pxeroot-disconnect.
-    std::fs::copy(init_binary(), tree.join("sbin/pxeroot-disconnect")).unwrap();
-    std::fs::write(tree.join("sbin/init"), init).unwrap();
-    run(Command::new("chmod").arg("755").arg(tree.join("sbin/init")));
     let img = dir.join("root.img");
-    run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/mkbase")).arg(&tree).arg(&img).arg("64M"));
+    let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/build-test-root"));
+    c.arg(&img).arg(init_binary());
+    if let Some(i) = init {
+        c.arg(i);
+    }
+    run(&mut c);
     img
 }
 
@@ -186,6 +180,7 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
     }
     eprintln!("QEMU start to power-off: {:.1} s", t.elapsed().as_secs_f64());
     assert!(console.contains("pxeroot-disconnect: /dev/nbd0 disconnected"), "{console}");
+    assert!(!console.contains("I/O error") && !console.contains("EXT4-fs error"), "I/O after the disconnect:\n{console}");
     drop(server);
     let log = std::fs::read_to_string(d.path().join("pxeroot.log")).unwrap_or_default();
     assert!(log.contains("client sent DISC"), "the server never saw DISC:\n{log}");

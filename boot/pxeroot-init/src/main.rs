@@ -90,7 +90,13 @@ fn main() {
         _ => {}
     }
     if args.first().map(|a| a.rsplit('/').next() == Some(DISCONNECT_NAME)).unwrap_or(false) {
-        std::process::exit(disconnect("/dev/nbd0"));
+        let then = match args.get(1).map(String::as_str) {
+            Some("poweroff") => Some(sys::Finally::PowerOff),
+            Some("reboot") | Some("kexec") => Some(sys::Finally::Reboot),
+            Some("halt") => Some(sys::Finally::Halt),
+            _ => None,
+        };
+        std::process::exit(disconnect("/dev/nbd0", then));
     }
     let con = Console { start: Instant::now() };
     if let Err(e) = boot(&con) {
@@ -418,10 +424,12 @@ fn run_monitor(args: &[String]) -> ! {
     nbdnl::monitor(&m, |msg| eprintln!("pxeroot-nbd: {msg}"))
 }
 
-/// `pxeroot-disconnect [poweroff|reboot|...]`: sync, then NBD_DISCONNECT on
-/// the root device. Run it after the root is read-only (systemd runs
-/// system-shutdown hooks then). Returns the exit code.
-fn disconnect(device: &str) -> i32 {
+/// `pxeroot-disconnect [poweroff|reboot|halt|kexec]`: sync, NBD_DISCONNECT
+/// on the root device, then (given a verb, as systemd passes to its
+/// system-shutdown hooks) end the machine at once: after the disconnect the
+/// root is gone, so nothing that needs a file (not even `poweroff`) can run.
+/// Run it after the root is read-only. Returns the exit code.
+fn disconnect(device: &str, then: Option<sys::Finally>) -> i32 {
     sys::sync();
     let dev = match std::fs::OpenOptions::new().read(true).open(device) {
         Ok(d) => d,
@@ -433,6 +441,11 @@ fn disconnect(device: &str) -> i32 {
     match sys::ioctl_arg(dev.as_raw_fd(), nbd::NBD_DISCONNECT, 0) {
         Ok(_) => {
             println!("pxeroot-disconnect: {device} disconnected");
+            if let Some(how) = then {
+                let e = sys::reboot(how);
+                eprintln!("pxeroot-disconnect: reboot({how:?}): {e}");
+                return 1;
+            }
             0
         }
         Err(e) => {

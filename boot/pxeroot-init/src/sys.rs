@@ -297,3 +297,23 @@ pub fn bind_to_device(fd: RawFd, name: &str) -> io::Result<()> {
     })?;
     Ok(())
 }
+
+/// What to do after disconnecting the root device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finally {
+    PowerOff,
+    Reboot,
+    Halt,
+}
+
+/// reboot(2): end the machine. Everything must already be synced.
+pub fn reboot(how: Finally) -> io::Error {
+    let cmd = match how {
+        Finally::PowerOff => libc::RB_POWER_OFF,
+        Finally::Reboot => libc::RB_AUTOBOOT,
+        Finally::Halt => libc::RB_HALT_SYSTEM,
+    };
+    // SAFETY: reboot takes an integer command; on success it does not return.
+    unsafe { libc::reboot(cmd) };
+    io::Error::last_os_error()
+}

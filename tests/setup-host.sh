@@ -1,0 +1,41 @@
+# Sourced by tests/run-all and ./demo: installs what they need on a fresh
+# Debian 12 machine (apt packages, Rust), fetches the guest kernel and
+# builds the static pxeroot-init. Run from the repository's top directory.
+
+packages=(qemu-utils libnbd-bin nbdkit fio e2fsprogs cmake gcc pkg-config curl ca-certificates python3
+          qemu-system-x86 ipxe-qemu busybox-static iproute2 cpio zstd xz-utils dnsmasq-base atftp)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# qemu-system-x86 and qemu-utils must come from the same QEMU release
+# (Debian 12's): installing one alone removes a newer other one.
+if [[ " ${missing[*]} " == *" qemu-system-x86 "* || " ${missing[*]} " == *" qemu-utils "* ]]; then
+    missing+=(qemu-utils qemu-system-x86)
+fi
+if ((${#missing[@]})); then
+    echo "==> installing: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+# A Debian kernel for QEMU guests (the host kernel has no nbd module):
+# linux-image-amd64's dependency, unpacked, cached under target/.
+kdir=target/guest-kernel
+if [ ! -f "$kdir/ready" ]; then
+    echo "==> fetching the guest kernel"
+    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    rm -rf "$kdir" && mkdir -p "$kdir"
+    (cd "$kdir" && apt-get download "$pkg" >/dev/null 2>&1 && dpkg -x ./*.deb root && rm -f ./*.deb)
+    cp "$kdir"/root/boot/vmlinuz-* "$kdir/vmlinuz"
+    ln -sfn "$(ls -d "$PWD/$kdir"/root/lib/modules/* | head -n 1)" "$kdir/modules"
+    touch "$kdir/ready"
+fi
+
+echo "==> static pxeroot-init"
+INIT_BINARY=$(boot/pxeroot-init/build-static)
