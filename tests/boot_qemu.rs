@@ -90,14 +90,18 @@ fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, stop_when: impl
 }
 
 /// Run QEMU (TCG, serial console on stdout, virtio-net on tap0) with `args`.
-fn run_qemu(ns: &Netns, args: &[String], mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+fn run_qemu(ns: &Netns, args: &[String], stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+    run_qemu_nic(ns, args, "virtio-net-pci", stop_when)
+}
+
+fn run_qemu_nic(ns: &Netns, args: &[String], nic: &str, mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
     require("qemu-system-x86_64");
     let mut c = ns.command(Path::new("qemu-system-x86_64"));
     c.args(["-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
         .args(["-no-reboot", "-serial", "stdio"])
         .args(args)
         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
+        .args(["-device", &format!("{nic},netdev=n0,mac={MAC}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
@@ -440,4 +444,47 @@ address = "10.99.0.42"
     assert!(console.contains("pxeroot-init") && console.contains("10.99.0.42"), "{console}");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap_or_default();
     assert!(leases.contains(&format!("10.99.0.42 {MAC}")) && leases.contains("bound"), "{leases}");
+}
+
+/// PXE-boot the same MAC twice with `policy`; returns both consoles. The
+/// second boot uses an e1000 NIC (its iPXE ROM and Linux driver).
+fn boot_twice(tag: &str, policy: &str) -> (String, String) {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let boot = d.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
+    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    let (lan, srv) = lan_and_server(tag);
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
+             [images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
+             [clients.\"{MAC}\"]\nimage = \"root\"\npolicy = \"{policy}\"\n",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
+    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).stderr(log).spawn().unwrap());
+    let mut consoles = Vec::new();
+    for nic in ["virtio-net-pci", "e1000"] {
+        let (lines, exited) = run_qemu_nic(&lan, &["-boot".into(), "order=n".into()], nic, |l| l.contains("FATAL"));
+        let console = lines.join("\n");
+        assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{policy} boot with {nic} failed:\n{console}");
+        consoles.push(console);
+    }
+    (consoles.remove(0), consoles.remove(0))
+}
+
+#[test]
+fn test_second_boot_persistent_keeps_the_file_ephemeral_does_not() {
+    let (first, second) = boot_twice("pers", "persistent");
+    assert!(!first.contains("PXEROOT-FOUND-MARKER"), "{first}");
+    assert!(second.contains("PXEROOT-FOUND-MARKER from an earlier boot: written by the diskless client"), "persistent overlay lost its file:\n{second}");
+    let (_, second) = boot_twice("ephm", "ephemeral");
+    assert!(!second.contains("PXEROOT-FOUND-MARKER"), "ephemeral overlay kept its file across a new boot:\n{second}");
 }
