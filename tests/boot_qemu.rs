@@ -488,3 +488,54 @@ fn test_second_boot_persistent_keeps_the_file_ephemeral_does_not() {
     let (_, second) = boot_twice("ephm", "ephemeral");
     assert!(!second.contains("PXEROOT-FOUND-MARKER"), "ephemeral overlay kept its file across a new boot:\n{second}");
 }
+
+#[test]
+fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
+    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    let vars = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
+    let ipxe_efi = Path::new("/usr/lib/ipxe/ipxe.efi");
+    for p in [code, vars, ipxe_efi] {
+        assert!(p.exists(), "{} missing: run tests/run-all (it installs ovmf and ipxe)", p.display());
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let boot = d.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
+    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    std::fs::copy(ipxe_efi, boot.join("ipxe.efi")).unwrap();
+    let my_vars = d.path().join("vars.fd");
+    std::fs::copy(vars, &my_vars).unwrap();
+    let (lan, srv) = lan_and_server("uefi");
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
+             [images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
+             [clients.\"{MAC}\"]\nimage = \"root\"\n",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log_path = d.path().join("pxeroot.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    // q35 + OVMF; `romfile=` (empty) so OVMF's own UEFI PXE runs, not the
+    // NIC's iPXE ROM (boot-chain.md).
+    let args: Vec<String> = [
+        "-machine", "q35", "-drive", &format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+        "-drive", &format!("if=pflash,format=raw,file={}", my_vars.display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (lines, exited) = run_qemu_nic(&lan, &args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
+    assert!(server_log.contains("offered=Some(\"ipxe.efi\")") && server_log.contains("arch=Some(7)"), "OVMF was not offered ipxe.efi:\n{server_log}");
+    assert!(server_log.contains("file=ipxe.efi"), "ipxe.efi was not sent over TFTP:\n{server_log}");
+    assert!(server_log.contains("boot script requested"), "{server_log}");
+}
