@@ -94,14 +94,18 @@ fn run_qemu(ns: &Netns, args: &[String], stop_when: impl FnMut(&str) -> bool) ->
     run_qemu_nic(ns, args, "virtio-net-pci", stop_when)
 }
 
-fn run_qemu_nic(ns: &Netns, args: &[String], nic: &str, mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+fn run_qemu_nic(ns: &Netns, args: &[String], nic: &str, stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+    run_qemu_as(ns, args, nic, MAC, "tap0", stop_when)
+}
+
+fn run_qemu_as(ns: &Netns, args: &[String], nic: &str, mac: &str, tap: &str, mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
     require("qemu-system-x86_64");
     let mut c = ns.command(Path::new("qemu-system-x86_64"));
     c.args(["-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
         .args(["-no-reboot", "-serial", "stdio"])
         .args(args)
-        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-        .args(["-device", &format!("{nic},netdev=n0,mac={MAC}")])
+        .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+        .args(["-device", &format!("{nic},netdev=n0,mac={mac}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
@@ -538,4 +542,70 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
     assert!(server_log.contains("offered=Some(\"ipxe.efi\")") && server_log.contains("arch=Some(7)"), "OVMF was not offered ipxe.efi:\n{server_log}");
     assert!(server_log.contains("file=ipxe.efi"), "ipxe.efi was not sent over TFTP:\n{server_log}");
     assert!(server_log.contains("boot script requested"), "{server_log}");
+}
+
+/// Writes the client's own MAC into /marker, then disconnects and powers off.
+const WHO_INIT: &str = "#!/bin/busybox sh\n\
+    me=$(/bin/busybox cat /sys/class/net/eth0/address)\n\
+    echo \"written by $me\" > /marker\n\
+    /bin/busybox sync\n\
+    echo PXEROOT-MARKER-DONE\n\
+    /bin/busybox mount -o remount,ro /\n\
+    /sbin/pxeroot-disconnect poweroff\n";
+
+#[test]
+fn test_three_clients_at_once_each_sees_only_its_own_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image_with(d.path(), WHO_INIT);
+    let before = sha256(&img);
+    let boot = d.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
+    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    let (lan, srv) = lan_and_server("three");
+    let macs = ["52:54:00:b0:03:01", "52:54:00:b0:03:02", "52:54:00:b0:03:03"];
+    for tap in ["tap1", "tap2"] {
+        lan.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+        lan.exec(&["ip", "link", "set", tap, "master", "br0"]);
+        lan.exec(&["ip", "link", "set", tap, "up"]);
+    }
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
+             [images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
+             [unknown_clients]\naction = \"boot\"\nimage = \"root\"\npolicy = \"persistent\"\n",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
+    let server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).stderr(log).spawn().unwrap());
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = macs
+            .iter()
+            .zip(["tap0", "tap1", "tap2"])
+            .map(|(mac, tap)| {
+                let lan = &lan;
+                scope.spawn(move || run_qemu_as(lan, &["-boot".into(), "order=n".into()], "virtio-net-pci", mac, tap, |l| l.contains("FATAL")))
+            })
+            .collect();
+        for (h, mac) in handles.into_iter().zip(macs) {
+            let (lines, exited) = h.join().expect("qemu thread");
+            let console = lines.join("\n");
+            assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{mac} did not boot:\n{console}");
+        }
+    });
+    eprintln!("three clients at once: all powered off after {:.1} s", t.elapsed().as_secs_f64());
+    drop(server);
+    for mac in macs {
+        let flat = d.path().join("flat.img");
+        run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{}.qcow2", mac.replace(':', "-")))).arg(&flat));
+        let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+        assert!(marker.contains(&format!("written by {mac}")), "{mac}'s overlay holds {marker:?}");
+    }
+    assert_eq!(sha256(&img), before, "the base image changed");
 }
