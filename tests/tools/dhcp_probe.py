@@ -14,6 +14,7 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
 s.bind(("0.0.0.0", 68))
 if len(sys.argv) > 4:
     s.sendto(b"\x01garbage that is not DHCP", ("255.255.255.255", 67))
+sent = time.perf_counter()
 s.sendto(packet, ("255.255.255.255", 67))
 xid = packet[4:8]
 end = time.time() + secs
@@ -22,6 +23,7 @@ while time.time() < end:
     if not r:
         break
     data, src = s.recvfrom(1500)
+    took_ms = (time.perf_counter() - sent) * 1000
     if len(data) < 240 or data[0] != 2 or data[4:8] != xid:
         continue
     opts, i, out = data[240:], 0, {}
@@ -39,4 +41,5 @@ while time.time() < end:
         "file": data[108:236].split(b"\0")[0].decode(errors="replace"),
         "type": out.get(53, b"\0")[0],
         "class": out.get(60, b"").decode(errors="replace"),
+        "ms": round(took_ms, 3),
     }), flush=True)
