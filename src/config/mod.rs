@@ -297,11 +297,16 @@ impl wire::Root {
                         match mode {
                             None => None,
                             Some(mode) => {
-                                let uefi = match d.uefi.as_deref().unwrap_or("in-offer") {
-                                    "in-offer" => crate::dhcp::decide::UefiStrategy::InOffer,
-                                    "via-4011" => crate::dhcp::decide::UefiStrategy::Via4011,
-                                    other => return Err(err("dhcp.uefi", format!("{other:?} is not a UEFI strategy"), "use \"in-offer\" or \"via-4011\"")),
+                                let strategy = |key: &str, v: &str| match v {
+                                    "in-offer" => Ok(crate::dhcp::decide::UefiStrategy::InOffer),
+                                    "via-4011" => Ok(crate::dhcp::decide::UefiStrategy::Via4011),
+                                    other => Err(err(key, format!("{other:?} is not a UEFI strategy"), "use \"in-offer\" or \"via-4011\"")),
                                 };
+                                let uefi = strategy("dhcp.uefi", d.uefi.as_deref().unwrap_or("in-offer"))?;
+                                let mut uefi_by_class = Vec::new();
+                                for (class, v) in d.uefi_by_class.iter().flatten() {
+                                    uefi_by_class.push((class.clone(), strategy(&format!("dhcp.uefi_by_class.\"{class}\""), v)?));
+                                }
                                 let defaults = crate::dhcp::decide::BootFiles::default();
                                 Some(crate::dhcp::DhcpConfig {
                                     mode,
@@ -313,6 +318,8 @@ impl wire::Root {
                                         uefi_arm64: d.uefi_arm64_file.clone().unwrap_or(defaults.uefi_arm64),
                                     },
                                     uefi,
+                                    uefi_by_class,
+                                    http_base: None,
                                     dhcp_port: 67,
                                     pxe_port: 4011,
                                 })
@@ -341,6 +348,10 @@ impl wire::Root {
                     (None, None, None) => return Err(err("pxe", "serves boot files over neither HTTP nor TFTP".into(), "enable [http] or [tftp]")),
                     (Some(other), _, _) => return Err(err("pxe.boot_files_over", format!("{other:?} is not a transport"), "use \"http\" or \"tftp\"")),
                 };
+                let dhcp = dhcp.map(|mut d| {
+                    d.http_base = http_listen.map(|h| format!("http://{server}:{}", h.port()));
+                    d
+                });
                 Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach, files_base }, boot, tftp_listen, dhcp, ra_interface, http_listen })
             }
         };

@@ -49,6 +49,7 @@ pub struct Dhcp {
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
     pub lease_seconds: Option<u64>,
+    pub uefi_by_class: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

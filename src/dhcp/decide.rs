@@ -44,9 +44,10 @@ impl Arch {
     fn from_option93(code: u16) -> Option<Arch> {
         match code {
             0 => Some(Arch::Bios),
-            // 9 is EBC by the RFC, but many x64 firmwares send it.
-            7 | 9 => Some(Arch::UefiX64),
-            11 => Some(Arch::UefiArm64),
+            // 9 is EBC by the RFC, but many x64 firmwares send it; 16 and
+            // 19 are the x64 and ARM64 UEFI HTTP boot clients.
+            7 | 9 | 16 => Some(Arch::UefiX64),
+            11 | 19 => Some(Arch::UefiArm64),
             _ => None,
         }
     }
@@ -83,6 +84,19 @@ pub struct Context<'a> {
     pub may_boot: &'a dyn Fn(Mac) -> bool,
     /// The script URL for a client already running iPXE.
     pub script_url: &'a dyn Fn(Mac) -> String,
+    /// `http://server:port` when HTTP is served: UEFI HTTP boot clients
+    /// (option 60 `HTTPClient`) are answered then, with a URL.
+    pub http_base: Option<&'a str>,
+    /// UEFI strategy per vendor class prefix (option 60), longest match
+    /// first; `uefi` otherwise.
+    pub uefi_by_class: &'a [(String, UefiStrategy)],
+}
+
+/// Which kind of boot client a request comes from, by option 60.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientClass {
+    Pxe,
+    Http,
 }
 
 /// What a request was, for the boot timeline.
@@ -117,8 +131,37 @@ fn client_mac(req: &Message) -> Result<Mac, Ignored> {
     }
 }
 
+fn vendor_class(req: &Message) -> &[u8] {
+    match req.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(c)) => c,
+        _ => &[],
+    }
+}
+
+/// PXE firmware, or (when HTTP is served) a UEFI HTTP boot client.
+fn client_class(req: &Message, ctx: &Context) -> Option<ClientClass> {
+    let c = vendor_class(req);
+    if c.starts_with(b"PXEClient") {
+        Some(ClientClass::Pxe)
+    } else if c.starts_with(b"HTTPClient") && ctx.http_base.is_some() {
+        Some(ClientClass::Http)
+    } else {
+        None
+    }
+}
+
 fn is_pxe_client(req: &Message) -> bool {
-    matches!(req.opts().get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"))
+    vendor_class(req).starts_with(b"PXEClient")
+}
+
+/// The UEFI strategy for this request's vendor class.
+fn uefi_strategy(req: &Message, ctx: &Context) -> UefiStrategy {
+    let c = vendor_class(req);
+    ctx.uefi_by_class
+        .iter()
+        .filter(|(prefix, _)| c.starts_with(prefix.as_bytes()))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map_or(ctx.uefi, |(_, s)| *s)
 }
 
 /// What to boot, for a PXE client that may boot: the file name (a script
@@ -192,9 +235,7 @@ fn add_boot(r: &mut Message, req: &Message, server: Ipv4Addr, file: &str) -> Str
 /// Decide the proxy reply to `req`, which arrived on `port`.
 pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen), Ignored> {
     let mac = client_mac(req)?;
-    if !is_pxe_client(req) {
-        return Err(Ignored::NotPxe);
-    }
+    let class = client_class(req, ctx).ok_or(Ignored::NotPxe)?;
     let kind = req.opts().msg_type().ok_or(Ignored::WrongMessage)?;
     let reply_kind = match (port, kind) {
         (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
@@ -202,8 +243,18 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
         _ => return Err(Ignored::WrongMessage),
     };
     let Boot { file, arch: arch_code, arch_kind: arch, ipxe } = boot_for(req, mac, ctx)?;
+    if class == ClientClass::Http {
+        // UEFI HTTP boot: option 60 `HTTPClient` and a URL as the file.
+        let mut r = reply_to(req, reply_kind, ctx.server, Ipv4Addr::UNSPECIFIED);
+        let url = if file.contains("://") { file } else { format!("{}/{}", ctx.http_base.unwrap_or_default(), file) };
+        let name = url[..url.len().min(MAX_BOOT_FILE)].to_string();
+        r.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+        r.opts_mut().insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
+        r.set_fname_str(&name);
+        return Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered: Some(name) }));
+    }
     // Strategy (b): UEFI firmware gets a bare offer and the file on 4011.
-    let bare = reply_kind == MessageType::Offer && !ipxe && arch != Arch::Bios && ctx.uefi == UefiStrategy::Via4011;
+    let bare = reply_kind == MessageType::Offer && !ipxe && arch != Arch::Bios && uefi_strategy(req, ctx) == UefiStrategy::Via4011;
 
     let mut r = reply_to(req, reply_kind, ctx.server, Ipv4Addr::UNSPECIFIED);
     let offered = if bare {
@@ -335,7 +386,7 @@ mod tests {
     }
 
     fn ctx<'a>(files: &'a BootFiles, uefi: UefiStrategy, may: &'a dyn Fn(Mac) -> bool, url: &'a dyn Fn(Mac) -> String) -> Context<'a> {
-        Context { server: Ipv4Addr::new(10, 99, 0, 1), files, uefi, may_boot: may, script_url: url }
+        Context { server: Ipv4Addr::new(10, 99, 0, 1), files, uefi, may_boot: may, script_url: url, http_base: Some("http://10.99.0.1:80"), uefi_by_class: &[] }
     }
 
     fn opt_bytes(m: &Message, code: OptionCode) -> Option<Vec<u8>> {
@@ -409,6 +460,34 @@ mod tests {
     }
 
     #[test]
+    fn test_uefi_http_boot_client_gets_a_url() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
+        req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
+        req.opts_mut().insert(DhcpOption::ClientSystemArchitecture(dhcproto::v4::Architecture::Unknown(16)));
+        let (r, seen) = decide(&req, Port::Dhcp, &ctx(&files, UefiStrategy::InOffer, &|_| true, &url)).unwrap();
+        assert_eq!(opt_bytes(&r, OptionCode::ClassIdentifier).unwrap(), b"HTTPClient");
+        assert_eq!(seen.offered.as_deref(), Some("http://10.99.0.1:80/ipxe.efi"));
+        // Without HTTP served, HTTP boot clients are not answered.
+        let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        c.http_base = None;
+        assert_eq!(decide(&req, Port::Dhcp, &c).unwrap_err(), Ignored::NotPxe);
+    }
+
+    #[test]
+    fn test_uefi_strategy_per_vendor_class() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
+        let by_class = vec![("PXEClient:Arch:00007".to_string(), UefiStrategy::Via4011)];
+        let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        c.uefi_by_class = &by_class;
+        let (offer, _) = decide(&req, Port::Dhcp, &c).unwrap();
+        assert!(offer.opts().get(OptionCode::BootfileName).is_none(), "class override to via-4011 ignored");
+    }
+
+    #[test]
     fn test_ignores_non_pxe_and_unknown_macs() {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
@@ -446,7 +525,7 @@ mod full_tests {
     fn test_full_mode_offers_addresses_and_boot_info() {
         let files = BootFiles::default();
         let url = |m: Mac| format!("tftp://10.0.0.1/pxeroot/{}.ipxe", m.file_stem());
-        let ctx = Context { server: Ipv4Addr::new(10, 0, 0, 1), files: &files, uefi: UefiStrategy::InOffer, may_boot: &|_| true, script_url: &url };
+        let ctx = Context { server: Ipv4Addr::new(10, 0, 0, 1), files: &files, uefi: UefiStrategy::InOffer, may_boot: &|_| true, script_url: &url, http_base: None, uefi_by_class: &[] };
         let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 0, 0, 254)), dns: vec![] };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
         let (offer, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 1], true), &ctx, &net, &mut leases, 0).unwrap().unwrap();

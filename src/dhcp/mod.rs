@@ -61,6 +61,10 @@ pub struct DhcpConfig {
     pub interface: Option<String>,
     pub files: BootFiles,
     pub uefi: UefiStrategy,
+    /// Per vendor-class-prefix override of `uefi`.
+    pub uefi_by_class: Vec<(String, UefiStrategy)>,
+    /// `http://server:port` when HTTP is served (answers UEFI HTTP boot).
+    pub http_base: Option<String>,
     /// Ports, 67 and 4011 unless a test moves them.
     pub dhcp_port: u16,
     pub pxe_port: u16,
@@ -168,7 +172,15 @@ async fn listen(
             }
         };
         let decided = {
-            let ctx = Context { server: cfg.server, files: &cfg.files, uefi: cfg.uefi, may_boot: &may_boot, script_url: &script_url };
+            let ctx = Context {
+                server: cfg.server,
+                files: &cfg.files,
+                uefi: cfg.uefi,
+                may_boot: &may_boot,
+                script_url: &script_url,
+                http_base: cfg.http_base.as_deref(),
+                uefi_by_class: &cfg.uefi_by_class,
+            };
             match (&leases, &cfg.mode) {
                 (Some(table), Mode::Full { network, leases_file, .. }) => {
                     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
