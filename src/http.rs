@@ -54,28 +54,34 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
+/// A `Range` header that cannot be served: malformed, multiple ranges, or
+/// outside the file (answered with 416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// A parsed `Range` header against a file of `size` bytes: `Ok(None)` for
-/// no range, `Err` for an unsatisfiable or unsupported one.
-pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+/// no range.
+pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    let bad = |_| Unsatisfiable;
     let Some(h) = header else { return Ok(None) };
-    let spec = h.trim().strip_prefix("bytes=").ok_or(())?;
+    let spec = h.trim().strip_prefix("bytes=").ok_or(Unsatisfiable)?;
     if spec.contains(',') {
-        return Err(()); // multiple ranges: not supported
+        return Err(Unsatisfiable); // multiple ranges: not supported
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (start, end) = match (a.trim(), b.trim()) {
         ("", n) => {
-            let n: u64 = n.parse().map_err(|_| ())?;
+            let n: u64 = n.parse().map_err(bad)?;
             if n == 0 {
-                return Err(());
+                return Err(Unsatisfiable);
             }
             (size.saturating_sub(n), size - 1)
         }
-        (s, "") => (s.parse().map_err(|_| ())?, size.wrapping_sub(1)),
-        (s, e) => (s.parse().map_err(|_| ())?, e.parse::<u64>().map_err(|_| ())?.min(size.wrapping_sub(1))),
+        (s, "") => (s.parse().map_err(bad)?, size.wrapping_sub(1)),
+        (s, e) => (s.parse().map_err(bad)?, e.parse::<u64>().map_err(bad)?.min(size.wrapping_sub(1))),
     };
     if size == 0 || start > end || start >= size {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
 }
@@ -140,7 +146,7 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
     let (status, start, len) = match range {
         Ok(None) => (StatusCode::OK, 0, size),
         Ok(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        Err(()) => {
+        Err(Unsatisfiable) => {
             let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
             r.headers_mut().insert(CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0")));
             return Ok(r);
@@ -236,7 +242,7 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
         assert_eq!(parse_range(Some("bytes=50-500"), 100), Ok(Some((50, 99))));
         for bad in ["bytes=100-", "bytes=5-1", "bytes=0-1,5-6", "items=0-1", "bytes=x-", "bytes=-0"] {
-            assert_eq!(parse_range(Some(bad), 100), Err(()), "{bad}");
+            assert_eq!(parse_range(Some(bad), 100), Err(Unsatisfiable), "{bad}");
         }
     }
 

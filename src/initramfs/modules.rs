@@ -229,7 +229,7 @@ impl ModuleTree {
     }
 
     /// Hard dependencies and soft pre/post dependencies of `name`.
-    pub fn deps(&mut self, name: &str) -> Result<(Vec<String>, Vec<String>, Vec<String>), ModuleError> {
+    pub fn deps(&mut self, name: &str) -> Result<Deps, ModuleError> {
         let info = if self.dep_file.is_some() && !self.softdep_file.is_empty() { None } else { Some(self.info(name)?) };
         let hard = match &self.dep_file {
             Some(d) => d.get(name).cloned().unwrap_or_default(),
@@ -276,15 +276,18 @@ impl ModuleTree {
     }
 }
 
+/// A module's `(hard, soft pre, soft post)` dependencies.
+pub type Deps = (Vec<String>, Vec<String>, Vec<String>);
+
 /// Dependency facts for the pure ordering step.
 pub trait DepSource {
     /// `(hard, soft pre, soft post)` of a module, names already resolved;
     /// `None` for a module that needs no file (built in).
-    fn deps_of(&mut self, name: &str) -> Result<Option<(Vec<String>, Vec<String>, Vec<String>)>, ModuleError>;
+    fn deps_of(&mut self, name: &str) -> Result<Option<Deps>, ModuleError>;
 }
 
 impl DepSource for ModuleTree {
-    fn deps_of(&mut self, name: &str) -> Result<Option<(Vec<String>, Vec<String>, Vec<String>)>, ModuleError> {
+    fn deps_of(&mut self, name: &str) -> Result<Option<Deps>, ModuleError> {
         if !self.files.contains_key(name) {
             return Ok(None);
         }
@@ -351,7 +354,7 @@ mod tests {
     struct Fake(HashMap<&'static str, (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>)>);
 
     impl DepSource for Fake {
-        fn deps_of(&mut self, name: &str) -> Result<Option<(Vec<String>, Vec<String>, Vec<String>)>, ModuleError> {
+        fn deps_of(&mut self, name: &str) -> Result<Option<Deps>, ModuleError> {
             let s = |v: &Vec<&str>| v.iter().map(|x| x.to_string()).collect();
             Ok(self.0.get(name).map(|(h, p, q)| (s(h), s(p), s(q))))
         }

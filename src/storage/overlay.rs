@@ -374,7 +374,7 @@ impl Overlay {
     /// partial clusters are written. With `fast`, a range that would need
     /// writing is refused before anything changes.
     pub fn write_zeroes(&self, off: u64, len: u64, no_hole: bool, fast: bool) -> Result<()> {
-        if fast && (off % CLUSTER != 0 || len % CLUSTER != 0) && off + len != self.size {
+        if fast && (!off.is_multiple_of(CLUSTER) || !len.is_multiple_of(CLUSTER)) && off + len != self.size {
             return Err(StorageError::FastZeroUnsupported);
         }
         static ZEROS: [u8; CLUSTER as usize] = [0; CLUSTER as usize];

@@ -183,7 +183,7 @@ pub fn monitor(m: &MonitorArgs, say: impl Fn(String)) -> ! {
                     break;
                 }
                 Err(e) => {
-                    if attempt == 1 || attempt % 10 == 0 {
+                    if attempt == 1 || attempt.is_multiple_of(10) {
                         say(format!("nbd{}: reconnect attempt {attempt} failed: {e}", m.index));
                     }
                 }

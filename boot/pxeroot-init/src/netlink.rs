@@ -70,7 +70,7 @@ fn put_attr(out: &mut Vec<u8>, a: &Attr) {
     let len = (out.len() - start) as u16;
     out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     out[start + 2..start + 4].copy_from_slice(&typ.to_ne_bytes());
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
