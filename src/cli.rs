@@ -113,7 +113,8 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
             );
             if let Some(addr) = p.tftp_listen {
                 let (s, r) = (shutdown.clone(), resolver.clone());
-                services.push(tokio::spawn(async move { crate::tftp::serve(addr, r, s).await.map_err(anyhow::Error::from) }));
+                let caps = Arc::new(p.tftp_blksize_caps.clone());
+                services.push(tokio::spawn(async move { crate::tftp::serve(addr, r, caps, s).await.map_err(anyhow::Error::from) }));
             }
             if let Some(addr) = p.http_listen {
                 let (s, r) = (shutdown.clone(), resolver.clone());

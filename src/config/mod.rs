@@ -41,6 +41,8 @@ pub struct PxeConfig {
     pub boot: BTreeMap<String, BootSpec>,
     /// `None` when TFTP is disabled.
     pub tftp_listen: Option<SocketAddr>,
+    /// Per-client block size caps (some UEFI TFTP clients need them).
+    pub tftp_blksize_caps: Vec<crate::tftp::BlksizeCap>,
     /// `None` when DHCP is off.
     pub dhcp: Option<crate::dhcp::DhcpConfig>,
     /// Interface to send IPv6 router advertisements (lifetime 0) on.
@@ -348,11 +350,22 @@ impl wire::Root {
                     (None, None, None) => return Err(err("pxe", "serves boot files over neither HTTP nor TFTP".into(), "enable [http] or [tftp]")),
                     (Some(other), _, _) => return Err(err("pxe.boot_files_over", format!("{other:?} is not a transport"), "use \"http\" or \"tftp\"")),
                 };
+                let mut tftp_blksize_caps = Vec::new();
+                for (net, &blksize) in self.tftp.as_ref().and_then(|t| t.blksize_caps.as_ref()).into_iter().flatten() {
+                    let key = format!("tftp.blksize_caps.\"{net}\"");
+                    let (a, p) = net.split_once('/').unwrap_or((net, "32"));
+                    let network = a.parse().map_err(|_| err(&key, format!("{net:?} is not an IPv4 address or prefix"), "write \"10.0.0.7\" or \"10.0.0.0/24\""))?;
+                    let prefix = p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(|| err(&key, format!("{net:?} has a bad prefix length"), "use /0 to /32"))?;
+                    if !(crate::tftp::packet::MIN_BLKSIZE..=crate::tftp::MAX_BLOCK_SIZE).contains(&blksize) {
+                        return Err(err(&key, format!("{blksize} is not a usable block size"), "use 8 to 1468 (1024 and 1432 are common for picky UEFI clients)"));
+                    }
+                    tftp_blksize_caps.push(crate::tftp::BlksizeCap { network, prefix, blksize });
+                }
                 let dhcp = dhcp.map(|mut d| {
                     d.http_base = http_listen.map(|h| format!("http://{server}:{}", h.port()));
                     d
                 });
-                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach, files_base }, boot, tftp_listen, dhcp, ra_interface, http_listen })
+                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach, files_base }, boot, tftp_listen, tftp_blksize_caps, dhcp, ra_interface, http_listen })
             }
         };
 

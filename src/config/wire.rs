@@ -67,6 +67,8 @@ pub struct Tftp {
     #[serde(default = "yes")]
     pub enabled: bool,
     pub listen: Option<String>,
+    /// Client address or prefix ("10.0.0.7", "10.0.0.0/24") -> largest blksize.
+    pub blksize_caps: Option<BTreeMap<String, u16>>,
 }
 
 #[derive(Debug, Deserialize)]
