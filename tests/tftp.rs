@@ -49,6 +49,8 @@ server_address = "127.0.0.1"
 boot_dir = "boot"
 [tftp]
 listen = "127.0.0.1:{tftp_port}"
+[tftp.blksize_caps]
+"127.0.0.2" = 1024
 [http]
 enabled = false
 [images.debian]
@@ -202,4 +204,20 @@ fn test_ephemeral_overlay_kept_across_reconnect_reset_by_next_boot() {
     let mut c = Client::connect(s.nbd_port, MAC).unwrap();
     assert_ne!(c.read(0, 4096).1, vec![0xee; 4096], "ephemeral overlay survived a new boot");
     assert!(s.server.log_text().contains("ephemeral overlay reset for the new boot"));
+}
+
+#[test]
+fn test_tftp_per_client_blksize_cap() {
+    require("curl");
+    let s = setup();
+    // Both ask for 1468: 127.0.0.2 is capped at 1024, 127.0.0.1 is not.
+    for (src, want) in [("127.0.0.2", "blksize=1024"), ("127.0.0.1", "blksize=1468")] {
+        let o = curl(&s, "debian/initrd.zst", &["--tftp-blksize", "1468", "--interface", src]);
+        assert!(o.status.success(), "{src}: {o:?}");
+        assert!(same(&s.out, &s.boot.join("debian/initrd.zst")), "{src}: content differs");
+        std::thread::sleep(Duration::from_millis(100));
+        let log = s.server.log_text();
+        let line = log.lines().filter(|l| l.contains("TFTP transfer finished") && l.contains(&format!("client={src}:"))).last().unwrap_or_default().to_string();
+        assert!(line.contains(want), "{src}: {line}");
+    }
 }
