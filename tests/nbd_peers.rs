@@ -54,6 +54,10 @@ fn test_qemu_io_patterns_over_nbd_read_back() {
     let s = Server::adhoc(&base, &state, &[]);
     let out = stdout(Command::new("qemu-io").args(["-f", "raw", "-r", "-c", "read -P 0x44 300001 200000", "-c", "read -P 0x33 131072 65536"]).arg(s.uri(MAC_A_DASH)));
     assert!(!out.contains("failed"), "{out}");
+    // After the discard's hole punch the overlay is still clean.
+    assert_eq!(s.stop(), 0);
+    let c = stdout(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(state.join(format!("{MAC_A_DASH}.qcow2"))));
+    assert!(c.contains("No errors were found") && !c.contains("leaked"), "{c}");
 }
 
 #[test]

@@ -447,7 +447,7 @@ async fn execute(conn: &Conn, cookie: u64, op: Op, payload: Vec<u8>) {
         }
         Op::Flush => overlay.map_or(Ok(()), |o| o.flush()),
         Op::Trim { offset, length, fua } => match overlay {
-            Some(o) => o.write_zeroes(offset, length as u64, false, false).and_then(|_| durable(fua)),
+            Some(o) => o.trim(offset, length as u64).and_then(|_| durable(fua)),
             None => Ok(()),
         },
         Op::Zero { offset, length, fua, no_hole, fast } => match overlay {

@@ -27,7 +27,8 @@
 //! * Freed clusters are not reused (only a failed reservation is released):
 //!   allocation is a bump of `next_free`, which keeps the crash argument
 //!   above simple. Zeroing a data cluster keeps its host cluster (the L2
-//!   "zero" flag with an offset), so a later write reuses it.
+//!   "zero" flag with an offset), so a later write reuses it; TRIM also
+//!   punches a hole there, giving the disk blocks back.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
@@ -384,6 +385,32 @@ impl Overlay {
                 return Ok(());
             }
             self.write(&ZEROS[..piece as usize], c * CLUSTER + in_cluster)
+        })
+    }
+
+    /// TRIM: the client no longer needs `[off, off + len)`. Whole clusters
+    /// read as zeros from now on and their host clusters give their disk
+    /// blocks back (a hole punched in the file; the cluster stays allocated
+    /// in qcow2 terms, so a later write reuses it). Partial clusters are left
+    /// as they are: TRIM is advisory, and the client may not rely on what a
+    /// trimmed range reads.
+    pub fn trim(&self, off: u64, len: u64) -> Result<()> {
+        self.for_each_cluster(off, len, |c, in_cluster, _pos, piece| {
+            let whole = in_cluster == 0 && (piece == CLUSTER || c * CLUSTER + piece == self.size);
+            if !whole {
+                return Ok(());
+            }
+            self.zero_whole_cluster(c, false)?;
+            let mut meta = self.lock();
+            while meta.in_flight.contains(&c) {
+                meta = self.settled.wait(meta).unwrap_or_else(|p| p.into_inner());
+            }
+            if let ClusterMap::ZeroAlloc(h) = meta.map(c) {
+                // Under the lock: no writer can plan a fill of this cluster
+                // (which would reuse `h`) until the hole is punched.
+                sys::punch_hole(&self.file, h, CLUSTER).map_err(|e| StorageError::io("punch hole", &self.path, h, e))?;
+            }
+            Ok(())
         })
     }
 
@@ -794,6 +821,30 @@ mod tests {
         let meta = o.lock();
         let used: u64 = meta.refblocks[0].as_ref().unwrap().iter().map(|&r| r as u64).sum();
         assert_eq!(used, OverlayLayout::new(1 << 20).first_free_cluster + 2, "leak not reclaimed");
+    }
+
+    #[test]
+    fn test_overlay_trim_gives_blocks_back_and_reads_zeros() {
+        use std::os::unix::fs::MetadataExt;
+        let (_d, base, path) = setup(4 << 20);
+        let o = Overlay::create(&path, base).unwrap();
+        o.write(&vec![9u8; 16 * CLUSTER as usize], CLUSTER).unwrap();
+        o.flush().unwrap();
+        let before = std::fs::metadata(&path).unwrap().blocks();
+        o.trim(CLUSTER + 100, 16 * CLUSTER).unwrap(); // 15 whole clusters and two partial ends
+        o.flush().unwrap();
+        let after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(after + 15 * CLUSTER / 512 <= before + 8, "no blocks given back: {before} -> {after}");
+        let mut buf = vec![1u8; CLUSTER as usize];
+        o.read(&mut buf, 2 * CLUSTER).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        o.read(&mut buf, CLUSTER).unwrap();
+        assert!(buf.iter().all(|&b| b == 9), "a partially trimmed cluster keeps its data");
+        // A write into a trimmed cluster works (it reuses the host cluster).
+        o.write(&[5u8; 10], 3 * CLUSTER + 7).unwrap();
+        o.read(&mut buf, 3 * CLUSTER).unwrap();
+        assert_eq!(&buf[7..17], &[5u8; 10]);
+        assert!(buf[..7].iter().chain(&buf[17..]).all(|&b| b == 0));
     }
 
     #[test]

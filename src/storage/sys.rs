@@ -82,3 +82,11 @@ pub fn allocate(file: &File, off: u64, len: u64) -> io::Result<()> {
     use nix::fcntl::{fallocate, FallocateFlags};
     fallocate(file.as_raw_fd(), FallocateFlags::empty(), off as i64, len as i64).map_err(io::Error::from)
 }
+
+/// Give back the disk blocks of `[off, off + len)` (reads return zeros),
+/// keeping the file's size.
+pub fn punch_hole(file: &File, off: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(file.as_raw_fd(), flags, off as i64, len as i64).map_err(io::Error::from)
+}
