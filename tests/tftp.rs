@@ -204,6 +204,22 @@ fn test_ephemeral_overlay_kept_across_reconnect_reset_by_next_boot() {
     let mut c = Client::connect(s.nbd_port, MAC).unwrap();
     assert_ne!(c.read(0, 4096).1, vec![0xee; 4096], "ephemeral overlay survived a new boot");
     assert!(s.server.log_text().contains("ephemeral overlay reset for the new boot"));
+    // A machine reset without DISC: its old connection is still open when
+    // the next boot fetches its script. The new boot still starts clean,
+    // and the stale connection neither breaks nor leaks into it.
+    assert_eq!(c.write(0, &[0xdd; 4096]), 0);
+    fetch(&s); // boot 3, with boot 2's connection still open
+    let mut fresh = Client::connect(s.nbd_port, MAC).unwrap();
+    assert_ne!(fresh.read(0, 4096).1, vec![0xdd; 4096], "the previous boot's writes leaked into the new boot");
+    assert_eq!(c.write(8192, &[0xcc; 512]), 0, "the stale connection broke");
+    assert_ne!(fresh.read(8192, 512).1, vec![0xcc; 512], "a stale connection's write reached the new overlay");
+    assert!(s.server.log_text().contains("their overlay is orphaned"));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    // The new overlay is still served after the stale connection went away.
+    assert_eq!(fresh.write(0, &[0xab; 512]), 0);
+    let mut again = Client::connect(s.nbd_port, MAC).unwrap();
+    assert_eq!(again.read(0, 512).1, vec![0xab; 512]);
 }
 
 #[test]

@@ -382,18 +382,26 @@ impl Registry {
         std::fs::write(&tmp, format!("{address}\n"))
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| StorageError::io("record boot address", &path, 0, e))?;
-        let open = self.lock_open();
-        if open.slots.contains_key(&mac) || open.closing.contains(&mac) {
-            tracing::warn!(%mac, "new boot while an NBD connection is still open: overlay kept");
+        let mut open = self.lock_open();
+        let ephemeral = matches!(self.rule(mac), Some(r) if r.policy == OverlayPolicy::Ephemeral);
+        if !ephemeral {
             return Ok(false);
         }
-        match self.rule(mac) {
-            Some(r) if r.policy == OverlayPolicy::Ephemeral => {
-                self.discard(mac)?;
-                Ok(true)
+        if open.closing.contains(&mac) {
+            // Its last connection is flushing it right now: wait it out.
+            while open.closing.contains(&mac) {
+                open = self.closed.wait(open).unwrap_or_else(|p| p.into_inner());
             }
-            _ => Ok(false),
         }
+        if open.slots.remove(&mac).is_some() {
+            // Connections of the previous boot are still open (a machine
+            // reset without DISC leaves them until TCP keepalive gives up).
+            // They keep the old overlay, now unlinked; this boot gets a new one.
+            tracing::warn!(%mac, "new boot while connections of the previous boot are still open: their overlay is orphaned");
+        }
+        drop(open);
+        self.discard(mac)?;
+        Ok(true)
     }
 
     /// A connection let go of `overlay`. The last one flushes and closes it
@@ -403,6 +411,8 @@ impl Registry {
         let slot = {
             let mut open = self.lock_open();
             match open.slots.get_mut(&mac) {
+                // An overlay orphaned by `new_boot`: not this slot's to count.
+                Some(slot) if !Arc::ptr_eq(&slot.overlay, &overlay) => None,
                 Some(slot) if slot.connections > 1 => {
                     slot.connections -= 1;
                     None
