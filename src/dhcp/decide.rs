@@ -90,6 +90,9 @@ pub struct Context<'a> {
     /// UEFI strategy per vendor class prefix (option 60), longest match
     /// first; `uefi` otherwise.
     pub uefi_by_class: &'a [(String, UefiStrategy)],
+    /// Whether a MAC is still using its address (its root is attached over
+    /// NBD), whatever its lease says.
+    pub in_use: &'a dyn Fn(Mac) -> bool,
 }
 
 /// Which kind of boot client a request comes from, by option 60.
@@ -302,13 +305,14 @@ pub fn decide_full(
         _ => true,
     };
     let (reply_kind, address) = match kind {
-        MessageType::Discover => match leases.offer(mac, now) {
+        MessageType::Discover => match leases.offer_with(mac, now, ctx.in_use) {
             Ok(ip) => (MessageType::Offer, ip),
             Err(_) => return Err(Ignored::WrongMessage),
         },
         MessageType::Request if for_us => {
             let ip = requested.unwrap_or(req.ciaddr());
-            match leases.request(mac, ip, now) {
+            let taken = leases.owner(ip).is_some_and(|o| o != mac && (ctx.in_use)(o));
+            match if taken { Err(super::leases::LeaseError::NotYours { mac, address: ip }) } else { leases.request(mac, ip, now) } {
                 Ok(_) => (MessageType::Ack, ip),
                 Err(_) => {
                     let nak = reply_to(req, MessageType::Nak, ctx.server, Ipv4Addr::UNSPECIFIED);
@@ -386,7 +390,7 @@ mod tests {
     }
 
     fn ctx<'a>(files: &'a BootFiles, uefi: UefiStrategy, may: &'a dyn Fn(Mac) -> bool, url: &'a dyn Fn(Mac) -> String) -> Context<'a> {
-        Context { server: Ipv4Addr::new(10, 99, 0, 1), files, uefi, may_boot: may, script_url: url, http_base: Some("http://10.99.0.1:80"), uefi_by_class: &[] }
+        Context { server: Ipv4Addr::new(10, 99, 0, 1), files, uefi, may_boot: may, script_url: url, http_base: Some("http://10.99.0.1:80"), uefi_by_class: &[], in_use: &|_| false }
     }
 
     fn opt_bytes(m: &Message, code: OptionCode) -> Option<Vec<u8>> {
@@ -525,7 +529,7 @@ mod full_tests {
     fn test_full_mode_offers_addresses_and_boot_info() {
         let files = BootFiles::default();
         let url = |m: Mac| format!("tftp://10.0.0.1/pxeroot/{}.ipxe", m.file_stem());
-        let ctx = Context { server: Ipv4Addr::new(10, 0, 0, 1), files: &files, uefi: UefiStrategy::InOffer, may_boot: &|_| true, script_url: &url, http_base: None, uefi_by_class: &[] };
+        let ctx = Context { server: Ipv4Addr::new(10, 0, 0, 1), files: &files, uefi: UefiStrategy::InOffer, may_boot: &|_| true, script_url: &url, http_base: None, uefi_by_class: &[], in_use: &|_| false };
         let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 0, 0, 254)), dns: vec![] };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
         let (offer, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 1], true), &ctx, &net, &mut leases, 0).unwrap().unwrap();

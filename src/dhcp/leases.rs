@@ -74,7 +74,14 @@ impl LeaseTable {
 
     /// The address `mac` should be offered at `now`, held for its REQUEST.
     pub fn offer(&mut self, mac: Mac, now: u64) -> Result<Ipv4Addr, LeaseError> {
-        let ip = self.pick(mac, now)?;
+        self.offer_with(mac, now, &|_| false)
+    }
+
+    /// Like `offer`, where `in_use(m)` says MAC `m` is still using its
+    /// address even if its lease expired (a diskless client whose root is
+    /// on NBD renews nothing: its address came from iPXE, not a DHCP client).
+    pub fn offer_with(&mut self, mac: Mac, now: u64, in_use: &dyn Fn(Mac) -> bool) -> Result<Ipv4Addr, LeaseError> {
+        let ip = self.pick(mac, now, in_use)?;
         let keep_bound = matches!(self.live(ip, now), Some(l) if l.mac == Some(mac) && l.state == State::Bound);
         if !keep_bound {
             self.leases.insert(ip, Lease { mac: Some(mac), expires: now + OFFER_HOLD_SECS, state: State::Offered });
@@ -82,7 +89,7 @@ impl LeaseTable {
         Ok(ip)
     }
 
-    fn pick(&self, mac: Mac, now: u64) -> Result<Ipv4Addr, LeaseError> {
+    fn pick(&self, mac: Mac, now: u64, in_use: &dyn Fn(Mac) -> bool) -> Result<Ipv4Addr, LeaseError> {
         if let Some(&ip) = self.reservations.get(&mac) {
             return Ok(ip);
         }
@@ -94,10 +101,12 @@ impl LeaseTable {
         }
         let free = |ip: &Ipv4Addr| self.live(*ip, now).is_none() && !self.reserved_for_other(*ip, mac);
         let mut pool = (self.first..=self.last).map(Ipv4Addr::from);
-        // Never-used addresses first; then expired leases of other MACs.
+        // Never-used addresses first; then expired leases of other MACs that
+        // are not still using them.
+        let still_used = |ip: &Ipv4Addr| matches!(self.leases.get(ip), Some(l) if l.mac.is_some_and(|m| m != mac && in_use(m)));
         pool.clone()
             .find(|ip| free(ip) && !self.is_others(*ip, mac))
-            .or_else(|| pool.find(|ip| free(ip)))
+            .or_else(|| pool.find(|ip| free(ip) && !still_used(ip)))
             .ok_or(LeaseError::PoolExhausted)
     }
 
@@ -105,6 +114,11 @@ impl LeaseTable {
     /// prefer truly unused addresses first.
     fn is_others(&self, ip: Ipv4Addr, mac: Mac) -> bool {
         matches!(self.leases.get(&ip), Some(l) if l.mac.is_some() && l.mac != Some(mac) && l.state != State::Declined)
+    }
+
+    /// The MAC an address was last leased to (expired or not).
+    pub fn owner(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.leases.get(&ip).and_then(|l| l.mac)
     }
 
     /// REQUEST for `ip`: bind it if it is this MAC's to take.
@@ -216,8 +230,15 @@ mod tests {
             t.request(mac(n), ip, 0).unwrap();
         }
         assert_eq!(t.offer(mac(4), 10), Err(LeaseError::PoolExhausted));
-        // After expiry the pool frees up (the newcomer takes an expired one).
+        // After expiry the pool frees up (the newcomer takes an expired one)...
         assert!(t.offer(mac(4), 4000).is_ok());
+        // ...unless the owners are still running (their NBD sessions open).
+        let mut u = table();
+        for n in 1..=3 {
+            let ip = u.offer(mac(n), 0).unwrap();
+            u.request(mac(n), ip, 0).unwrap();
+        }
+        assert_eq!(u.offer_with(mac(4), 4000, &|_| true), Err(LeaseError::PoolExhausted));
         let mut t = table();
         let ip = t.offer(mac(1), 0).unwrap();
         t.decline(mac(1), ip, 0);

@@ -152,6 +152,7 @@ async fn listen(
 ) {
     let mut buf = vec![0u8; MAX_PACKET];
     let may_boot = |m: Mac| registry.image_of(m).is_some();
+    let in_use = |m: Mac| registry.is_attached(m);
     let script_url = |m: Mac| format!("tftp://{}/{}/{}{}", cfg.server, crate::bootfiles::SCRIPT_DIR, m.file_stem(), crate::bootfiles::SCRIPT_EXT);
     loop {
         let (n, from) = tokio::select! {
@@ -180,6 +181,7 @@ async fn listen(
                 script_url: &script_url,
                 http_base: cfg.http_base.as_deref(),
                 uefi_by_class: &cfg.uefi_by_class,
+                in_use: &in_use,
             };
             match (&leases, &cfg.mode) {
                 (Some(table), Mode::Full { network, leases_file, .. }) => {

@@ -233,6 +233,11 @@ impl Registry {
         }
     }
 
+    /// Whether `mac` has an NBD connection open (its root is attached).
+    pub fn is_attached(&self, mac: Mac) -> bool {
+        self.lock_open().slots.contains_key(&mac)
+    }
+
     /// The image a client boots (configured, or the unknown-client default).
     pub fn image_of(&self, mac: Mac) -> Option<String> {
         self.rule(mac).map(|r| r.image.clone())
