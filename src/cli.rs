@@ -55,7 +55,12 @@ pub fn check_config(file: &Path) -> Result<()> {
                         crate::dhcp::Mode::Proxy => "proxy".to_string(),
                         crate::dhcp::Mode::Full { pool, .. } => format!("full, pool {}-{}", pool.0, pool.1),
                     };
-                    println!("  dhcp: {mode} on {}, UEFI {:?}, files {:?}", d.interface.as_deref().unwrap_or("all interfaces"), d.uefi, d.files)
+                    println!(
+                        "  dhcp: {mode} on {}, UEFI {:?}, files {:?}",
+                        d.interface.as_deref().unwrap_or("all interfaces"),
+                        d.uefi,
+                        d.files
+                    )
                 }
                 None => println!("  dhcp: off"),
             }
@@ -69,8 +74,8 @@ pub fn check_config(file: &Path) -> Result<()> {
 pub fn serve(file: &Path) -> Result<()> {
     let c = Config::load(file)?;
     let listen = c.nbd_listen.clone();
-    let mut registry = Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image)
-        .context("cannot open the configured images")?;
+    let mut registry =
+        Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image).context("cannot open the configured images")?;
     if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
         registry = registry.with_boot_events(c.require_boot_address);
     }
@@ -79,9 +84,7 @@ pub fn serve(file: &Path) -> Result<()> {
 
 /// `pxeroot nbd`: one base, one overlay per MAC-shaped export name.
 pub fn adhoc_nbd(base: &Path, state_dir: PathBuf, listen: SocketAddr, policy: OverlayPolicy, name: Option<String>) -> Result<()> {
-    let name = name.unwrap_or_else(|| {
-        base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into())
-    });
+    let name = name.unwrap_or_else(|| base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into()));
     if name.parse::<crate::mac::Mac>().is_ok() {
         anyhow::bail!("the export name {name:?} looks like a MAC address; pass --name with another name");
     }
@@ -172,10 +175,8 @@ async fn wait_for_signal() -> Result<()> {
 
 /// Where `boot/pxeroot-init/build-static` leaves the static init, relative
 /// to the workspace (musl first: it is the smaller build).
-const INIT_CANDIDATES: &[&str] = &[
-    "target/x86_64-unknown-linux-musl/init/pxeroot-init",
-    "target/x86_64-unknown-linux-gnu/init/pxeroot-init",
-];
+const INIT_CANDIDATES: &[&str] =
+    &["target/x86_64-unknown-linux-musl/init/pxeroot-init", "target/x86_64-unknown-linux-gnu/init/pxeroot-init"];
 
 /// `pxeroot initramfs`.
 pub fn initramfs(

@@ -148,7 +148,8 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
         Ok(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
         Err(Unsatisfiable) => {
             let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-            r.headers_mut().insert(CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0")));
+            r.headers_mut()
+                .insert(CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0")));
             return Ok(r);
         }
     };
@@ -168,7 +169,10 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
             }
             let mut buf = vec![0u8; CHUNK.min((len - sent) as usize)];
             match f.read(&mut buf).await {
-                Ok(0) => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being sent")), (f, sent, name, true))),
+                Ok(0) => Some((
+                    Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being sent")),
+                    (f, sent, name, true),
+                )),
                 Ok(n) => {
                     buf.truncate(n);
                     let sent = sent + n as u64;

@@ -60,7 +60,12 @@ mod tests {
 
     #[test]
     fn test_render_script_carries_what_init_needs() {
-        let p = ScriptParams { server: Ipv4Addr::new(10, 0, 0, 1), nbd_port: 10809, attach: "netlink".into(), files_base: "tftp://10.0.0.1".into() };
+        let p = ScriptParams {
+            server: Ipv4Addr::new(10, 0, 0, 1),
+            nbd_port: 10809,
+            attach: "netlink".into(),
+            files_base: "tftp://10.0.0.1".into(),
+        };
         let b = BootSpec { kernel: "debian/vmlinuz".into(), initrd: "/debian/initrd.zst".into(), cmdline: "console=ttyS0 quiet".into() };
         let s = render(&p, "52:54:00:12:34:56".parse().unwrap(), &b);
         assert!(s.starts_with("#!ipxe\n"));

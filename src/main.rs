@@ -77,9 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => pxeroot::cli::serve(&config),
         Command::CheckConfig { config } => pxeroot::cli::check_config(&config),
-        Command::Nbd { base, state_dir, listen, policy, name } => {
-            pxeroot::cli::adhoc_nbd(&base, state_dir, listen, policy, name)
-        }
+        Command::Nbd { base, state_dir, listen, policy, name } => pxeroot::cli::adhoc_nbd(&base, state_dir, listen, policy, name),
         Command::Initramfs { kernel_modules, output, modules, compress, init } => {
             pxeroot::cli::initramfs(kernel_modules, output, modules, compress, init)
         }

@@ -130,14 +130,14 @@ fn test_bad_requests_get_errors_and_session_continues() {
     let mut c = Client::connect(s.port, MAC).unwrap();
 
     let cases: Vec<(Cmd, u16, u64, u32, u32)> = vec![
-        (Cmd::Read, 0, size - 1, 2, EINVAL),      // read past the end
-        (Cmd::Read, 0, u64::MAX, 1, EINVAL),      // offset overflow
+        (Cmd::Read, 0, size - 1, 2, EINVAL),        // read past the end
+        (Cmd::Read, 0, u64::MAX, 1, EINVAL),        // offset overflow
         (Cmd::Read, 0, 0, MAX_PAYLOAD + 1, EINVAL), // oversized read
-        (Cmd::Trim, 0, size, 1, EINVAL),          // trim past the end
-        (Cmd::Unknown(42), 0, 0, 0, EINVAL),      // unknown command
-        (Cmd::Read, 0x40, 0, 1, EINVAL),          // unknown flag
-        (Cmd::BlockStatus, 0, 0, 1, EINVAL),      // no meta context
-        (Cmd::Flush, 0, 1, 0, EINVAL),            // flush with an offset
+        (Cmd::Trim, 0, size, 1, EINVAL),            // trim past the end
+        (Cmd::Unknown(42), 0, 0, 0, EINVAL),        // unknown command
+        (Cmd::Read, 0x40, 0, 1, EINVAL),            // unknown flag
+        (Cmd::BlockStatus, 0, 0, 1, EINVAL),        // no meta context
+        (Cmd::Flush, 0, 1, 0, EINVAL),              // flush with an offset
     ];
     for (cmd, flags, off, len, want) in cases {
         c.send(cmd, flags, off, len, &[]).unwrap();

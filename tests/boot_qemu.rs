@@ -76,7 +76,15 @@ fn build_root(dir: &Path, init: Option<&Path>) -> PathBuf {
 
 fn initramfs(dir: &Path) -> PathBuf {
     let out = dir.join("initrd.zst");
-    let report = stdout(Command::new(bin()).args(["initramfs", "--kernel-modules"]).arg(kernel_dir().join("modules")).arg("-o").arg(&out).arg("--init").arg(init_binary()));
+    let report = stdout(
+        Command::new(bin())
+            .args(["initramfs", "--kernel-modules"])
+            .arg(kernel_dir().join("modules"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--init")
+            .arg(init_binary()),
+    );
     let size_line = report.lines().last().unwrap_or_default().to_string();
     eprintln!("{size_line}");
     out
@@ -85,7 +93,14 @@ fn initramfs(dir: &Path) -> PathBuf {
 /// Boot QEMU in `ns` with `cmdline`; returns the console lines and whether
 /// QEMU exited by itself. `stop_when` ends the boot early.
 fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
-    let args: Vec<String> = vec!["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string(), "-append".into(), cmdline.into()];
+    let args: Vec<String> = vec![
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        cmdline.into(),
+    ];
     run_qemu(ns, &args, stop_when)
 }
 
@@ -98,7 +113,14 @@ fn run_qemu_nic(ns: &Netns, args: &[String], nic: &str, stop_when: impl FnMut(&s
     run_qemu_as(ns, args, nic, MAC, "tap0", stop_when)
 }
 
-fn run_qemu_as(ns: &Netns, args: &[String], nic: &str, mac: &str, tap: &str, mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+fn run_qemu_as(
+    ns: &Netns,
+    args: &[String],
+    nic: &str,
+    mac: &str,
+    tap: &str,
+    mut stop_when: impl FnMut(&str) -> bool,
+) -> (Vec<String>, bool) {
     require("qemu-system-x86_64");
     let mut c = ns.command(Path::new("qemu-system-x86_64"));
     c.args(["-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
@@ -218,7 +240,11 @@ fn test_boot_wrong_server_or_export_retries_without_panic() {
 
     // A server that refuses this export: its message reaches the console.
     let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(&cfg, format!("state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[images.root]\npath = \"{}\"\n", img.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[images.root]\npath = \"{}\"\n", img.display()),
+    )
+    .unwrap();
     let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
     let _server = Proc(ns.command(&bin()).args(["serve", "--config"]).arg(&cfg).stderr(log).spawn().unwrap());
     let (lines, _) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "ioctl"), |l| l.contains("(attempt 2)"));
@@ -242,7 +268,13 @@ fn start_server(ns: &Netns, img: &Path, state: &Path, log: &Path) -> Proc {
     );
     // Listening before the guest (or the monitor) needs it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !Command::new("ip").args(["netns", "exec", &ns.name, "bash", "-c", "exec 3<>/dev/tcp/10.99.0.1/10809"]).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
+    while !Command::new("ip")
+        .args(["netns", "exec", &ns.name, "bash", "-c", "exec 3<>/dev/tcp/10.99.0.1/10809"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+    {
         assert!(Instant::now() < deadline, "pxeroot did not start listening");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -387,7 +419,11 @@ image = "root"
     let at = |needle: &str| lines.iter().find(|l| l.contains(needle)).and_then(|l| l[1..7].trim().parse::<f64>().ok());
     let configured = at("Configuring (net0").expect("iPXE configured");
     let started = at("Press Ctrl-B for the iPXE command line").expect("iPXE started");
-    assert!(configured - started < 6.0, "iPXE's network configuration took {:.1} s: the RA did not end the IPv6 wait", configured - started);
+    assert!(
+        configured - started < 6.0,
+        "iPXE's network configuration took {:.1} s: the RA did not end the IPv6 wait",
+        configured - started
+    );
     for event in ["DHCP: client answered", "new boot", "TFTP transfer finished", "NBD session opened"] {
         assert!(server_log.contains(event), "no {event:?} in the server log:\n{server_log}");
     }
@@ -488,7 +524,10 @@ fn boot_twice(tag: &str, policy: &str) -> (String, String) {
 fn test_second_boot_persistent_keeps_the_file_ephemeral_does_not() {
     let (first, second) = boot_twice("pers", "persistent");
     assert!(!first.contains("PXEROOT-FOUND-MARKER"), "{first}");
-    assert!(second.contains("PXEROOT-FOUND-MARKER from an earlier boot: written by the diskless client"), "persistent overlay lost its file:\n{second}");
+    assert!(
+        second.contains("PXEROOT-FOUND-MARKER from an earlier boot: written by the diskless client"),
+        "persistent overlay lost its file:\n{second}"
+    );
     let (_, second) = boot_twice("ephm", "ephemeral");
     assert!(!second.contains("PXEROOT-FOUND-MARKER"), "ephemeral overlay kept its file across a new boot:\n{second}");
 }
@@ -528,8 +567,12 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
     // q35 + OVMF; `romfile=` (empty) so OVMF's own UEFI PXE runs, not the
     // NIC's iPXE ROM (boot-chain.md).
     let args: Vec<String> = [
-        "-machine", "q35", "-drive", &format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
-        "-drive", &format!("if=pflash,format=raw,file={}", my_vars.display()),
+        "-machine",
+        "q35",
+        "-drive",
+        &format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+        "-drive",
+        &format!("if=pflash,format=raw,file={}", my_vars.display()),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -551,7 +594,10 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
     }
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
-    assert!(server_log.contains("offered=Some(\"ipxe.efi\")") && server_log.contains("arch=Some(7)"), "OVMF was not offered ipxe.efi:\n{server_log}");
+    assert!(
+        server_log.contains("offered=Some(\"ipxe.efi\")") && server_log.contains("arch=Some(7)"),
+        "OVMF was not offered ipxe.efi:\n{server_log}"
+    );
     assert!(server_log.contains("file=ipxe.efi"), "ipxe.efi was not sent over TFTP:\n{server_log}");
     assert!(server_log.contains("boot script requested"), "{server_log}");
 }
@@ -602,7 +648,9 @@ fn test_three_clients_at_once_each_sees_only_its_own_writes() {
             .zip(["tap0", "tap1", "tap2"])
             .map(|(mac, tap)| {
                 let lan = &lan;
-                scope.spawn(move || run_qemu_as(lan, &["-boot".into(), "order=n".into()], "virtio-net-pci", mac, tap, |l| l.contains("FATAL")))
+                scope.spawn(move || {
+                    run_qemu_as(lan, &["-boot".into(), "order=n".into()], "virtio-net-pci", mac, tap, |l| l.contains("FATAL"))
+                })
             })
             .collect();
         for (h, mac) in handles.into_iter().zip(macs) {
@@ -615,7 +663,10 @@ fn test_three_clients_at_once_each_sees_only_its_own_writes() {
     drop(server);
     for mac in macs {
         let flat = d.path().join("flat.img");
-        run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{}.qcow2", mac.replace(':', "-")))).arg(&flat));
+        run(Command::new("qemu-img")
+            .args(["convert", "-U", "-O", "raw"])
+            .arg(d.path().join("state").join(format!("{}.qcow2", mac.replace(':', "-"))))
+            .arg(&flat));
         let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
         assert!(marker.contains(&format!("written by {mac}")), "{mac}'s overlay holds {marker:?}");
     }

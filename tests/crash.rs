@@ -136,9 +136,5 @@ fn test_kill9_during_writes_leaves_checkable_overlay_with_flushed_data() {
     assert_eq!(s.stop(), 0);
     let out = stdout(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&overlay));
     assert!(out.contains("No errors were found") && !out.contains("leaked"), "after a clean stop: {out}");
-    eprintln!(
-        "{KILLS} kills, {leaked_rounds} left leaks, {} writes sent, {} slots verified",
-        next.load(Ordering::Relaxed),
-        ledger.len()
-    );
+    eprintln!("{KILLS} kills, {leaked_rounds} left leaks, {} writes sent, {} slots verified", next.load(Ordering::Relaxed), ledger.len());
 }

@@ -85,7 +85,9 @@ fn probe(ns: &Netns, dir: &Path, packet: &[u8], garbage: bool) -> Vec<Reply> {
     let out = stdout(&mut c);
     out.lines()
         .filter_map(|l| {
-            let field = |k: &str| l.split(&format!("\"{k}\": ")).nth(1).map(|r| r.split([',', '}']).next().unwrap_or("").trim().trim_matches('"').to_string());
+            let field = |k: &str| {
+                l.split(&format!("\"{k}\": ")).nth(1).map(|r| r.split([',', '}']).next().unwrap_or("").trim().trim_matches('"').to_string())
+            };
             Some(Reply { server: field("server")?, yiaddr: field("yiaddr")?, file: field("file")?, kind: field("type")?.parse().ok()? })
         })
         .collect()
@@ -142,7 +144,8 @@ fn test_proxy_beside_dnsmasq_offers_the_right_file_per_firmware() {
         ("UEFI x64 PXE", uefi, "ipxe.efi", false),
     ] {
         let replies = probe(&cli, d.path(), &packet, garbage);
-        let site = replies.iter().find(|r| r.server == "10.99.0.254").unwrap_or_else(|| panic!("{what}: no offer from dnsmasq: {replies:?}"));
+        let site =
+            replies.iter().find(|r| r.server == "10.99.0.254").unwrap_or_else(|| panic!("{what}: no offer from dnsmasq: {replies:?}"));
         assert!(site.yiaddr.starts_with("10.99.0."), "{what}: {site:?}");
         let ours = replies.iter().find(|r| r.server == SERVER_IP).unwrap_or_else(|| panic!("{what}: no proxy offer: {replies:?}"));
         assert_eq!(ours.kind, 2, "{what}: not an OFFER");
@@ -182,7 +185,8 @@ fn test_full_mode_two_clients_and_leases_survive_a_restart() {
     assert_ne!(got[0], got[1], "two clients, one address");
     drop(server);
     let _server = start(&srv, &cfg);
-    let again = probe(&cli, d.path(), &with_mac(&ipxe, 0x21), false).into_iter().find(|r| r.server == SERVER_IP).expect("offer after restart");
+    let again =
+        probe(&cli, d.path(), &with_mac(&ipxe, 0x21), false).into_iter().find(|r| r.server == SERVER_IP).expect("offer after restart");
     assert_eq!(again.yiaddr, got[0], "the lease was forgotten across a restart");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap();
     assert!(leases.contains("52:54:00:aa:00:21") && leases.contains("52:54:00:aa:00:22"), "{leases}");

@@ -88,7 +88,9 @@ fn test_http_whole_files_ranges_and_head() {
     let (code, body) = get(&s, "/debian/vmlinuz", &[]);
     assert_eq!(code, 200);
     assert!(body == kernel, "whole file differs");
-    for (range, a, b) in [("0-99", 0usize, 100usize), ("8388000-", 8388000, 8 << 20), ("-1000", (8 << 20) - 1000, 8 << 20), ("4096-8191", 4096, 8192)] {
+    for (range, a, b) in
+        [("0-99", 0usize, 100usize), ("8388000-", 8388000, 8 << 20), ("-1000", (8 << 20) - 1000, 8 << 20), ("4096-8191", 4096, 8192)]
+    {
         let (code, body) = get(&s, "/debian/vmlinuz", &["-r", range]);
         assert_eq!(code, 206, "range {range}");
         assert!(body == kernel[a..b], "range {range} differs");
@@ -113,7 +115,9 @@ fn test_http_script_and_refusals() {
     assert!(text.contains(&format!("kernel {}/debian/vmlinuz initrd=initrd.zst", s.base)), "{text}");
     assert!(text.contains(&format!("initrd {}/debian/initrd.zst", s.base)), "{text}");
     assert_eq!(get(&s, "/pxeroot/52-54-00-00-00-99.ipxe", &[]).0, 404);
-    for path in ["/../secret.txt", "/%2e%2e/secret.txt", "/debian/..%2f..%2fsecret.txt", "/..%5csecret.txt", "/escape/etc/passwd", "/escape/tmp"] {
+    for path in
+        ["/../secret.txt", "/%2e%2e/secret.txt", "/debian/..%2f..%2fsecret.txt", "/..%5csecret.txt", "/escape/etc/passwd", "/escape/tmp"]
+    {
         let (code, body) = get(&s, path, &[]);
         assert!(code == 403 || code == 404, "{path}: {code}");
         let body = String::from_utf8_lossy(&body);

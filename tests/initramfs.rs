@@ -22,7 +22,16 @@ fn init_binary() -> PathBuf {
 }
 
 fn build(out: &Path, compress: &str) -> String {
-    stdout(Command::new(bin()).args(["initramfs", "--kernel-modules"]).arg(kernel_modules()).arg("-o").arg(out).args(["--compress", compress]).arg("--init").arg(init_binary()))
+    stdout(
+        Command::new(bin())
+            .args(["initramfs", "--kernel-modules"])
+            .arg(kernel_modules())
+            .arg("-o")
+            .arg(out)
+            .args(["--compress", compress])
+            .arg("--init")
+            .arg(init_binary()),
+    )
 }
 
 #[test]
@@ -36,7 +45,15 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
     assert_eq!(std::fs::read(&raw).unwrap(), std::fs::read(d.path().join("b.cpio")).unwrap(), "same input, different bytes");
 
     let list = stdout(Command::new("cpio").args(["-t", "--quiet", "-F"]).arg(&raw));
-    for needle in ["init", "dev/console", "dev/nbd0", "etc/pxeroot/modules", "/kernel/drivers/block/nbd.ko", "/kernel/fs/ext4/ext4.ko", "/kernel/drivers/net/virtio_net.ko"] {
+    for needle in [
+        "init",
+        "dev/console",
+        "dev/nbd0",
+        "etc/pxeroot/modules",
+        "/kernel/drivers/block/nbd.ko",
+        "/kernel/fs/ext4/ext4.ko",
+        "/kernel/drivers/net/virtio_net.ko",
+    ] {
         assert!(list.lines().any(|l| l.ends_with(needle) || l == needle), "{needle} missing:\n{list}");
     }
     let x = d.path().join("x");
@@ -52,7 +69,10 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
     }
     let pos = |m: &str| order.lines().position(|l| l.ends_with(&format!("/{m}.ko"))).unwrap_or_else(|| panic!("{m} missing:\n{order}"));
     assert!(pos("crc32c_generic") < pos("jbd2") && pos("jbd2") < pos("ext4"), "soft dependency order:\n{order}");
-    assert!(pos("virtio") < pos("virtio_pci") && pos("virtio_ring") < pos("virtio_net") && pos("failover") < pos("net_failover"), "{order}");
+    assert!(
+        pos("virtio") < pos("virtio_pci") && pos("virtio_ring") < pos("virtio_net") && pos("failover") < pos("net_failover"),
+        "{order}"
+    );
 
     // zstd: the same archive, compressed; sizes within the target.
     let z = d.path().join("a.zst");
@@ -72,12 +92,29 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
 fn test_initramfs_errors_are_clear() {
     let d = tempfile::tempdir().unwrap();
     // Not a module tree.
-    let out = Command::new(bin()).args(["initramfs", "--kernel-modules"]).arg(d.path()).arg("-o").arg(d.path().join("x")).arg("--init").arg(init_binary()).output().unwrap();
+    let out = Command::new(bin())
+        .args(["initramfs", "--kernel-modules"])
+        .arg(d.path())
+        .arg("-o")
+        .arg(d.path().join("x"))
+        .arg("--init")
+        .arg(init_binary())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read") && err.contains("kernel"), "{err}");
     // An extra module that does not exist.
-    let out = Command::new(bin()).args(["initramfs", "--kernel-modules"]).arg(kernel_modules()).arg("-o").arg(d.path().join("x")).args(["--modules", "no_such_module"]).arg("--init").arg(init_binary()).output().unwrap();
+    let out = Command::new(bin())
+        .args(["initramfs", "--kernel-modules"])
+        .arg(kernel_modules())
+        .arg("-o")
+        .arg(d.path().join("x"))
+        .args(["--modules", "no_such_module"])
+        .arg("--init")
+        .arg(init_binary())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no_such_module"), "{err}");
 }
@@ -118,7 +155,16 @@ fn test_initramfs_from_compressed_tree_with_modules_dep() {
     .unwrap();
     std::fs::write(tree.join("modules.softdep"), "# Soft dependencies\nsoftdep ext4 pre: crc32c_generic\n").unwrap();
     let out = d.path().join("i.cpio");
-    let report = stdout(Command::new(bin()).args(["initramfs", "--kernel-modules"]).arg(&tree).arg("-o").arg(&out).args(["--compress", "none"]).arg("--init").arg(init_binary()));
+    let report = stdout(
+        Command::new(bin())
+            .args(["initramfs", "--kernel-modules"])
+            .arg(&tree)
+            .arg("-o")
+            .arg(&out)
+            .args(["--compress", "none"])
+            .arg("--init")
+            .arg(init_binary()),
+    );
     assert!(report.contains("(no virtio_net in this kernel: skipped)"), "{report}");
     let x = d.path().join("x");
     std::fs::create_dir(&x).unwrap();

@@ -27,22 +27,41 @@ fn test_qemu_io_patterns_over_nbd_read_back() {
     let uri = s.uri(MAC_A);
     // Aligned, unaligned, cluster-crossing, and a whole-cluster write; then
     // zeroes and discard; everything read back with the pattern checker.
-    let out = stdout(Command::new("qemu-io").args(["-f", "raw"]).args([
-        "-c", "write -P 0x11 0 4096",
-        "-c", "write -P 0x22 65000 1000",
-        "-c", "write -P 0x33 131072 65536",
-        "-c", "write -P 0x44 300001 200000",
-        "-c", "write -z 1048576 131072",
-        "-c", "write -z 1114112 1000",
-        "-c", "discard 2097152 65536",
-        "-c", "read -P 0x11 0 4096",
-        "-c", "read -P 0x22 65000 1000",
-        "-c", "read -P 0x33 131072 65536",
-        "-c", "read -P 0x44 300001 200000",
-        "-c", "read -P 0 1048576 131072",
-        "-c", "read -P 0 2097152 65536",
-        "-c", "flush",
-    ]).arg(&uri));
+    let out = stdout(
+        Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .args([
+                "-c",
+                "write -P 0x11 0 4096",
+                "-c",
+                "write -P 0x22 65000 1000",
+                "-c",
+                "write -P 0x33 131072 65536",
+                "-c",
+                "write -P 0x44 300001 200000",
+                "-c",
+                "write -z 1048576 131072",
+                "-c",
+                "write -z 1114112 1000",
+                "-c",
+                "discard 2097152 65536",
+                "-c",
+                "read -P 0x11 0 4096",
+                "-c",
+                "read -P 0x22 65000 1000",
+                "-c",
+                "read -P 0x33 131072 65536",
+                "-c",
+                "read -P 0x44 300001 200000",
+                "-c",
+                "read -P 0 1048576 131072",
+                "-c",
+                "read -P 0 2097152 65536",
+                "-c",
+                "flush",
+            ])
+            .arg(&uri),
+    );
     assert!(!out.contains("Pattern verification failed"), "{out}");
     // Bytes around the writes still come from the base.
     let b = std::fs::read(&base).unwrap();
@@ -52,7 +71,11 @@ fn test_qemu_io_patterns_over_nbd_read_back() {
     // A second connection (same overlay) sees the data, through a restart too.
     drop(s);
     let s = Server::adhoc(&base, &state, &[]);
-    let out = stdout(Command::new("qemu-io").args(["-f", "raw", "-r", "-c", "read -P 0x44 300001 200000", "-c", "read -P 0x33 131072 65536"]).arg(s.uri(MAC_A_DASH)));
+    let out = stdout(
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-r", "-c", "read -P 0x44 300001 200000", "-c", "read -P 0x33 131072 65536"])
+            .arg(s.uri(MAC_A_DASH)),
+    );
     assert!(!out.contains("failed"), "{out}");
     // After the discard's hole punch the overlay is still clean.
     assert_eq!(s.stop(), 0);
@@ -91,7 +114,15 @@ image = "debian"
     let ro = stdout(Command::new("nbdinfo").arg(s.uri("debian")));
     assert!(ro.contains("is_read_only: true") && ro.contains(&format!("export-size: {SIZE}")), "{ro}");
     let rw = stdout(Command::new("nbdinfo").arg(s.uri(MAC_A)));
-    for needle in ["is_read_only: false", "can_multi_conn: true", "can_flush: true", "can_fua: true", "can_trim: true", "can_zero: true", "base:allocation"] {
+    for needle in [
+        "is_read_only: false",
+        "can_multi_conn: true",
+        "can_flush: true",
+        "can_fua: true",
+        "can_trim: true",
+        "can_zero: true",
+        "base:allocation",
+    ] {
         assert!(rw.contains(needle), "missing {needle}: {rw}");
     }
     // An unconfigured MAC is refused by policy, an unknown name is unknown.
@@ -195,9 +226,17 @@ fn test_fio_nbd_engine_verifies_its_writes() {
     // Mixed block sizes at depth 16: partial clusters, racing allocations,
     // then fio reads everything back and checks its checksums.
     let out = stdout(Command::new("fio").args([
-        "--name=verify", "--ioengine=nbd", &format!("--uri={}", s.uri(MAC_A)),
-        "--rw=randwrite", "--bsrange=512-64k", "--iodepth=16", "--size=16m",
-        "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0",
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={}", s.uri(MAC_A)),
+        "--rw=randwrite",
+        "--bsrange=512-64k",
+        "--iodepth=16",
+        "--size=16m",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--randrepeat=0",
     ]));
     assert!(!out.contains("verify: bad"), "{out}");
     // The overlay is still clean after fio's writes.
@@ -233,12 +272,21 @@ fn test_many_clients_at_once_each_sees_only_its_own_data() {
             let uri = s.uri(&format!("52:54:00:00:01:{i:02x}"));
             std::thread::spawn(move || {
                 let p = format!("{}", 0x10 + i);
-                let out = stdout(Command::new("qemu-io").args(["-f", "raw"]).args([
-                    "-c", &format!("write -P {p} 0 2M"),
-                    "-c", &format!("write -P {p} 5000000 777777"),
-                    "-c", &format!("read -P {p} 0 2M"),
-                    "-c", &format!("read -P {p} 5000000 777777"),
-                ]).arg(&uri));
+                let out = stdout(
+                    Command::new("qemu-io")
+                        .args(["-f", "raw"])
+                        .args([
+                            "-c",
+                            &format!("write -P {p} 0 2M"),
+                            "-c",
+                            &format!("write -P {p} 5000000 777777"),
+                            "-c",
+                            &format!("read -P {p} 0 2M"),
+                            "-c",
+                            &format!("read -P {p} 5000000 777777"),
+                        ])
+                        .arg(&uri),
+                );
                 assert!(!out.contains("failed"), "client {i}: {out}");
             })
         })
@@ -247,7 +295,11 @@ fn test_many_clients_at_once_each_sees_only_its_own_data() {
         h.join().expect("client thread");
     }
     for i in 0..8u8 {
-        let out = stdout(Command::new("qemu-io").args(["-f", "raw", "-r", "-c", &format!("read -P {} 0 2M", 0x10 + i)]).arg(s.uri(&format!("52:54:00:00:01:{i:02x}"))));
+        let out = stdout(
+            Command::new("qemu-io")
+                .args(["-f", "raw", "-r", "-c", &format!("read -P {} 0 2M", 0x10 + i)])
+                .arg(s.uri(&format!("52:54:00:00:01:{i:02x}"))),
+        );
         assert!(!out.contains("failed"), "client {i} after all: {out}");
     }
 }

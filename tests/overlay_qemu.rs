@@ -38,7 +38,16 @@ fn test_overlay_clean_after_stop_and_qemu_img_tools_agree() {
     let state = d.path().join("state");
     let s = Server::adhoc(&base, &state, &[]);
     let uri = s.uri(MAC);
-    qemu_io(&uri, &["write -P 0x5a 0 65536", "write -P 0x6b 1000000 300000", "write -z 4194304 131072", "write -z -u 8388608 131072", "write -P 0x7c 16711680 65536"]);
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x5a 0 65536",
+            "write -P 0x6b 1000000 300000",
+            "write -z 4194304 131072",
+            "write -z -u 8388608 131072",
+            "write -P 0x7c 16711680 65536",
+        ],
+    );
     let overlay = state.join(format!("{STEM}.qcow2"));
 
     // While live: qemu's locks make qemu-img refuse to open it for writing.
@@ -65,11 +74,33 @@ fn test_overlay_clean_after_stop_and_qemu_img_tools_agree() {
     assert!(map.contains("\"depth\": 1"), "{map}");
     // NO_HOLE zeroing keeps clusters allocated (zero, present at depth 0);
     // unmap zeroing leaves zero clusters without data.
-    assert!(map.contains("\"start\": 4194304, \"length\": 131072, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false"), "{map}");
-    assert!(map.contains("\"start\": 8388608, \"length\": 131072, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false"), "{map}");
+    assert!(
+        map.contains("\"start\": 4194304, \"length\": 131072, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false"),
+        "{map}"
+    );
+    assert!(
+        map.contains("\"start\": 8388608, \"length\": 131072, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false"),
+        "{map}"
+    );
 
     // qemu-io reading the file directly sees what the client wrote.
-    let out = stdout(Command::new("qemu-io").args(["-f", "qcow2", "-r", "-c", "read -P 0x5a 0 65536", "-c", "read -P 0x6b 1000000 300000", "-c", "read -P 0 4194304 131072", "-c", "read -P 0x7c 16711680 65536"]).arg(&overlay));
+    let out = stdout(
+        Command::new("qemu-io")
+            .args([
+                "-f",
+                "qcow2",
+                "-r",
+                "-c",
+                "read -P 0x5a 0 65536",
+                "-c",
+                "read -P 0x6b 1000000 300000",
+                "-c",
+                "read -P 0 4194304 131072",
+                "-c",
+                "read -P 0x7c 16711680 65536",
+            ])
+            .arg(&overlay),
+    );
     assert!(!out.contains("failed"), "{out}");
 
     // compare: the overlay differs from the base; commit folds it into a
@@ -149,7 +180,10 @@ fn test_qcow2_bases_compressed_zero_and_backing_chain() {
     // qcow2 v3 compressed (deflate), v3 zstd, v2, and a two-level chain
     // whose top layer holds zero clusters and new data.
     run(Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(p("src.raw")).arg(p("deflate.qcow2")));
-    run(Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd"]).arg(p("src.raw")).arg(p("zstd.qcow2")));
+    run(Command::new("qemu-img")
+        .args(["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd"])
+        .arg(p("src.raw"))
+        .arg(p("zstd.qcow2")));
     run(Command::new("qemu-img").args(["convert", "-O", "qcow2", "-o", "compat=0.10"]).arg(p("src.raw")).arg(p("v2.qcow2")));
     run(Command::new("qemu-img").args(["create", "-f", "qcow2", "-F", "qcow2", "-b", "deflate.qcow2"]).arg(p("top.qcow2")));
     run(Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -z 0 131072", "-c", "write -P 0x99 6291456 100000"]).arg(p("top.qcow2")));

@@ -134,7 +134,9 @@ fn test_tftp_serves_the_client_script() {
 fn test_tftp_refuses_traversal_and_writes() {
     require("curl");
     let s = setup();
-    for name in ["../secret.txt", "..%5Csecret.txt", "debian/../../secret.txt", "escape/etc/passwd", "escape/tmp", "%2Fetc%2Fpasswd", "/etc/passwd"] {
+    for name in
+        ["../secret.txt", "..%5Csecret.txt", "debian/../../secret.txt", "escape/etc/passwd", "escape/tmp", "%2Fetc%2Fpasswd", "/etc/passwd"]
+    {
         let _ = std::fs::remove_file(&s.out);
         let o = curl(&s, name, &[]);
         let got = std::fs::read_to_string(&s.out).unwrap_or_default();
@@ -145,7 +147,12 @@ fn test_tftp_refuses_traversal_and_writes() {
     // Write requests are refused and nothing appears in the boot directory.
     let up = s.out.with_extension("up");
     std::fs::write(&up, "x").unwrap();
-    let o = Command::new("curl").args(["-s", "--max-time", "10", "-T"]).arg(&up).arg(format!("tftp://127.0.0.1:{}/new.bin", s.tftp_port)).output().unwrap();
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-T"])
+        .arg(&up)
+        .arg(format!("tftp://127.0.0.1:{}/new.bin", s.tftp_port))
+        .output()
+        .unwrap();
     assert!(!o.status.success(), "upload accepted");
     assert!(!s.boot.join("new.bin").exists());
 }
@@ -162,7 +169,8 @@ fn test_overlay_opens_only_from_the_address_the_client_booted_from() {
     // The script fetch from 127.0.0.1 is the boot: that address may connect.
     assert!(curl(&s, "pxeroot/52-54-00-7f-00-01.ipxe", &[]).status.success());
     Client::connect(s.nbd_port, MAC).expect("the booting address is allowed");
-    let e = Client::connect_from(s.nbd_port, MAC, Some(std::net::Ipv4Addr::new(127, 0, 0, 2))).expect_err("another address must be refused");
+    let e =
+        Client::connect_from(s.nbd_port, MAC, Some(std::net::Ipv4Addr::new(127, 0, 0, 2))).expect_err("another address must be refused");
     assert!(e.message.contains("booted from 127.0.0.1") && e.message.contains("127.0.0.2"), "{}", e.message);
     // The read-only base export is not bound to anyone.
     Client::connect_from(s.nbd_port, "debian", Some(std::net::Ipv4Addr::new(127, 0, 0, 2))).expect("base export");
@@ -233,7 +241,12 @@ fn test_tftp_per_client_blksize_cap() {
         assert!(same(&s.out, &s.boot.join("debian/initrd.zst")), "{src}: content differs");
         std::thread::sleep(Duration::from_millis(100));
         let log = s.server.log_text();
-        let line = log.lines().filter(|l| l.contains("TFTP transfer finished") && l.contains(&format!("client={src}:"))).last().unwrap_or_default().to_string();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("TFTP transfer finished") && l.contains(&format!("client={src}:")))
+            .last()
+            .unwrap_or_default()
+            .to_string();
         assert!(line.contains(want), "{src}: {line}");
     }
 }

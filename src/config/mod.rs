@@ -100,8 +100,7 @@ impl Config {
         let raw: wire::Root = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_path_buf(),
             key: String::new(),
-            problem: e.message().to_string()
-                + &e.span().map(|s| format!(" (at {})", line_col(text, s.start))).unwrap_or_default(),
+            problem: e.message().to_string() + &e.span().map(|s| format!(" (at {})", line_col(text, s.start))).unwrap_or_default(),
             fix: "see config/pxeroot.example.toml for every key and its form".into(),
         })?;
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -114,7 +113,12 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 
 type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
-fn full_dhcp_mode(d: &wire::Dhcp, clients: &BTreeMap<String, wire::Client>, state_dir: &Path, err: &ErrFn) -> Result<crate::dhcp::Mode, ConfigError> {
+fn full_dhcp_mode(
+    d: &wire::Dhcp,
+    clients: &BTreeMap<String, wire::Client>,
+    state_dir: &Path,
+    err: &ErrFn,
+) -> Result<crate::dhcp::Mode, ConfigError> {
     let ip = |key: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
             Some(t) => t.parse().map(Some).map_err(|_| err(key, format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\"")),
@@ -131,13 +135,17 @@ fn full_dhcp_mode(d: &wire::Dhcp, clients: &BTreeMap<String, wire::Client>, stat
     let router = ip("dhcp.router", &d.router, false)?;
     let mut dns = Vec::new();
     for (i, t) in d.dns.iter().flatten().enumerate() {
-        dns.push(t.parse().map_err(|_| err(&format!("dhcp.dns[{i}]"), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses"))?);
+        dns.push(
+            t.parse()
+                .map_err(|_| err(&format!("dhcp.dns[{i}]"), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses"))?,
+        );
     }
     let mut reservations = BTreeMap::new();
     for (mac_text, c) in clients {
         if let (Ok(mac), Some(a)) = (mac_text.parse::<Mac>(), &c.address) {
             let key = format!("clients.\"{mac_text}\".address");
-            reservations.insert(mac, a.parse().map_err(|_| err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?);
+            reservations
+                .insert(mac, a.parse().map_err(|_| err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?);
         }
     }
     Ok(crate::dhcp::Mode::Full {
@@ -174,12 +182,20 @@ impl wire::Root {
             nbd => {
                 let listen = nbd.and_then(|n| n.listen).unwrap_or_else(|| vec![DEFAULT_NBD_LISTEN.to_string()]);
                 if listen.is_empty() {
-                    return Err(err("nbd.listen", "is empty".into(), "give at least one address such as \"0.0.0.0:10809\", or set nbd.enabled = false"));
+                    return Err(err(
+                        "nbd.listen",
+                        "is empty".into(),
+                        "give at least one address such as \"0.0.0.0:10809\", or set nbd.enabled = false",
+                    ));
                 }
                 let mut addrs = Vec::new();
                 for (i, a) in listen.iter().enumerate() {
                     addrs.push(a.parse::<SocketAddr>().map_err(|_| {
-                        err(&format!("nbd.listen[{i}]"), format!("{a:?} is not an address:port"), "write it as \"0.0.0.0:10809\" or \"[::]:10809\"")
+                        err(
+                            &format!("nbd.listen[{i}]"),
+                            format!("{a:?} is not an address:port"),
+                            "write it as \"0.0.0.0:10809\" or \"[::]:10809\"",
+                        )
                     })?);
                 }
                 Some(addrs)
@@ -193,11 +209,19 @@ impl wire::Root {
         for (name, image) in &self.images {
             let key = format!("images.{name}");
             if name.is_empty() || name.parse::<Mac>().is_ok() {
-                return Err(err(&key, "an image name must not be empty or look like a MAC address".into(), "rename the image (export names that look like MACs are client overlays)"));
+                return Err(err(
+                    &key,
+                    "an image name must not be empty or look like a MAC address".into(),
+                    "rename the image (export names that look like MACs are client overlays)",
+                ));
             }
             let path = resolve(&image.path);
             if !path.is_file() {
-                return Err(err(&format!("{key}.path"), format!("{} is not a readable file", path.display()), "point it at a raw or qcow2 base image"));
+                return Err(err(
+                    &format!("{key}.path"),
+                    format!("{} is not a readable file", path.display()),
+                    "point it at a raw or qcow2 base image",
+                ));
             }
             images.push(ImageSpec { name: name.clone(), path, description: image.description.clone().unwrap_or_default() });
         }
@@ -211,7 +235,11 @@ impl wire::Root {
                 .parse()
                 .map_err(|e: crate::mac::MacParseError| err(&key, e.to_string(), "use the client's MAC address as the table name"))?;
             if !known(&client.image) {
-                return Err(err(&format!("{key}.image"), format!("image {:?} is not configured", client.image), &format!("use one of: {}", image_names())));
+                return Err(err(
+                    &format!("{key}.image"),
+                    format!("image {:?} is not configured", client.image),
+                    &format!("use one of: {}", image_names()),
+                ));
             }
             let rule = ClientRule { image: client.image.clone(), policy: client.policy.unwrap_or(OverlayPolicy::Persistent) };
             if clients.insert(mac, rule).is_some() {
@@ -224,16 +252,28 @@ impl wire::Root {
             Some(u) => match u.action {
                 wire::UnknownAction::Refuse => {
                     if u.image.is_some() {
-                        return Err(err("unknown_clients.image", "is set but action is \"refuse\"".into(), "remove it, or set action = \"boot\""));
+                        return Err(err(
+                            "unknown_clients.image",
+                            "is set but action is \"refuse\"".into(),
+                            "remove it, or set action = \"boot\"",
+                        ));
                     }
                     None
                 }
                 wire::UnknownAction::Boot => {
                     let image = u.image.ok_or_else(|| {
-                        err("unknown_clients.image", "is missing".into(), &format!("action = \"boot\" needs the image to boot: one of {}", image_names()))
+                        err(
+                            "unknown_clients.image",
+                            "is missing".into(),
+                            &format!("action = \"boot\" needs the image to boot: one of {}", image_names()),
+                        )
                     })?;
                     if !known(&image) {
-                        return Err(err("unknown_clients.image", format!("image {image:?} is not configured"), &format!("use one of: {}", image_names())));
+                        return Err(err(
+                            "unknown_clients.image",
+                            format!("image {image:?} is not configured"),
+                            &format!("use one of: {}", image_names()),
+                        ));
                     }
                     Some(ClientRule { image, policy: u.policy.unwrap_or(OverlayPolicy::Ephemeral) })
                 }
@@ -259,34 +299,58 @@ impl wire::Root {
             }
             Some(p) => {
                 let server = p.server_address.parse().map_err(|_| {
-                    err("pxe.server_address", format!("{:?} is not an IPv4 address", p.server_address), "give the address clients reach this server at, e.g. \"10.0.0.1\"")
+                    err(
+                        "pxe.server_address",
+                        format!("{:?} is not an IPv4 address", p.server_address),
+                        "give the address clients reach this server at, e.g. \"10.0.0.1\"",
+                    )
                 })?;
                 let boot_dir = resolve(&p.boot_dir);
                 if !boot_dir.is_dir() {
-                    return Err(err("pxe.boot_dir", format!("{} is not a directory", boot_dir.display()), "point it at the directory holding kernels, initrds and iPXE binaries"));
+                    return Err(err(
+                        "pxe.boot_dir",
+                        format!("{} is not a directory", boot_dir.display()),
+                        "point it at the directory holding kernels, initrds and iPXE binaries",
+                    ));
                 }
                 let attach = p.attach.unwrap_or_else(|| "netlink".into());
                 if attach != "netlink" && attach != "ioctl" {
-                    return Err(err("pxe.attach", format!("{attach:?} is not an attach mode"), "use \"netlink\" (reconnects) or \"ioctl\""));
+                    return Err(err(
+                        "pxe.attach",
+                        format!("{attach:?} is not an attach mode"),
+                        "use \"netlink\" (reconnects) or \"ioctl\"",
+                    ));
                 }
                 let nbd_port = nbd_listen.as_ref().and_then(|l| l.first()).map_or(nbd_wire::consts::DEFAULT_PORT, |a| a.port());
                 let mut boot = BTreeMap::new();
                 for (name, image) in &self.images {
                     match (&image.kernel, &image.initrd) {
                         (Some(k), Some(i)) => {
-                            boot.insert(name.clone(), BootSpec { kernel: k.clone(), initrd: i.clone(), cmdline: image.cmdline.clone().unwrap_or_default() });
+                            boot.insert(
+                                name.clone(),
+                                BootSpec { kernel: k.clone(), initrd: i.clone(), cmdline: image.cmdline.clone().unwrap_or_default() },
+                            );
                         }
                         (None, None) => {}
-                        _ => return Err(err(&format!("images.{name}"), "has only one of kernel and initrd".into(), "give both (paths inside pxe.boot_dir), or neither")),
+                        _ => {
+                            return Err(err(
+                                &format!("images.{name}"),
+                                "has only one of kernel and initrd".into(),
+                                "give both (paths inside pxe.boot_dir), or neither",
+                            ))
+                        }
                     }
                 }
-                let tftp_listen = match &self.tftp {
-                    Some(t) if !t.enabled => None,
-                    t => {
-                        let text = t.as_ref().and_then(|t| t.listen.clone()).unwrap_or_else(|| DEFAULT_TFTP_LISTEN.into());
-                        Some(text.parse().map_err(|_| err("tftp.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:69\""))?)
-                    }
-                };
+                let tftp_listen =
+                    match &self.tftp {
+                        Some(t) if !t.enabled => None,
+                        t => {
+                            let text = t.as_ref().and_then(|t| t.listen.clone()).unwrap_or_else(|| DEFAULT_TFTP_LISTEN.into());
+                            Some(text.parse().map_err(|_| {
+                                err("tftp.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:69\"")
+                            })?)
+                        }
+                    };
                 let dhcp = match &self.dhcp {
                     None => None,
                     Some(d) => {
@@ -294,7 +358,9 @@ impl wire::Root {
                             "off" => None,
                             "proxy" => Some(crate::dhcp::Mode::Proxy),
                             "full" => Some(full_dhcp_mode(d, &self.clients, &state_dir, &err)?),
-                            other => return Err(err("dhcp.mode", format!("{other:?} is not a DHCP mode"), "use \"proxy\", \"full\" or \"off\"")),
+                            other => {
+                                return Err(err("dhcp.mode", format!("{other:?} is not a DHCP mode"), "use \"proxy\", \"full\" or \"off\""))
+                            }
                         };
                         match mode {
                             None => None,
@@ -331,33 +397,58 @@ impl wire::Root {
                 };
                 let ra_interface = match &self.dhcp {
                     Some(d) if d.ipv6_router_advertisements == Some(true) => Some(d.interface.clone().ok_or_else(|| {
-                        err("dhcp.ipv6_router_advertisements", "needs an interface".into(), "set dhcp.interface to the boot network's interface")
+                        err(
+                            "dhcp.ipv6_router_advertisements",
+                            "needs an interface".into(),
+                            "set dhcp.interface to the boot network's interface",
+                        )
                     })?),
                     _ => None,
                 };
-                let http_listen: Option<SocketAddr> = match &self.http {
-                    Some(h) if !h.enabled => None,
-                    h => {
-                        let text = h.as_ref().and_then(|h| h.listen.clone()).unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
-                        Some(text.parse().map_err(|_| err("http.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:80\""))?)
-                    }
-                };
+                let http_listen: Option<SocketAddr> =
+                    match &self.http {
+                        Some(h) if !h.enabled => None,
+                        h => {
+                            let text = h.as_ref().and_then(|h| h.listen.clone()).unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
+                            Some(text.parse().map_err(|_| {
+                                err("http.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:80\"")
+                            })?)
+                        }
+                    };
                 let files_base = match (p.boot_files_over.as_deref(), http_listen, tftp_listen) {
                     (None | Some("http"), Some(h), _) => format!("http://{server}:{}", h.port()),
-                    (Some("http"), None, _) => return Err(err("pxe.boot_files_over", "is \"http\" but HTTP is disabled".into(), "enable [http], or use \"tftp\"")),
+                    (Some("http"), None, _) => {
+                        return Err(err("pxe.boot_files_over", "is \"http\" but HTTP is disabled".into(), "enable [http], or use \"tftp\""))
+                    }
                     (None | Some("tftp"), _, Some(_)) => format!("tftp://{server}"),
-                    (Some("tftp"), _, None) => return Err(err("pxe.boot_files_over", "is \"tftp\" but TFTP is disabled".into(), "enable [tftp], or use \"http\"")),
-                    (None, None, None) => return Err(err("pxe", "serves boot files over neither HTTP nor TFTP".into(), "enable [http] or [tftp]")),
-                    (Some(other), _, _) => return Err(err("pxe.boot_files_over", format!("{other:?} is not a transport"), "use \"http\" or \"tftp\"")),
+                    (Some("tftp"), _, None) => {
+                        return Err(err("pxe.boot_files_over", "is \"tftp\" but TFTP is disabled".into(), "enable [tftp], or use \"http\""))
+                    }
+                    (None, None, None) => {
+                        return Err(err("pxe", "serves boot files over neither HTTP nor TFTP".into(), "enable [http] or [tftp]"))
+                    }
+                    (Some(other), _, _) => {
+                        return Err(err("pxe.boot_files_over", format!("{other:?} is not a transport"), "use \"http\" or \"tftp\""))
+                    }
                 };
                 let mut tftp_blksize_caps = Vec::new();
                 for (net, &blksize) in self.tftp.as_ref().and_then(|t| t.blksize_caps.as_ref()).into_iter().flatten() {
                     let key = format!("tftp.blksize_caps.\"{net}\"");
                     let (a, p) = net.split_once('/').unwrap_or((net, "32"));
-                    let network = a.parse().map_err(|_| err(&key, format!("{net:?} is not an IPv4 address or prefix"), "write \"10.0.0.7\" or \"10.0.0.0/24\""))?;
-                    let prefix = p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(|| err(&key, format!("{net:?} has a bad prefix length"), "use /0 to /32"))?;
+                    let network = a.parse().map_err(|_| {
+                        err(&key, format!("{net:?} is not an IPv4 address or prefix"), "write \"10.0.0.7\" or \"10.0.0.0/24\"")
+                    })?;
+                    let prefix = p
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|p| *p <= 32)
+                        .ok_or_else(|| err(&key, format!("{net:?} has a bad prefix length"), "use /0 to /32"))?;
                     if !(crate::tftp::packet::MIN_BLKSIZE..=crate::tftp::MAX_BLOCK_SIZE).contains(&blksize) {
-                        return Err(err(&key, format!("{blksize} is not a usable block size"), "use 8 to 1468 (1024 and 1432 are common for picky UEFI clients)"));
+                        return Err(err(
+                            &key,
+                            format!("{blksize} is not a usable block size"),
+                            "use 8 to 1468 (1024 and 1432 are common for picky UEFI clients)",
+                        ));
                     }
                     tftp_blksize_caps.push(crate::tftp::BlksizeCap { network, prefix, blksize });
                 }
@@ -365,7 +456,16 @@ impl wire::Root {
                     d.http_base = http_listen.map(|h| format!("http://{server}:{}", h.port()));
                     d
                 });
-                Some(PxeConfig { boot_dir, script: ScriptParams { server, nbd_port, attach, files_base }, boot, tftp_listen, tftp_blksize_caps, dhcp, ra_interface, http_listen })
+                Some(PxeConfig {
+                    boot_dir,
+                    script: ScriptParams { server, nbd_port, attach, files_base },
+                    boot,
+                    tftp_listen,
+                    tftp_blksize_caps,
+                    dhcp,
+                    ra_interface,
+                    http_listen,
+                })
             }
         };
 

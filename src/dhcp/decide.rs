@@ -348,7 +348,10 @@ pub fn decide_full(
             seen.arch = boot.arch;
             seen.ipxe = boot.ipxe;
             seen.offered = Some(add_boot(&mut r, req, ctx.server, &boot.file));
-            r.opts_mut().insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(OptionCode::Unknown(OPT_IPXE_ENCAP), IPXE_NO_PXEDHCP.to_vec())));
+            r.opts_mut().insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
+                OptionCode::Unknown(OPT_IPXE_ENCAP),
+                IPXE_NO_PXEDHCP.to_vec(),
+            )));
         }
     }
     Ok(Some((r, seen)))
@@ -390,12 +393,24 @@ mod tests {
     }
 
     fn ctx<'a>(files: &'a BootFiles, uefi: UefiStrategy, may: &'a dyn Fn(Mac) -> bool, url: &'a dyn Fn(Mac) -> String) -> Context<'a> {
-        Context { server: Ipv4Addr::new(10, 99, 0, 1), files, uefi, may_boot: may, script_url: url, http_base: Some("http://10.99.0.1:80"), uefi_by_class: &[], in_use: &|_| false }
+        Context {
+            server: Ipv4Addr::new(10, 99, 0, 1),
+            files,
+            uefi,
+            may_boot: may,
+            script_url: url,
+            http_base: Some("http://10.99.0.1:80"),
+            uefi_by_class: &[],
+            in_use: &|_| false,
+        }
     }
 
     fn opt_bytes(m: &Message, code: OptionCode) -> Option<Vec<u8>> {
         match m.opts().get(code)? {
-            DhcpOption::BootfileName(b) | DhcpOption::ClassIdentifier(b) | DhcpOption::VendorExtensions(b) | DhcpOption::ClientMachineIdentifier(b) => Some(b.clone()),
+            DhcpOption::BootfileName(b)
+            | DhcpOption::ClassIdentifier(b)
+            | DhcpOption::VendorExtensions(b)
+            | DhcpOption::ClientMachineIdentifier(b) => Some(b.clone()),
             _ => None,
         }
     }
@@ -417,7 +432,11 @@ mod tests {
             assert_eq!(opt_bytes(&r, OptionCode::ClassIdentifier).unwrap(), b"PXEClient");
             assert_eq!(opt_bytes(&r, OptionCode::BootfileName).unwrap(), b"tftp://10.99.0.1/pxeroot/52-54-00-aa-00-01.ipxe");
             assert!(r.opts().get(OptionCode::SubnetMask).is_none() && r.opts().get(OptionCode::AddressLeaseTime).is_none());
-            assert_eq!(opt_bytes(&r, OptionCode::ClientMachineIdentifier), opt_bytes(&req, OptionCode::ClientMachineIdentifier), "option 97 echoed");
+            assert_eq!(
+                opt_bytes(&r, OptionCode::ClientMachineIdentifier),
+                opt_bytes(&req, OptionCode::ClientMachineIdentifier),
+                "option 97 echoed"
+            );
         }
     }
 
@@ -529,7 +548,16 @@ mod full_tests {
     fn test_full_mode_offers_addresses_and_boot_info() {
         let files = BootFiles::default();
         let url = |m: Mac| format!("tftp://10.0.0.1/pxeroot/{}.ipxe", m.file_stem());
-        let ctx = Context { server: Ipv4Addr::new(10, 0, 0, 1), files: &files, uefi: UefiStrategy::InOffer, may_boot: &|_| true, script_url: &url, http_base: None, uefi_by_class: &[], in_use: &|_| false };
+        let ctx = Context {
+            server: Ipv4Addr::new(10, 0, 0, 1),
+            files: &files,
+            uefi: UefiStrategy::InOffer,
+            may_boot: &|_| true,
+            script_url: &url,
+            http_base: None,
+            uefi_by_class: &[],
+            in_use: &|_| false,
+        };
         let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 0, 0, 254)), dns: vec![] };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
         let (offer, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 1], true), &ctx, &net, &mut leases, 0).unwrap().unwrap();

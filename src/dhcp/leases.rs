@@ -94,9 +94,9 @@ impl LeaseTable {
             return Ok(ip);
         }
         // The address this MAC had (even expired, if nobody took it since).
-        if let Some((&ip, _)) = self.leases.iter().find(|(ip, l)| {
-            l.mac == Some(mac) && l.state != State::Declined && !self.reserved_for_other(**ip, mac)
-        }) {
+        if let Some((&ip, _)) =
+            self.leases.iter().find(|(ip, l)| l.mac == Some(mac) && l.state != State::Declined && !self.reserved_for_other(**ip, mac))
+        {
             return Ok(ip);
         }
         let free = |ip: &Ipv4Addr| self.live(*ip, now).is_none() && !self.reserved_for_other(*ip, mac);

@@ -153,7 +153,8 @@ async fn listen(
     let mut buf = vec![0u8; MAX_PACKET];
     let may_boot = |m: Mac| registry.image_of(m).is_some();
     let in_use = |m: Mac| registry.is_attached(m);
-    let script_url = |m: Mac| format!("tftp://{}/{}/{}{}", cfg.server, crate::bootfiles::SCRIPT_DIR, m.file_stem(), crate::bootfiles::SCRIPT_EXT);
+    let script_url =
+        |m: Mac| format!("tftp://{}/{}/{}{}", cfg.server, crate::bootfiles::SCRIPT_DIR, m.file_stem(), crate::bootfiles::SCRIPT_EXT);
     loop {
         let (n, from) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -225,7 +226,9 @@ async fn listen(
             continue;
         }
         match sock.send_to(&out, to).await {
-            Ok(_) => info!(mac = %seen.mac, address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, request = ?seen.kind, "DHCP: client answered"),
+            Ok(_) => {
+                info!(mac = %seen.mac, address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, request = ?seen.kind, "DHCP: client answered")
+            }
             Err(e) => warn!(mac = %seen.mac, %to, error = %e, "sending the DHCP reply failed"),
         }
     }

@@ -5,11 +5,27 @@
 /// One archive member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
-    Symlink { path: String, target: String },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
     /// A character or block device node (`kind` is S_IFCHR or S_IFBLK).
-    Node { path: String, kind: u32, mode: u32, major: u32, minor: u32 },
+    Node {
+        path: String,
+        kind: u32,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 pub const S_IFDIR: u32 = 0o040000;
@@ -54,9 +70,7 @@ pub fn write(entries: &[Entry]) -> Vec<u8> {
                 out.extend_from_slice(target.as_bytes());
                 pad4(&mut out);
             }
-            Entry::Node { path, kind, mode, major, minor } => {
-                header(&mut out, ino, kind | mode, 0, (*major, *minor), &name(path))
-            }
+            Entry::Node { path, kind, mode, major, minor } => header(&mut out, ino, kind | mode, 0, (*major, *minor), &name(path)),
         }
     }
     header(&mut out, 0, 0, 0, (0, 0), "TRAILER!!!");
@@ -79,10 +93,13 @@ mod tests {
         let s = String::from_utf8_lossy(&a);
         assert!(s.contains("init\0") && s.contains("abcde") && s.contains("TRAILER!!!"));
         // Same input, same bytes.
-        assert_eq!(a, write(&[
-            Entry::Dir { path: "/dev".into(), mode: 0o755 },
-            Entry::File { path: "/init".into(), mode: 0o755, data: b"abcde".to_vec() },
-            Entry::Node { path: "/dev/console".into(), kind: S_IFCHR, mode: 0o600, major: 5, minor: 1 },
-        ]));
+        assert_eq!(
+            a,
+            write(&[
+                Entry::Dir { path: "/dev".into(), mode: 0o755 },
+                Entry::File { path: "/init".into(), mode: 0o755, data: b"abcde".to_vec() },
+                Entry::Node { path: "/dev/console".into(), kind: S_IFCHR, mode: 0o600, major: 5, minor: 1 },
+            ])
+        );
     }
 }

@@ -322,12 +322,8 @@ async fn transmission(
     neg: &Negotiation,
     shutdown: CancellationToken,
 ) -> Result<(), NbdError> {
-    let view = ExportView {
-        size: disk.size(),
-        read_only: disk.read_only(),
-        structured: neg.structured,
-        base_allocation: neg.base_allocation,
-    };
+    let view =
+        ExportView { size: disk.size(), read_only: disk.read_only(), structured: neg.structured, base_allocation: neg.base_allocation };
     let conn = Arc::new(Conn { disk, writer: Mutex::new(wr), structured: neg.structured, pool: BufPool::default() });
     let budget = Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES));
     let tasks = TaskTracker::new();

@@ -170,11 +170,8 @@ impl Negotiation {
             resolve_error_reply(out, option, &e);
             return;
         }
-        let selected = if option == OPT_LIST_META_CONTEXT && queries.is_empty() {
-            true
-        } else {
-            queries.iter().any(|q| selects_base_allocation(q))
-        };
+        let selected =
+            if option == OPT_LIST_META_CONTEXT && queries.is_empty() { true } else { queries.iter().any(|q| selects_base_allocation(q)) };
         if option == OPT_SET_META_CONTEXT {
             self.base_allocation = selected;
         }

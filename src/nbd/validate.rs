@@ -72,9 +72,7 @@ pub fn validate(req: &Request, v: &ExportView) -> Result<Op, Rejection> {
     }
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let in_range = offset.checked_add(length as u64).is_some_and(|end| end <= v.size);
-    let range_err = |cmd: &str| {
-        reject(EINVAL, format!("{cmd} of {length} bytes at {offset} is outside the {}-byte export", v.size))
-    };
+    let range_err = |cmd: &str| reject(EINVAL, format!("{cmd} of {length} bytes at {offset} is outside the {}-byte export", v.size));
     let writable = |cmd: &str| {
         if v.read_only {
             Err(reject(EPERM, format!("{cmd} on a read-only export")))
@@ -117,13 +115,7 @@ pub fn validate(req: &Request, v: &ExportView) -> Result<Op, Rejection> {
             if !in_range {
                 return Err(range_err("write zeroes"));
             }
-            Ok(Op::Zero {
-                offset,
-                length,
-                fua,
-                no_hole: req.flags & CMD_FLAG_NO_HOLE != 0,
-                fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
-            })
+            Ok(Op::Zero { offset, length, fua, no_hole: req.flags & CMD_FLAG_NO_HOLE != 0, fast: req.flags & CMD_FLAG_FAST_ZERO != 0 })
         }
         Command::Cache => {
             if !in_range {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::mapped::MappedImage;
-use super::qcow2::{self, ClusterMap, Header, FormatError};
+use super::qcow2::{self, ClusterMap, FormatError, Header};
 use super::{sys, Extent, Result, StorageError};
 
 /// Longest backing chain we follow (qemu has no fixed limit; a root image
@@ -74,10 +74,7 @@ impl BaseImage {
             return Err(StorageError::BackingTooDeep { path: path.to_path_buf(), max: MAX_BACKING_DEPTH });
         }
         let file = File::open(path).map_err(|source| StorageError::Open { path: path.to_path_buf(), source })?;
-        let len = file
-            .metadata()
-            .map_err(|source| StorageError::Open { path: path.to_path_buf(), source })?
-            .len();
+        let len = file.metadata().map_err(|source| StorageError::Open { path: path.to_path_buf(), source })?.len();
         sys::lock_shared_read(&file).map_err(|_| StorageError::Locked { path: path.to_path_buf() })?;
         let mut magic = [0u8; 4];
         let is_qcow2 = match format {
@@ -97,8 +94,7 @@ impl BaseImage {
         }
         let l1_count = Header::l1_entries_for(header.size, header.cluster_bits) as usize;
         let mut raw = vec![0u8; l1_count * 8];
-        file.read_exact_at(&mut raw, header.l1_table_offset)
-            .map_err(|e| StorageError::io("read L1", path, header.l1_table_offset, e))?;
+        file.read_exact_at(&mut raw, header.l1_table_offset).map_err(|e| StorageError::io("read L1", path, header.l1_table_offset, e))?;
         let l1: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
         let backing = match header.backing_name(&first).map_err(fmt)? {
             Some(name) => {
@@ -202,8 +198,7 @@ impl BaseImage {
                     }
                     _ => 0,
                 };
-                qcow2::decode_l2(entry, bits, q.header.version)
-                    .map_err(|source| StorageError::Format { path: self.path.clone(), source })
+                qcow2::decode_l2(entry, bits, q.header.version).map_err(|source| StorageError::Format { path: self.path.clone(), source })
             })
             .collect()
     }
@@ -214,8 +209,7 @@ impl BaseImage {
         }
         let mut raw = vec![0u8; q.header.cluster_size() as usize];
         self.file.read_exact_at(&mut raw, at).map_err(|e| StorageError::io("read L2", &self.path, at, e))?;
-        let table: Box<[u64]> =
-            raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
+        let table: Box<[u64]> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
         Ok(q.l2[l1i].get_or_init(|| table))
     }
 }

@@ -67,10 +67,7 @@ impl MappedImage<'_> {
             }
             let out = &mut buf[done..done + len as usize];
             match run {
-                Run::Host(h) => self
-                    .file
-                    .read_exact_at(out, h)
-                    .map_err(|e| StorageError::io("read", self.path, h, e))?,
+                Run::Host(h) => self.file.read_exact_at(out, h).map_err(|e| StorageError::io("read", self.path, h, e))?,
                 Run::Zero => out.fill(0),
                 Run::Backing => match self.backing {
                     Some(b) => b.read_beyond_end_as_zero(out, pos)?,

@@ -76,9 +76,7 @@ impl StorageError {
     /// Wrap an I/O error, telling a full disk apart from everything else.
     pub(crate) fn io(op: &'static str, path: &std::path::Path, offset: u64, source: io::Error) -> StorageError {
         match source.raw_os_error() {
-            Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT => {
-                StorageError::NoSpace { path: path.to_path_buf() }
-            }
+            Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT => StorageError::NoSpace { path: path.to_path_buf() },
             _ => StorageError::Io { op, path: path.to_path_buf(), offset, source },
         }
     }

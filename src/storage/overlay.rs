@@ -673,9 +673,7 @@ impl Overlay {
     }
 
     fn write_snapshot(&self, s: &Snapshot, data_written: bool) -> Result<()> {
-        let write = |bytes: &[u8], at: u64, what| {
-            self.file.write_all_at(bytes, at).map_err(|e| StorageError::io(what, &self.path, at, e))
-        };
+        let write = |bytes: &[u8], at: u64, what| self.file.write_all_at(bytes, at).map_err(|e| StorageError::io(what, &self.path, at, e));
         let sync = || self.file.sync_data().map_err(|e| StorageError::io("fdatasync", &self.path, 0, e));
         let mut synced = false;
         if !s.refblocks.is_empty() {
@@ -714,8 +712,7 @@ impl Meta {
         let l1i = (c / L2_ENTRIES) as usize;
         match self.l2.get(l1i).and_then(|t| t.as_ref()) {
             // Entries were validated at open and are only ever set by `set`.
-            Some(t) => qcow2::decode_l2(t[(c % L2_ENTRIES) as usize], OVERLAY_CLUSTER_BITS, 3)
-                .unwrap_or(ClusterMap::Unallocated),
+            Some(t) => qcow2::decode_l2(t[(c % L2_ENTRIES) as usize], OVERLAY_CLUSTER_BITS, 3).unwrap_or(ClusterMap::Unallocated),
             None => ClusterMap::Unallocated,
         }
     }

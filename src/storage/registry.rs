@@ -144,11 +144,7 @@ fn fingerprint(base: &BaseImage) -> Result<BaseRecord> {
         file.read_exact_at(&mut buf[..n], off).map_err(|e| StorageError::io("fingerprint", path, off, e))?;
         h.update(&buf[..n]);
     }
-    Ok(BaseRecord {
-        path: path.to_path_buf(),
-        size: base.size(),
-        fingerprint: format!("{:032x}", h.digest128()),
-    })
+    Ok(BaseRecord { path: path.to_path_buf(), size: base.size(), fingerprint: format!("{:032x}", h.digest128()) })
 }
 
 impl Registry {
@@ -309,10 +305,10 @@ impl Registry {
             slot.connections += 1;
             return Ok(OverlayHandle { registry: self.clone(), mac, overlay: Some(slot.overlay.clone()) });
         }
-        let rule = self.rule(mac).cloned().ok_or_else(|| StorageError::Corrupt {
-            path: self.overlay_path(mac),
-            reason: "client is not configured".into(),
-        })?;
+        let rule = self
+            .rule(mac)
+            .cloned()
+            .ok_or_else(|| StorageError::Corrupt { path: self.overlay_path(mac), reason: "client is not configured".into() })?;
         if rule.policy == OverlayPolicy::Ephemeral && self.reset_on_new_session {
             self.discard(mac)?;
         }
@@ -332,8 +328,8 @@ impl Registry {
             let changed = |reason: String| StorageError::BaseChanged { overlay: path.clone(), reason };
             let text = std::fs::read_to_string(&record_path)
                 .map_err(|e| changed(format!("its base record {} cannot be read ({e})", record_path.display())))?;
-            let record: BaseRecord = toml::from_str(&text)
-                .map_err(|e| changed(format!("its base record {} is malformed ({e})", record_path.display())))?;
+            let record: BaseRecord =
+                toml::from_str(&text).map_err(|e| changed(format!("its base record {} is malformed ({e})", record_path.display())))?;
             if record != image.fingerprint {
                 return Err(changed(format!(
                     "it was made from {} ({} bytes, fingerprint {}), the base is now {} ({} bytes, fingerprint {})",
@@ -350,10 +346,8 @@ impl Registry {
             return Ok(overlay);
         }
         // The record goes first: an overlay never exists without one.
-        let text = toml::to_string(&image.fingerprint).map_err(|e| StorageError::Corrupt {
-            path: record_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let text =
+            toml::to_string(&image.fingerprint).map_err(|e| StorageError::Corrupt { path: record_path.clone(), reason: e.to_string() })?;
         let tmp = record_path.with_extension("toml.tmp");
         std::fs::write(&tmp, text).map_err(|e| StorageError::io("write base record", &tmp, 0, e))?;
         File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| StorageError::io("sync base record", &tmp, 0, e))?;

@@ -22,13 +22,7 @@ const LOCK_PERM_BASE: i64 = 100;
 const LOCK_SHARED_BASE: i64 = 200;
 
 fn flock(kind: libc::c_int, byte: i64) -> libc::flock {
-    libc::flock {
-        l_type: kind as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: byte,
-        l_len: 1,
-        l_pid: 0,
-    }
+    libc::flock { l_type: kind as libc::c_short, l_whence: libc::SEEK_SET as libc::c_short, l_start: byte, l_len: 1, l_pid: 0 }
 }
 
 fn lock_byte(file: &File, byte: i64) -> io::Result<()> {
@@ -55,22 +49,16 @@ pub fn lock_shared_read(file: &File) -> io::Result<()> {
 
 /// An overlay: we read and write it, and share neither write nor resize.
 pub fn lock_exclusive_write(file: &File) -> io::Result<()> {
-    for byte in [
-        LOCK_PERM_BASE + PERM_WRITE,
-        LOCK_PERM_BASE + PERM_RESIZE,
-        LOCK_SHARED_BASE + PERM_WRITE,
-        LOCK_SHARED_BASE + PERM_CONSISTENT_READ,
-    ] {
+    for byte in
+        [LOCK_PERM_BASE + PERM_WRITE, LOCK_PERM_BASE + PERM_RESIZE, LOCK_SHARED_BASE + PERM_WRITE, LOCK_SHARED_BASE + PERM_CONSISTENT_READ]
+    {
         if byte_is_locked(file, byte)? {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "image is locked by another process"));
         }
     }
-    for byte in [
-        LOCK_PERM_BASE + PERM_CONSISTENT_READ,
-        LOCK_PERM_BASE + PERM_WRITE,
-        LOCK_SHARED_BASE + PERM_WRITE,
-        LOCK_SHARED_BASE + PERM_RESIZE,
-    ] {
+    for byte in
+        [LOCK_PERM_BASE + PERM_CONSISTENT_READ, LOCK_PERM_BASE + PERM_WRITE, LOCK_SHARED_BASE + PERM_WRITE, LOCK_SHARED_BASE + PERM_RESIZE]
+    {
         lock_byte(file, byte)?;
     }
     Ok(())

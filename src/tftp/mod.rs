@@ -81,7 +81,12 @@ impl Source {
 }
 
 /// Serve TFTP on `addr` until `shutdown`.
-pub async fn serve(addr: SocketAddr, resolver: Arc<Resolver>, caps: Arc<Vec<BlksizeCap>>, shutdown: CancellationToken) -> Result<(), TftpError> {
+pub async fn serve(
+    addr: SocketAddr,
+    resolver: Arc<Resolver>,
+    caps: Arc<Vec<BlksizeCap>>,
+    shutdown: CancellationToken,
+) -> Result<(), TftpError> {
     let sock = UdpSocket::bind(addr).await.map_err(|source| TftpError::Bind { addr, source })?;
     info!(%addr, "TFTP listening");
     let mut buf = vec![0u8; MAX_REQUEST];
@@ -107,7 +112,9 @@ pub async fn serve(addr: SocketAddr, resolver: Arc<Resolver>, caps: Arc<Vec<Blks
                         tokio::spawn(async move {
                             let started = Instant::now();
                             match send(client, local, &source, size, t, &oack).await {
-                                Ok(()) => info!(%client, file = %file, bytes = size, secs = started.elapsed().as_secs_f64(), blksize = t.blksize, windowsize = t.windowsize, "TFTP transfer finished"),
+                                Ok(()) => {
+                                    info!(%client, file = %file, bytes = size, secs = started.elapsed().as_secs_f64(), blksize = t.blksize, windowsize = t.windowsize, "TFTP transfer finished")
+                                }
                                 Err(e) => warn!(%client, file = %file, error = %e, "TFTP transfer abandoned"),
                             }
                         });
@@ -180,8 +187,16 @@ async fn ack(sock: &UdpSocket, timeout: std::time::Duration) -> Result<Option<u1
 }
 
 /// Send `size` bytes of `source` to `client` from a new port, windowed.
-async fn send(client: SocketAddr, local: Option<IpAddr>, source: &Source, size: u64, t: packet::Transfer, oack: &[(String, String)]) -> Result<(), String> {
-    let bind_ip = local.unwrap_or(if client.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) });
+async fn send(
+    client: SocketAddr,
+    local: Option<IpAddr>,
+    source: &Source,
+    size: u64,
+    t: packet::Transfer,
+    oack: &[(String, String)],
+) -> Result<(), String> {
+    let bind_ip =
+        local.unwrap_or(if client.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) });
     let sock = UdpSocket::bind((bind_ip, 0)).await.map_err(|e| e.to_string())?;
     sock.connect(client).await.map_err(|e| e.to_string())?;
     let mut retries = 0;

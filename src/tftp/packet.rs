@@ -173,7 +173,10 @@ mod tests {
     #[test]
     fn test_parse_rrq_with_options_and_refuse_garbage() {
         let p = parse(&rrq(&["pxeroot/x.ipxe", "octet", "BLKSIZE", "1468", "tsize", "0"])).unwrap();
-        assert_eq!(p, Packet::Read { file: "pxeroot/x.ipxe".into(), options: vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())] });
+        assert_eq!(
+            p,
+            Packet::Read { file: "pxeroot/x.ipxe".into(), options: vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())] }
+        );
         assert_eq!(parse(&[0, 4, 0, 7]).unwrap(), Packet::Ack(7));
         assert!(parse(&[0, 1]).is_err());
         assert!(parse(&rrq(&["file"])).is_err(), "no mode");
@@ -186,10 +189,24 @@ mod tests {
 
     #[test]
     fn test_negotiate_caps_and_tsize() {
-        let opts = vec![("blksize".into(), "65464".into()), ("tsize".into(), "0".into()), ("windowsize".into(), "500".into()), ("timeout".into(), "3".into()), ("foo".into(), "1".into())];
+        let opts = vec![
+            ("blksize".into(), "65464".into()),
+            ("tsize".into(), "0".into()),
+            ("windowsize".into(), "500".into()),
+            ("timeout".into(), "3".into()),
+            ("foo".into(), "1".into()),
+        ];
         let (t, ack) = negotiate(&opts, 12345, 1024, 64);
         assert_eq!(t, Transfer { blksize: 1024, windowsize: 64, timeout: Duration::from_secs(3) });
-        assert_eq!(ack, vec![("blksize".into(), "1024".into()), ("tsize".into(), "12345".into()), ("windowsize".into(), "64".into()), ("timeout".into(), "3".into())]);
+        assert_eq!(
+            ack,
+            vec![
+                ("blksize".into(), "1024".into()),
+                ("tsize".into(), "12345".into()),
+                ("windowsize".into(), "64".into()),
+                ("timeout".into(), "3".into())
+            ]
+        );
         let (t, ack) = negotiate(&[], 1, 1468, 64);
         assert_eq!((t.blksize, t.windowsize, ack.len()), (512, 1, 0));
         let (_, ack) = negotiate(&[("timeout".into(), "0".into()), ("blksize".into(), "4".into())], 1, 1468, 64);

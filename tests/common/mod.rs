@@ -21,10 +21,7 @@ use nbd_wire::{Command as Cmd, Request};
 /// Fail (never skip) when a peer tool is missing: CI installs them all.
 pub fn require(tool: &str) {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
-    assert!(
-        found.unwrap_or(false),
-        "{tool} is not installed: run the README's test command, which installs every peer tool"
-    );
+    assert!(found.unwrap_or(false), "{tool} is not installed: run the README's test command, which installs every peer tool");
 }
 
 pub fn bin() -> PathBuf {
@@ -256,9 +253,8 @@ impl Client {
     pub fn recv(&mut self, data_len: usize) -> std::io::Result<(u64, u32, Vec<u8>)> {
         let mut h = [0u8; 16];
         self.stream.read_exact(&mut h)?;
-        let (r, _) = SimpleReply::parse(&h)
-            .map_err(|e| std::io::Error::other(e.to_string()))?
-            .ok_or_else(|| std::io::Error::other("short"))?;
+        let (r, _) =
+            SimpleReply::parse(&h).map_err(|e| std::io::Error::other(e.to_string()))?.ok_or_else(|| std::io::Error::other("short"))?;
         let mut data = Vec::new();
         if r.error == 0 && data_len > 0 {
             data = vec![0u8; data_len];

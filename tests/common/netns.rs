@@ -84,7 +84,6 @@ pub fn lan_and_server(tag: &str) -> (Netns, Netns) {
     (lan, srv)
 }
 
-
 /// A client host on the LAN of `lan_and_server`: its own namespace, joined
 /// to the bridge by veth `vcli0`, without an address (as firmware starts).
 pub fn client_on(lan: &Netns, tag: &str) -> Netns {

@@ -48,10 +48,7 @@ impl OptionReplyHeader {
         if length > MAX_OPTION_DATA {
             return Err(WireError::MalformedReply { reason: "option reply longer than 64 KiB" });
         }
-        Ok(Some((
-            OptionReplyHeader { option: be::u32(buf, 8), reply_type: be::u32(buf, 12), length },
-            OPTION_REPLY_HEADER_LEN,
-        )))
+        Ok(Some((OptionReplyHeader { option: be::u32(buf, 8), reply_type: be::u32(buf, 12), length }, OPTION_REPLY_HEADER_LEN)))
     }
 
     pub fn is_error(&self) -> bool {

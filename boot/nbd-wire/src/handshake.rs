@@ -31,13 +31,7 @@ pub fn parse_client_flags(buf: &[u8]) -> Result<Option<(ClientFlags, usize)>, Wi
     if flags & !(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES) != 0 {
         return Err(WireError::UnknownClientFlags { flags });
     }
-    Ok(Some((
-        ClientFlags {
-            fixed_newstyle: flags & CLIENT_FLAG_FIXED_NEWSTYLE != 0,
-            no_zeroes: flags & CLIENT_FLAG_NO_ZEROES != 0,
-        },
-        4,
-    )))
+    Ok(Some((ClientFlags { fixed_newstyle: flags & CLIENT_FLAG_FIXED_NEWSTYLE != 0, no_zeroes: flags & CLIENT_FLAG_NO_ZEROES != 0 }, 4)))
 }
 
 /// The 16-byte header in front of every option.
@@ -115,11 +109,23 @@ pub enum ClientOption {
     Abort,
     List,
     StartTls,
-    Info { name: String, requests: Vec<InfoRequest> },
-    Go { name: String, requests: Vec<InfoRequest> },
+    Info {
+        name: String,
+        requests: Vec<InfoRequest>,
+    },
+    Go {
+        name: String,
+        requests: Vec<InfoRequest>,
+    },
     StructuredReply,
-    ListMetaContext { export: String, queries: Vec<String> },
-    SetMetaContext { export: String, queries: Vec<String> },
+    ListMetaContext {
+        export: String,
+        queries: Vec<String>,
+    },
+    SetMetaContext {
+        export: String,
+        queries: Vec<String>,
+    },
     /// An option number we do not implement: answer ERR_UNSUP and go on.
     Unknown(u32),
 }
@@ -154,8 +160,7 @@ impl<'a> Fields<'a> {
             return Err(WireError::MalformedOption { option: self.option, reason: "string longer than 4096 bytes" });
         }
         let bytes = self.take(len as usize, reason)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| WireError::MalformedOption { option: self.option, reason: "string is not UTF-8" })
+        String::from_utf8(bytes.to_vec()).map_err(|_| WireError::MalformedOption { option: self.option, reason: "string is not UTF-8" })
     }
     fn finish(&self) -> Result<(), WireError> {
         if self.at == self.data.len() {
@@ -256,8 +261,7 @@ impl ClientOption {
                     OPT_GO
                 }
             }
-            ClientOption::ListMetaContext { export, queries }
-            | ClientOption::SetMetaContext { export, queries } => {
+            ClientOption::ListMetaContext { export, queries } | ClientOption::SetMetaContext { export, queries } => {
                 data.extend_from_slice(&(export.len() as u32).to_be_bytes());
                 data.extend_from_slice(export.as_bytes());
                 data.extend_from_slice(&(queries.len() as u32).to_be_bytes());

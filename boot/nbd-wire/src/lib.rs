@@ -47,11 +47,9 @@ impl core::fmt::Display for WireError {
             WireError::UnknownClientFlags { flags } => {
                 write!(f, "client sent unknown handshake flags 0x{flags:x}")
             }
-            WireError::OptionTooLarge { option, length } => write!(
-                f,
-                "option {option} announces {length} bytes of data, more than the {} allowed",
-                limits::MAX_OPTION_DATA
-            ),
+            WireError::OptionTooLarge { option, length } => {
+                write!(f, "option {option} announces {length} bytes of data, more than the {} allowed", limits::MAX_OPTION_DATA)
+            }
             WireError::MalformedOption { option, reason } => {
                 write!(f, "malformed option {option}: {reason}")
             }

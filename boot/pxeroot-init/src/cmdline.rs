@@ -190,10 +190,12 @@ mod tests {
 
     #[test]
     fn test_parse_full_ipxe_style_cmdline() {
-        let s = parse("console=ttyS0 BOOT_IMAGE=vmlinuz pxeroot.server=10.0.0.1:10900 pxeroot.export=52:54:00:12:34:56 \
+        let s = parse(
+            "console=ttyS0 BOOT_IMAGE=vmlinuz pxeroot.server=10.0.0.1:10900 pxeroot.export=52:54:00:12:34:56 \
                        pxeroot.attach=netlink ip=10.0.0.2::10.0.0.254:255.255.255.0::eth0:off BOOTIF=01-52-54-00-12-34-56 \
-                       rootfstype=xfs rootflags=noatime ro init=/bin/sh pxeroot.timeout=5 pxeroot.debug")
-            .unwrap();
+                       rootfstype=xfs rootflags=noatime ro init=/bin/sh pxeroot.timeout=5 pxeroot.debug",
+        )
+        .unwrap();
         assert_eq!(s.server, "10.0.0.1:10900".parse().unwrap());
         assert_eq!(s.export.as_deref(), Some("52:54:00:12:34:56"));
         assert_eq!(s.attach, Attach::Netlink);

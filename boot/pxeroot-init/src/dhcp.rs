@@ -139,7 +139,12 @@ mod tests {
         m[0] = OP_BOOTREPLY;
         m[16..20].copy_from_slice(&[10, 0, 0, 7]);
         m.truncate(FIXED_LEN + 4);
-        for (c, d) in [(OPT_MESSAGE_TYPE, vec![kind]), (OPT_SUBNET_MASK, vec![255, 255, 0, 0]), (OPT_ROUTER, vec![10, 0, 0, 1]), (OPT_SERVER_ID, vec![10, 0, 0, 2])] {
+        for (c, d) in [
+            (OPT_MESSAGE_TYPE, vec![kind]),
+            (OPT_SUBNET_MASK, vec![255, 255, 0, 0]),
+            (OPT_ROUTER, vec![10, 0, 0, 1]),
+            (OPT_SERVER_ID, vec![10, 0, 0, 2]),
+        ] {
             m.push(c);
             m.push(d.len() as u8);
             m.extend_from_slice(&d);
@@ -163,7 +168,16 @@ mod tests {
     fn test_parse_offer_and_ignore_others() {
         let r = reply(OFFER, 9);
         let l = parse_reply(&r, 9, MAC).unwrap();
-        assert_eq!(l, Lease { message_type: OFFER, address: Ipv4Addr::new(10, 0, 0, 7), prefix: 16, router: Some(Ipv4Addr::new(10, 0, 0, 1)), server_id: Some(Ipv4Addr::new(10, 0, 0, 2)) });
+        assert_eq!(
+            l,
+            Lease {
+                message_type: OFFER,
+                address: Ipv4Addr::new(10, 0, 0, 7),
+                prefix: 16,
+                router: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                server_id: Some(Ipv4Addr::new(10, 0, 0, 2))
+            }
+        );
         assert!(parse_reply(&r, 10, MAC).is_none(), "other xid");
         assert!(parse_reply(&r, 9, [0; 6]).is_none(), "other client");
         assert!(parse_reply(&r[..100], 9, MAC).is_none(), "truncated");

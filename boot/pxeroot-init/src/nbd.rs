@@ -29,7 +29,10 @@ pub enum HandshakeError {
     Io(io::Error),
     Protocol(nbd_wire::WireError),
     /// The server refused the export; its message says why.
-    Refused { reply_type: u32, message: String },
+    Refused {
+        reply_type: u32,
+        message: String,
+    },
     NoExportInfo,
 }
 
@@ -90,10 +93,7 @@ pub fn connect(server: SocketAddrV4, export: &str) -> Result<(TcpStream, Export)
         let mut data = vec![0u8; hdr.length as usize];
         s.read_exact(&mut data)?;
         if hdr.is_error() {
-            return Err(HandshakeError::Refused {
-                reply_type: hdr.reply_type,
-                message: String::from_utf8_lossy(&data).into_owned(),
-            });
+            return Err(HandshakeError::Refused { reply_type: hdr.reply_type, message: String::from_utf8_lossy(&data).into_owned() });
         }
         if hdr.reply_type == REP_INFO {
             if let Some((size, flags)) = parse_info_export(&data)? {

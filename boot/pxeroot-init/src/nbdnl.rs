@@ -37,7 +37,8 @@ impl Genl {
     pub fn open() -> Result<Genl, String> {
         let fd = sys::netlink_socket().map_err(|e| format!("netlink socket: {e}"))?;
         let mut g = Genl { fd, family: netlink::GENL_ID_CTRL, group: 0, seq: 0 };
-        let reply = g.call(netlink::CTRL_CMD_GETFAMILY, 1, &[Attr::Str(netlink::CTRL_ATTR_FAMILY_NAME, netlink::NBD_FAMILY)])
+        let reply = g
+            .call(netlink::CTRL_CMD_GETFAMILY, 1, &[Attr::Str(netlink::CTRL_ATTR_FAMILY_NAME, netlink::NBD_FAMILY)])
             .map_err(|e| format!("looking up the nbd netlink family: {e} (is nbd.ko loaded?)"))?;
         let (id, group) = netlink::family_reply(&reply, netlink::NBD_MCAST_GROUP);
         g.family = id.ok_or("the nbd netlink family has no id")?;
@@ -74,30 +75,45 @@ impl Genl {
     }
 
     fn sockets(fd: i32) -> Attr<'static> {
-        Attr::Nested(netlink::NBD_ATTR_SOCKETS, vec![Attr::Nested(netlink::NBD_SOCK_ITEM, vec![Attr::U32(netlink::NBD_SOCK_FD, fd as u32)])])
+        Attr::Nested(
+            netlink::NBD_ATTR_SOCKETS,
+            vec![Attr::Nested(netlink::NBD_SOCK_ITEM, vec![Attr::U32(netlink::NBD_SOCK_FD, fd as u32)])],
+        )
     }
 
     /// CONNECT device `index` to `sock`.
-    pub fn connect(&mut self, index: u32, sock: &std::net::TcpStream, export: nbd::Export, timeout: u64, dead_timeout: u64) -> Result<(), String> {
-        self.call(netlink::NBD_CMD_CONNECT, netlink::NBD_GENL_VERSION, &[
-            Attr::U32(netlink::NBD_ATTR_INDEX, index),
-            Attr::U64(netlink::NBD_ATTR_SIZE_BYTES, export.size),
-            Attr::U64(netlink::NBD_ATTR_BLOCK_SIZE_BYTES, nbd::BLOCK_SIZE),
-            Attr::U64(netlink::NBD_ATTR_TIMEOUT, timeout),
-            Attr::U64(netlink::NBD_ATTR_DEAD_CONN_TIMEOUT, dead_timeout),
-            Attr::U64(netlink::NBD_ATTR_SERVER_FLAGS, export.flags as u64),
-            Self::sockets(sock.as_raw_fd()),
-        ])
+    pub fn connect(
+        &mut self,
+        index: u32,
+        sock: &std::net::TcpStream,
+        export: nbd::Export,
+        timeout: u64,
+        dead_timeout: u64,
+    ) -> Result<(), String> {
+        self.call(
+            netlink::NBD_CMD_CONNECT,
+            netlink::NBD_GENL_VERSION,
+            &[
+                Attr::U32(netlink::NBD_ATTR_INDEX, index),
+                Attr::U64(netlink::NBD_ATTR_SIZE_BYTES, export.size),
+                Attr::U64(netlink::NBD_ATTR_BLOCK_SIZE_BYTES, nbd::BLOCK_SIZE),
+                Attr::U64(netlink::NBD_ATTR_TIMEOUT, timeout),
+                Attr::U64(netlink::NBD_ATTR_DEAD_CONN_TIMEOUT, dead_timeout),
+                Attr::U64(netlink::NBD_ATTR_SERVER_FLAGS, export.flags as u64),
+                Self::sockets(sock.as_raw_fd()),
+            ],
+        )
         .map(|_| ())
         .map_err(|e| format!("NBD_CMD_CONNECT: {e}"))
     }
 
     /// RECONFIGURE device `index` with a new socket for its dead one.
     pub fn reconfigure(&mut self, index: u32, sock: &std::net::TcpStream) -> Result<(), String> {
-        self.call(netlink::NBD_CMD_RECONFIGURE, netlink::NBD_GENL_VERSION, &[
-            Attr::U32(netlink::NBD_ATTR_INDEX, index),
-            Self::sockets(sock.as_raw_fd()),
-        ])
+        self.call(
+            netlink::NBD_CMD_RECONFIGURE,
+            netlink::NBD_GENL_VERSION,
+            &[Attr::U32(netlink::NBD_ATTR_INDEX, index), Self::sockets(sock.as_raw_fd())],
+        )
         .map(|_| ())
         .map_err(|e| format!("NBD_CMD_RECONFIGURE: {e}"))
     }

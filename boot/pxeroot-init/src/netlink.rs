@@ -94,9 +94,17 @@ pub fn request(family: u16, cmd: u8, version: u8, seq: u32, attrs: &[Attr]) -> V
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
     /// An ACK (error 0) or an error (negative errno) for request `seq`.
-    Ack { seq: u32, errno: i32 },
+    Ack {
+        seq: u32,
+        errno: i32,
+    },
     /// A generic netlink message: its command and attribute bytes.
-    Genl { family: u16, seq: u32, cmd: u8, attrs: &'a [u8] },
+    Genl {
+        family: u16,
+        seq: u32,
+        cmd: u8,
+        attrs: &'a [u8],
+    },
     Done,
 }
 
@@ -124,9 +132,7 @@ pub fn messages(buf: &[u8]) -> Vec<Message<'_>> {
                 }
             }
             NLMSG_DONE => out.push(Message::Done),
-            family if body.len() >= GENL_HDRLEN => {
-                out.push(Message::Genl { family, seq, cmd: body[0], attrs: &body[GENL_HDRLEN..] })
-            }
+            family if body.len() >= GENL_HDRLEN => out.push(Message::Genl { family, seq, cmd: body[0], attrs: &body[GENL_HDRLEN..] }),
             _ => {}
         }
         at += (len + 3) & !3;
@@ -183,11 +189,17 @@ mod tests {
 
     #[test]
     fn test_request_layout_and_nested_sockets() {
-        let m = request(0x1c, NBD_CMD_CONNECT, 1, 7, &[
-            Attr::U32(NBD_ATTR_INDEX, 0),
-            Attr::U64(NBD_ATTR_SIZE_BYTES, 1 << 30),
-            Attr::Nested(NBD_ATTR_SOCKETS, vec![Attr::Nested(NBD_SOCK_ITEM, vec![Attr::U32(NBD_SOCK_FD, 5)])]),
-        ]);
+        let m = request(
+            0x1c,
+            NBD_CMD_CONNECT,
+            1,
+            7,
+            &[
+                Attr::U32(NBD_ATTR_INDEX, 0),
+                Attr::U64(NBD_ATTR_SIZE_BYTES, 1 << 30),
+                Attr::Nested(NBD_ATTR_SOCKETS, vec![Attr::Nested(NBD_SOCK_ITEM, vec![Attr::U32(NBD_SOCK_FD, 5)])]),
+            ],
+        );
         assert_eq!(ne32(&m, 0).unwrap() as usize, m.len());
         assert_eq!(m.len() % 4, 0);
         assert_eq!(m[16], NBD_CMD_CONNECT);
@@ -205,10 +217,13 @@ mod tests {
         let mut block = Vec::new();
         put_attr(&mut block, &Attr::U32(CTRL_ATTR_FAMILY_ID, 0x22)); // u16 in a 4-byte slot, low bytes first
         put_attr(&mut block, &Attr::Str(CTRL_ATTR_FAMILY_NAME, "nbd"));
-        put_attr(&mut block, &Attr::Nested(CTRL_ATTR_MCAST_GROUPS, vec![Attr::Nested(1, vec![
-            Attr::Str(CTRL_ATTR_MCAST_GRP_NAME, NBD_MCAST_GROUP),
-            Attr::U32(CTRL_ATTR_MCAST_GRP_ID, 9),
-        ])]));
+        put_attr(
+            &mut block,
+            &Attr::Nested(
+                CTRL_ATTR_MCAST_GROUPS,
+                vec![Attr::Nested(1, vec![Attr::Str(CTRL_ATTR_MCAST_GRP_NAME, NBD_MCAST_GROUP), Attr::U32(CTRL_ATTR_MCAST_GRP_ID, 9)])],
+            ),
+        );
         let (id, group) = family_reply(&block, NBD_MCAST_GROUP);
         assert_eq!(id, Some(0x22));
         assert_eq!(group, Some(9));

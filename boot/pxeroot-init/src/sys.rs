@@ -229,7 +229,13 @@ pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: l
     // SAFETY: the option value is one int on this stack frame and its size
     // is passed alongside.
     check(unsafe {
-        libc::setsockopt(fd, level, name, &value as *const libc::c_int as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     })?;
     Ok(())
 }
@@ -252,7 +258,11 @@ pub fn netlink_socket() -> io::Result<std::os::fd::OwnedFd> {
     let addr = sockaddr_nl();
     // SAFETY: bind reads a sockaddr_nl of the given size from `addr`.
     check(unsafe {
-        libc::bind(fd, &addr as *const libc::sockaddr_nl as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t)
+        libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
     })?;
     Ok(owned)
 }
@@ -262,8 +272,14 @@ pub fn netlink_send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
     // SAFETY: `msg` is a live slice of the given length; `addr` is a valid
     // sockaddr_nl for the whole call.
     let n = unsafe {
-        libc::sendto(fd, msg.as_ptr().cast(), msg.len(), 0, &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t)
+        libc::sendto(
+            fd,
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
     };
     if n < 0 {
         return Err(io::Error::last_os_error());
