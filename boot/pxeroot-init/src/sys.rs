@@ -26,8 +26,7 @@ pub const MS_MOVE: u64 = libc::MS_MOVE;
 
 pub fn mount(source: &str, target: &str, fstype: &str, flags: u64, data: &str) -> io::Result<()> {
     let (s, t, f, d) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
-    // SAFETY: all four pointers come from live CStrings, NUL-terminated,
-    // that outlive the call; the kernel copies them.
+    // SAFETY: all four pointers come from live CStrings, NUL-terminated, that outlive the call; the kernel copies them.
     check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags as libc::c_ulong, d.as_ptr().cast()) })?;
     Ok(())
 }
@@ -48,8 +47,7 @@ pub const S_IFBLK: u32 = libc::S_IFBLK;
 /// built in) counts as success.
 pub fn finit_module(file: &std::fs::File) -> io::Result<()> {
     let params = cstr("")?;
-    // SAFETY: finit_module(fd, const char *params, int flags): the fd is
-    // open for the call's duration and `params` is a valid empty C string.
+    // SAFETY: finit_module(fd, const char *params, int flags): the fd is open for the call's duration and `params` is a valid empty C string.
     let r = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     if r < 0 {
         let e = io::Error::last_os_error();
@@ -63,16 +61,14 @@ pub fn finit_module(file: &std::fs::File) -> io::Result<()> {
 
 /// An ioctl whose argument is an integer (or nothing).
 pub fn ioctl_arg(fd: RawFd, request: libc::c_ulong, arg: libc::c_ulong) -> io::Result<libc::c_int> {
-    // SAFETY: the NBD and block ioctls called through here take their
-    // argument by value, not as a pointer, so no memory is shared.
+    // SAFETY: the NBD and block ioctls called through here take their argument by value, not as a pointer, so no memory is shared.
     check(unsafe { libc::ioctl(fd, request as _, arg) })
 }
 
 /// BLKROSET takes a pointer to an int.
 pub fn set_block_read_only(fd: RawFd, ro: bool) -> io::Result<()> {
     let v: libc::c_int = ro as libc::c_int;
-    // SAFETY: BLKROSET reads one int from the pointer, which points at `v`
-    // on this stack frame for the whole call.
+    // SAFETY: BLKROSET reads one int from the pointer, which points at `v` on this stack frame for the whole call.
     check(unsafe { libc::ioctl(fd, 0x125D, &v as *const libc::c_int) })?;
     Ok(())
 }
@@ -92,8 +88,7 @@ pub enum Forked {
 /// fork(2). pxeroot-init is single-threaded when it forks (no runtime, no
 /// helper threads), so the child may run arbitrary code afterwards.
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the process has one thread at this point (pxeroot-init never
-    // starts threads), so no lock can be held by a thread that vanishes.
+    // SAFETY: the process has one thread at this point (pxeroot-init never starts threads), so no lock can be held by a thread that vanishes.
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => Err(io::Error::last_os_error()),
@@ -106,8 +101,7 @@ pub fn fork() -> io::Result<Forked> {
 /// (a signal would tear down NBD_DO_IT), never swap, never OOM-kill, and
 /// mark it an I/O flusher so memory reclaim does not deadlock on it.
 pub fn harden_root_keeper() -> io::Result<()> {
-    // SAFETY: sigfillset initialises the set on this stack frame, and
-    // sigprocmask reads it; the old mask is not requested (null).
+    // SAFETY: sigfillset initialises the set on this stack frame, and sigprocmask reads it; the old mask is not requested (null).
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
@@ -142,8 +136,7 @@ fn ifreq_with_name(name: &str) -> io::Result<libc::ifreq> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
     }
-    // SAFETY: ifreq is plain data (a name array and a union of plain data);
-    // all-zero bytes are a valid value.
+    // SAFETY: ifreq is plain data (a name array and a union of plain data); all-zero bytes are a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
@@ -158,23 +151,19 @@ fn sockaddr_in(ip: Ipv4Addr) -> libc::sockaddr {
         sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
         sin_zero: [0; 8],
     };
-    // SAFETY: sockaddr_in and sockaddr are both 16 bytes, and the kernel
-    // reads a sockaddr_in from this storage when sa_family is AF_INET.
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes, and the kernel reads a sockaddr_in from this storage when sa_family is AF_INET.
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
 fn control_socket() -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: socket() has no pointer arguments; the returned fd is owned
-    // by the OwnedFd from here on.
+    // SAFETY: socket() has no pointer arguments; the returned fd is owned by the OwnedFd from here on.
     let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn ifreq_ioctl(sock: RawFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request passed here (SIOCGIFFLAGS, SIOCSIFFLAGS,
-    // SIOCSIFADDR, SIOCSIFNETMASK) reads or writes one struct ifreq, and
-    // `req` points at a live, initialised one.
+    // SAFETY: every request passed here (SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFADDR, SIOCSIFNETMASK) reads or writes one struct ifreq, and `req` points at a live, initialised one.
     check(unsafe { libc::ioctl(sock, request as _, req as *mut libc::ifreq) })?;
     Ok(())
 }
@@ -210,8 +199,7 @@ pub fn add_default_route(gateway: Ipv4Addr) -> io::Result<()> {
     rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
     rt.rt_gateway = sockaddr_in(gateway);
     rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
-    // SAFETY: SIOCADDRT reads one struct rtentry from the pointer, which
-    // points at `rt` (rt_dev is null: the kernel picks the interface).
+    // SAFETY: SIOCADDRT reads one struct rtentry from the pointer, which points at `rt` (rt_dev is null: the kernel picks the interface).
     match check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &mut rt as *mut libc::rtentry) }) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         r => r.map(|_| ()),
@@ -226,8 +214,7 @@ pub fn same_device(path: &Path, dev: u64) -> bool {
 }
 
 pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the option value is one int on this stack frame and its size
-    // is passed alongside.
+    // SAFETY: the option value is one int on this stack frame and its size is passed alongside.
     check(unsafe {
         libc::setsockopt(
             fd,
@@ -269,8 +256,7 @@ pub fn netlink_socket() -> io::Result<std::os::fd::OwnedFd> {
 
 pub fn netlink_send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
     let addr = sockaddr_nl();
-    // SAFETY: `msg` is a live slice of the given length; `addr` is a valid
-    // sockaddr_nl for the whole call.
+    // SAFETY: `msg` is a live slice of the given length; `addr` is a valid sockaddr_nl for the whole call.
     let n = unsafe {
         libc::sendto(
             fd,
@@ -306,8 +292,7 @@ pub fn netlink_join(fd: RawFd, group: u32) -> io::Result<()> {
 /// SO_BINDTODEVICE: send and receive only through interface `name`.
 pub fn bind_to_device(fd: RawFd, name: &str) -> io::Result<()> {
     let n = cstr(name)?;
-    // SAFETY: the option value is the NUL-terminated name in `n`, with its
-    // length (including the NUL) passed alongside.
+    // SAFETY: the option value is the NUL-terminated name in `n`, with its length (including the NUL) passed alongside.
     check(unsafe {
         libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, n.as_ptr().cast(), n.as_bytes_with_nul().len() as libc::socklen_t)
     })?;
