@@ -356,15 +356,43 @@ fn test_boot_without_ip_uses_dhcp() {
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
 }
 
+/// The boot directory of the PXE tests: the guest kernel and a fresh initramfs.
+fn boot_dir(dir: &Path) -> PathBuf {
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
+    std::fs::copy(initramfs(dir), boot.join("initrd.zst")).unwrap();
+    boot
+}
+
+/// Start pxeroot in `srv` as the only DHCP server of the test LAN (full
+/// mode, router advertisements on) serving `img`; `clients` is the TOML of
+/// the client tables. Returns the process and its log's path.
+fn start_full_mode(dir: &Path, srv: &Netns, img: &Path, clients: &str) -> (Proc, PathBuf) {
+    let cfg = dir.join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\n\
+             pool_end = \"10.99.0.110\"\nnetmask = \"255.255.255.0\"\n[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.zst\"\n\
+             cmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n{clients}",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.join("pxeroot.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let p = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    (p, log_path)
+}
+
 #[test]
 fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     require("dnsmasq");
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
-    let boot = d.path().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
-    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    boot_dir(d.path());
     let (lan, srv) = lan_and_server("pxe");
     let cfg = d.path().join("pxeroot.toml");
     std::fs::write(
@@ -437,44 +465,10 @@ image = "root"
 fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
-    let boot = d.path().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
-    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    boot_dir(d.path());
     let (lan, srv) = lan_and_server("full");
-    let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"state_dir = "state"
-[nbd]
-listen = ["{SERVER_IP}:10809"]
-[pxe]
-server_address = "{SERVER_IP}"
-boot_dir = "boot"
-[dhcp]
-mode = "full"
-interface = "vsrv0"
-ipv6_router_advertisements = true
-pool_start = "10.99.0.100"
-pool_end = "10.99.0.110"
-netmask = "255.255.255.0"
-[images.root]
-path = "{}"
-kernel = "vmlinuz"
-initrd = "initrd.zst"
-cmdline = "console=ttyS0 panic=-1 loglevel=4"
-[clients."{MAC}"]
-image = "root"
-address = "10.99.0.42"
-"#,
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log_path = d.path().join("pxeroot.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (_server, log_path) =
+        start_full_mode(d.path(), &srv, &img, &format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\n"));
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -491,25 +485,9 @@ address = "10.99.0.42"
 fn boot_twice(tag: &str, policy: &str) -> (String, String) {
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
-    let boot = d.path().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
-    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    boot_dir(d.path());
     let (lan, srv) = lan_and_server(tag);
-    let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
-             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
-             [images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
-             [clients.\"{MAC}\"]\nimage = \"root\"\npolicy = \"{policy}\"\n",
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
-    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).stderr(log).spawn().unwrap());
+    let (_server, _) = start_full_mode(d.path(), &srv, &img, &format!("[clients.\"{MAC}\"]\nimage = \"root\"\npolicy = \"{policy}\"\n"));
     let mut consoles = Vec::new();
     for nic in ["virtio-net-pci", "e1000"] {
         let (lines, exited) = run_qemu_nic(&lan, &["-boot".into(), "order=n".into()], nic, |l| l.contains("FATAL"));
@@ -542,28 +520,11 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
     }
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
-    let boot = d.path().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
-    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    let boot = boot_dir(d.path());
     std::fs::copy(ipxe_efi, boot.join("ipxe.efi")).unwrap();
     let my_vars = d.path().join("vars.fd");
     let (lan, srv) = lan_and_server("uefi");
-    let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
-             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
-             [images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
-             [clients.\"{MAC}\"]\nimage = \"root\"\n",
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log_path = d.path().join("pxeroot.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (_server, log_path) = start_full_mode(d.path(), &srv, &img, &format!("[clients.\"{MAC}\"]\nimage = \"root\"\n"));
     // q35 + OVMF; `romfile=` (empty) so OVMF's own UEFI PXE runs, not the
     // NIC's iPXE ROM (boot-chain.md).
     let args: Vec<String> = [
@@ -616,10 +577,7 @@ fn test_three_clients_at_once_each_sees_only_its_own_writes() {
     let d = tempfile::tempdir().unwrap();
     let img = root_image_with(d.path(), WHO_INIT);
     let before = sha256(&img);
-    let boot = d.path().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    std::fs::copy(kernel_dir().join("vmlinuz"), boot.join("vmlinuz")).unwrap();
-    std::fs::copy(initramfs(d.path()), boot.join("initrd.zst")).unwrap();
+    boot_dir(d.path());
     let (lan, srv) = lan_and_server("three");
     let macs = ["52:54:00:b0:03:01", "52:54:00:b0:03:02", "52:54:00:b0:03:03"];
     for tap in ["tap1", "tap2"] {
@@ -627,20 +585,8 @@ fn test_three_clients_at_once_each_sees_only_its_own_writes() {
         lan.exec(&["ip", "link", "set", tap, "master", "br0"]);
         lan.exec(&["ip", "link", "set", tap, "up"]);
     }
-    let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
-             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
-             [images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
-             [unknown_clients]\naction = \"boot\"\nimage = \"root\"\npolicy = \"persistent\"\n",
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
-    let server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).stderr(log).spawn().unwrap());
+    let (server, _) =
+        start_full_mode(d.path(), &srv, &img, "[unknown_clients]\naction = \"boot\"\nimage = \"root\"\npolicy = \"persistent\"\n");
     let t = Instant::now();
     std::thread::scope(|scope| {
         let handles: Vec<_> = macs
