@@ -236,6 +236,7 @@ fn test_fio_nbd_engine_verifies_its_writes() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--randrepeat=0",
     ]));
     assert!(!out.contains("verify: bad"), "{out}");
