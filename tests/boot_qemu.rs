@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::netns::{lan_and_server, Netns, Proc, SERVER_IP};
+use common::netns::{lan_and_server, site_dnsmasq, Netns, Proc, SERVER_IP};
 use common::*;
 
 const MAC: &str = "52:54:00:b0:07:01";
@@ -424,17 +424,7 @@ image = "root"
     let log_path = d.path().join("pxeroot.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
-    // The site's DHCP server: addresses only, no boot information.
-    let _dnsmasq = Proc(
-        lan.command(Path::new("dnsmasq"))
-            .args(["--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
-            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
-            .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
-            .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _dnsmasq = site_dnsmasq(&lan, d.path());
     let t = Instant::now();
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");

@@ -7,10 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::netns::{client_on, lan_and_server, Netns, Proc, SERVER_IP};
+use common::netns::{client_on, lan_and_server, site_dnsmasq, Netns, Proc, SERVER_IP};
 use common::*;
 
 /// DHCP payloads sent to port 67 in a pcap file.
@@ -124,16 +123,7 @@ fn test_proxy_beside_dnsmasq_offers_the_right_file_per_firmware() {
     let cli = client_on(&lan, "dhcpc");
     let cfg = config(d.path(), "mode = \"proxy\"");
     let _pxeroot = start(&srv, &cfg);
-    let _dnsmasq = Proc(
-        lan.command(Path::new("dnsmasq"))
-            .args(["--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
-            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
-            .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
-            .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _dnsmasq = site_dnsmasq(&lan, d.path());
     std::thread::sleep(Duration::from_millis(300));
     let ipxe = fixture_discovers("bios-ipxe-rom.pcap").remove(0);
     let bios = strip_option(&strip_option(&ipxe, 77), 175);

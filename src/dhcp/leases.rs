@@ -51,13 +51,16 @@ pub struct LeaseTable {
     lease_secs: u64,
     reservations: BTreeMap<Mac, Ipv4Addr>,
     leases: BTreeMap<Ipv4Addr, Lease>,
+    /// Counts changes worth saving (bound, declined, released); offers are
+    /// seconds long and not saved.
+    generation: u64,
 }
 
 impl LeaseTable {
     pub fn new(first: Ipv4Addr, last: Ipv4Addr, lease_secs: u64, reservations: BTreeMap<Mac, Ipv4Addr>) -> LeaseTable {
         let (a, b) = (u32::from(first), u32::from(last));
         let last = b.min(a.saturating_add(MAX_POOL - 1));
-        LeaseTable { first: a, last, lease_secs, reservations, leases: BTreeMap::new() }
+        LeaseTable { first: a, last, lease_secs, reservations, leases: BTreeMap::new(), generation: 0 }
     }
 
     fn live(&self, ip: Ipv4Addr, now: u64) -> Option<&Lease> {
@@ -66,6 +69,12 @@ impl LeaseTable {
 
     fn reserved_for_other(&self, ip: Ipv4Addr, mac: Mac) -> bool {
         self.reservations.iter().any(|(m, a)| *a == ip && *m != mac)
+    }
+
+    /// Changes since creation that `save` would record: compare before and
+    /// after a packet to know whether to write the table.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn lease_secs(&self) -> u64 {
@@ -141,6 +150,7 @@ impl LeaseTable {
         self.leases.retain(|a, l| *a == ip || l.mac != Some(mac) || l.state == State::Declined);
         let expires = now + self.lease_secs;
         self.leases.insert(ip, Lease { mac: Some(mac), expires, state: State::Bound });
+        self.generation += 1;
         Ok(self.lease_secs)
     }
 
@@ -148,6 +158,7 @@ impl LeaseTable {
     pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr, now: u64) {
         if matches!(self.leases.get(&ip), Some(l) if l.mac == Some(mac)) {
             self.leases.insert(ip, Lease { mac: None, expires: now + DECLINE_HOLD_SECS, state: State::Declined });
+            self.generation += 1;
         }
     }
 
@@ -155,6 +166,7 @@ impl LeaseTable {
     pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) {
         if matches!(self.leases.get(&ip), Some(l) if l.mac == Some(mac)) {
             self.leases.remove(&ip);
+            self.generation += 1;
         }
     }
 

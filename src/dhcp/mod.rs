@@ -188,11 +188,10 @@ async fn listen(
                 (Some(table), Mode::Full { network, leases_file, .. }) => {
                     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                     let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-                    let before = t.save();
+                    let before = t.generation();
                     let r = decide::decide_full(&req, &ctx, network, &mut t, now);
-                    let after = t.save();
-                    if after != before {
-                        save_leases(leases_file, &after);
+                    if t.generation() != before {
+                        save_leases(leases_file, &t.save());
                     }
                     match r {
                         Ok(Some(x)) => Ok(x),

@@ -95,3 +95,18 @@ pub fn client_on(lan: &Netns, tag: &str) -> Netns {
     cli.exec(&["ip", "link", "set", "vcli0", "up"]);
     cli
 }
+
+/// The site's DHCP server on the LAN bridge of `lan_and_server`: dnsmasq,
+/// addresses only (10.99.0.50-99), no boot information; its files in `dir`.
+pub fn site_dnsmasq(lan: &Netns, dir: &Path) -> Proc {
+    Proc(
+        lan.command(Path::new("dnsmasq"))
+            .args(["--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
+            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
+            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq"),
+    )
+}
