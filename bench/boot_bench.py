@@ -1,20 +1,47 @@
 #!/usr/bin/env python3
-"""Boot benchmark, pxeroot's side: PXE boots of diskless QEMU clients (TCG),
-1, 2 and 3 at once, timed per stage from the serial console, with the
-server's CPU time per boot. The reference stack (dnsmasq + nbdkit + a
-busybox/nbd-client initramfs) is not in this harness yet.
+"""Boot benchmark: diskless QEMU clients (TCG, SeaBIOS + QEMU's iPXE ROM,
+virtio-net) PXE-boot from pxeroot and from a reference stack built from the
+tools people use today, interleaved in one run, 1, 2 and 3 clients at once.
 
-Stages (seconds from QEMU start, host clock): iPXE ready ("Press Ctrl-B for
-the iPXE command line"), network configured (iPXE "Configuring ... ok"),
-kernel + initrd loaded (last "... ok" of the HTTP fetches), /init started
-(pxeroot-init's first line), root mounted ("switching root"), root's marker.
+Stacks (--stacks, comma-separated; default "pxeroot,reference"):
+  pxeroot       pxeroot in proxy mode beside the site's DHCP server; boot
+                files over HTTP, its static pxeroot-init in the initramfs.
+  reference     dnsmasq as proxy DHCP + TFTP beside the same site DHCP server,
+                qemu-storage-daemon exporting one qcow2 overlay per client
+                over the shared raw base (made before the boot: the reference
+                cannot make overlays on demand), and an initramfs of
+                busybox-static + Debian's nbd-client with its shared libraries,
+                whose /init (a busybox sh script) insmods 15 modules, runs
+                udhcpc, nbd-client, mount and switch_root.
+  pxeroot-full  pxeroot as the only DHCP server (full mode) with its IPv6
+                router advertisement, no site DHCP server.
+The "site" is a dnsmasq on the LAN bridge handing out addresses (no-ping)
+and answering router solicitations (ra-only), so no stack pays iPXE's IPv6
+wait. Both stacks boot the same kernel and the same raw root image, whose
+/sbin/init prints a marker, writes a file and powers off.
+
+Stages (host clock, from the serial console as bytes arrive):
+  dhcp      end of iPXE's Ctrl-B wait -> "Configuring (net0 ...) ok"
+  files     -> the initrd's "... ok" (script, kernel, initrd)
+  kernel    -> /init's first line (XZ decompression, kernel start and the
+            initramfs unpack: only the unpack differs between stacks)
+  modules   -> /init loaded its modules
+  network   -> /init configured the boot interface
+  nbd       -> /dev/nbd0 attached
+  mount     -> the root's init printed its marker (mount, switch_root, exec)
+"owned" is the sum of the stages the boot server and initramfs own
+(dhcp + files + modules + network + nbd + mount); "total" is QEMU start to the
+root's marker. Server CPU is the boot server's processes (pxeroot; dnsmasq +
+qemu-storage-daemon), not the site's DHCP server.
 
 Usage (as root, after tests/run-all or ./demo fetched the guest kernel and
-built the static init): bench/boot_bench.py [--rounds N] [--clients 1,2,3]
+built the static init; downloads Debian's nbd-client once with apt-get):
+  cargo build --release && bench/boot_bench.py [--rounds N] [--clients 1,2,3]
 """
 
 import argparse
 import atexit
+import glob
 import os
 import re
 import shutil
@@ -28,16 +55,40 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PXEROOT = os.path.join(ROOT, "target", "release", "pxeroot")
 KERNEL = os.path.join(ROOT, "target", "guest-kernel")
-TAG = f"pxboot{os.getpid()}"
+REF_CACHE = os.path.join(ROOT, "target", "bench-reference")
+TAG = f"pxb{os.getpid()}"
 LAN, SRV = f"{TAG}l", f"{TAG}s"
-STAGES = [
-    ("ipxe_ready", "Press Ctrl-B for the iPXE command line"),
-    ("net_configured", "Configuring (net0"),
-    ("kernel_initrd_loaded", "initrd.zst... ok"),
-    ("init_started", "pxeroot-init ["),
-    ("root_mounted", "switching root"),
-    ("root_marker", "PXEROOT-MARKER root init running"),
+SERVER_IP = "10.99.0.1"
+BOOT_TIMEOUT_S = 150
+KEEP_CONSOLES = False
+# The reference /init's modules, in dependency order (the reference stack has
+# no modules.dep): virtio-net and e1000 NICs, nbd, ext4 with metadata_csum.
+REF_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "failover",
+               "net_failover", "virtio_net", "e1000", "nbd", "crc16", "mbcache", "crc32c_generic", "jbd2", "ext4"]
+# Console landmarks: (name, pattern) in boot order; a stack's own /init
+# patterns override the common ones.
+COMMON = [
+    ("ipxe_ready", r"Press Ctrl-B for the iPXE command line[^\n]*\n"),
+    ("dhcp_done", r"Configuring \(net0[^\n]*ok"),
+    ("files_loaded", r"initrd\S*\.\.\. o"),  # the "k" is sometimes lost when Linux resets the UART
+    ("init_started", None),
+    ("modules_loaded", r"modules loaded"),
+    ("network_up", None),
+    ("nbd_attached", None),
+    ("root_marker", r"PXEROOT-MARKER root init running"),
 ]
+INIT_PATTERNS = {
+    "pxeroot": {"init_started": r"pxeroot-init \[", "network_up": r"configure \S+: ok",
+                "nbd_attached": r"attach /dev/nbd0 \(\w+\): ok"},
+    "reference": {"init_started": r"ref-init: start", "network_up": r"ref-init: network up",
+                  "nbd_attached": r"ref-init: nbd attached"},
+}
+INIT_PATTERNS["pxeroot-full"] = INIT_PATTERNS["pxeroot"]
+STAGES = [("dhcp", "ipxe_ready", "dhcp_done"), ("files", "dhcp_done", "files_loaded"),
+          ("kernel", "files_loaded", "init_started"), ("modules", "init_started", "modules_loaded"),
+          ("network", "modules_loaded", "network_up"), ("nbd", "network_up", "nbd_attached"),
+          ("mount", "nbd_attached", "root_marker")]
+OWNED = ["dhcp", "files", "modules", "network", "nbd", "mount"]
 
 
 def sh(*cmd, ns=None):
@@ -45,33 +96,260 @@ def sh(*cmd, ns=None):
 
 
 def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def boot_one(mac, tap, out):
+def spawn(ns, cmd, log):
+    """A server in namespace `ns`; `ip netns exec` execs it, so the pid is the server's."""
+    return subprocess.Popen(["ip", "netns", "exec", ns] + cmd, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+def stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    procs.clear()
+
+
+def wait_listening(ns, port, proto="u", timeout=10.0):
+    """Wait until something in `ns` listens on `port` (ss -l), so no boot starts before its server."""
+    end = time.time() + timeout
+    while time.time() < end:
+        out = subprocess.run(["ip", "netns", "exec", ns, "ss", f"-ln{proto}", f"sport = :{port}"], capture_output=True,
+                             text=True).stdout
+        if f":{port}" in out:
+            return
+        time.sleep(0.05)
+    sys.exit(f"nothing listens on {proto}dp port {port} in {ns} after {timeout} s")
+
+
+def boot_one(stack, mac, tap, out, logdir):
+    patterns = [(name, re.compile(pat or INIT_PATTERNS[stack][name])) for name, pat in COMMON]
     t0 = time.time()
-    p = subprocess.Popen(["timeout", "120", "ip", "netns", "exec", LAN, "qemu-system-x86_64", "-accel", "tcg",
-                          "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none",
+    p = subprocess.Popen(["timeout", str(BOOT_TIMEOUT_S), "ip", "netns", "exec", LAN, "qemu-system-x86_64", "-accel",
+                          "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none",
                           "-display", "none", "-no-reboot", "-serial", "stdio", "-boot", "order=n",
                           "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
                           "-device", f"virtio-net-pci,netdev=n0,mac={mac}"],
-                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-                         errors="replace")
-    times = {}
-    for line in p.stdout:
-        for name, needle in STAGES:
-            if name not in times and needle in line:
-                times[name] = time.time() - t0
+                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    times, line, console = {}, "", []
+    fd = p.stdout.fileno()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        now = time.time() - t0
+        text = chunk.decode("latin-1").replace("\r", "")
+        console.append(text)
+        line += text
+        for name, rx in patterns:
+            if name not in times and rx.search(line):
+                times[name] = now
+        line = line[line.rfind("\n") + 1:]
     p.wait()
     times["power_off"] = time.time() - t0
+    failed = "root_marker" not in times
+    if failed or KEEP_CONSOLES:
+        path = os.path.join(logdir, f"{'failed' if failed else 'console'}-{stack}-{mac.replace(':', '')}.log")
+        with open(path, "w") as f:
+            f.write("".join(console))
+    if failed:
+        print(f"  {stack} {mac}: no root marker (QEMU exit {p.returncode}); console in {path}", file=sys.stderr)
     out[mac] = times
+
+
+class Lab:
+    """Namespaces: LAN (bridge, taps, the site's DHCP server) and SRV (the boot server, joined by veth)."""
+
+    def __init__(self, work, taps):
+        self.work = work
+        for ns in (LAN, SRV):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+            # No duplicate address detection: addresses (and the router
+            # advertisements sent from them) are usable at once.
+            sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", ns=ns)
+        sh("ip", "link", "add", "br0", "type", "bridge", ns=LAN)
+        sh("ip", "addr", "add", "10.99.0.254/24", "dev", "br0", ns=LAN)
+        sh("ip", "-6", "addr", "add", "fd99::fe/64", "dev", "br0", ns=LAN)
+        sh("ip", "link", "set", "br0", "up", ns=LAN)
+        for i in range(taps):
+            sh("ip", "tuntap", "add", "dev", f"tap{i}", "mode", "tap", ns=LAN)
+            sh("ip", "link", "set", f"tap{i}", "master", "br0", ns=LAN)
+            sh("ip", "link", "set", f"tap{i}", "up", ns=LAN)
+        sh("ip", "link", "add", "vlan0", "type", "veth", "peer", "name", "vsrv0", "netns", SRV, ns=LAN)
+        sh("ip", "link", "set", "vlan0", "master", "br0", ns=LAN)
+        sh("ip", "link", "set", "vlan0", "up", ns=LAN)
+        sh("ip", "addr", "add", f"{SERVER_IP}/24", "dev", "vsrv0", ns=SRV)
+        sh("ip", "link", "set", "vsrv0", "up", ns=SRV)
+
+    def site_dhcp(self, log):
+        d = os.path.join(self.work, "site")
+        os.makedirs(d, exist_ok=True)
+        p = spawn(LAN, ["dnsmasq", "--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping",
+                        "--dhcp-authoritative", "--dhcp-range=10.99.0.20,10.99.0.250,255.255.255.0,1h",
+                        "--enable-ra", "--dhcp-range=fd99::,ra-only,64", f"--dhcp-leasefile={d}/leases",
+                        f"--pid-file={d}/pid"], log)
+        wait_listening(LAN, 67)
+        return p
+
+
+class Pxeroot:
+    def __init__(self, work, full):
+        self.work, self.full = work, full
+        self.boot = os.path.join(work, "boot")
+
+    def initramfs(self):
+        return os.path.join(self.boot, "initrd.zst")
+
+    def start(self, lab, log, macs):
+        state = tempfile.mkdtemp(dir=self.work, prefix="state-")
+        conf = os.path.join(state, "pxeroot.toml")
+        dhcp = ('mode = "full"\npool_start = "10.99.0.100"\npool_end = "10.99.0.199"\nipv6_router_advertisements = true\n'
+                if self.full else 'mode = "proxy"\n')
+        with open(conf, "w") as f:
+            f.write(f'state_dir = "{state}"\n[nbd]\nlisten = ["{SERVER_IP}:10809"]\n[pxe]\n'
+                    f'server_address = "{SERVER_IP}"\nboot_dir = "{self.boot}"\n[dhcp]\ninterface = "vsrv0"\n{dhcp}'
+                    f'[images.root]\npath = "{self.work}/root.img"\nkernel = "vmlinuz"\ninitrd = "initrd.zst"\n'
+                    'cmdline = "console=ttyS0 panic=-1 quiet"\n'
+                    '[unknown_clients]\naction = "boot"\nimage = "root"\npolicy = "ephemeral"\n')
+        procs = [spawn(SRV, [PXEROOT, "--log", "warn", "serve", "--config", conf], log)]
+        if not self.full:
+            procs.insert(0, lab.site_dhcp(log))
+        wait_listening(SRV, 4011)
+        wait_listening(SRV, 10809, "t")
+        # The site's dnsmasq is not the boot server: its CPU is not counted.
+        return procs, procs[-1:]
+
+
+class Reference:
+    def __init__(self, work, init_modules):
+        self.work = work
+        self.tftp = os.path.join(work, "ref-tftp")
+        os.makedirs(self.tftp)
+        shutil.copy(os.path.join(KERNEL, "vmlinuz"), self.tftp)
+        with open(os.path.join(self.tftp, "boot.ipxe"), "w") as f:
+            f.write(f"#!ipxe\nkernel tftp://{SERVER_IP}/vmlinuz console=ttyS0 panic=-1 quiet nbdexport=${{mac:hexhyp}}\n"
+                    f"initrd tftp://{SERVER_IP}/initrd.zst\nboot\n")
+        build_reference_initramfs(os.path.join(self.tftp, "initrd.zst"), init_modules, work)
+
+    def initramfs(self):
+        return os.path.join(self.tftp, "initrd.zst")
+
+    def start(self, lab, log, macs):
+        ovl = tempfile.mkdtemp(dir=self.work, prefix="ref-ovl-")
+        qsd = ["qemu-storage-daemon",
+               "--blockdev", f"driver=file,filename={self.work}/root.img,node-name=base-file,read-only=on",
+               "--blockdev", "driver=raw,file=base-file,node-name=base,read-only=on",
+               "--nbd-server", f"addr.type=inet,addr.host={SERVER_IP},addr.port=10809"]
+        for i, mac in enumerate(macs):
+            path = os.path.join(ovl, f"{i}.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", f"{self.work}/root.img", path],
+                           check=True)
+            qsd += ["--blockdev", f"driver=qcow2,node-name=o{i},file.driver=file,file.filename={path},backing=base",
+                    "--export", f"type=nbd,id=e{i},node-name=o{i},name={mac.replace(':', '-')},writable=on"]
+        site = lab.site_dhcp(log)
+        server = [spawn(SRV, qsd, log),
+                  spawn(SRV, ["dnsmasq", "--no-daemon", "--port=0", "--interface=vsrv0", "--bind-interfaces",
+                              f"--dhcp-range={SERVER_IP},proxy", "--enable-tftp", f"--tftp-root={self.tftp}",
+                              "--pxe-service=x86PC,pxeroot reference,boot.ipxe", "--leasefile-ro",
+                              f"--pid-file={ovl}/dnsmasq.pid"], log)]
+        wait_listening(SRV, 4011)
+        wait_listening(SRV, 10809, "t")
+        return [site] + server, server
+
+
+def nbd_client_tree():
+    """Debian's nbd-client and the libraries it needs that this host lacks, unpacked once into target/."""
+    root = os.path.join(REF_CACHE, "debs")
+    binary = os.path.join(root, "sbin", "nbd-client")
+    if not os.path.exists(binary):
+        dl = os.path.join(REF_CACHE, "download")
+        os.makedirs(dl, exist_ok=True)
+        subprocess.run(["apt-get", "download", "nbd-client", "libnl-genl-3-200", "libnl-3-200"], cwd=dl, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for deb in glob.glob(os.path.join(dl, "*.deb")):
+            subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
+    return root, binary
+
+
+def shared_libraries(binary, extra_dir):
+    """The ELF interpreter and every library `binary` loads (ldd, with `extra_dir` searched first)."""
+    env = dict(os.environ, LD_LIBRARY_PATH=extra_dir)
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, env=env, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        if "not found" in line:
+            sys.exit(f"reference initramfs: {line.strip()} for {binary}")
+        m = re.search(r"(/\S+)", line.split("=>")[-1])
+        if m:
+            libs.append(m.group(1))
+    return libs
+
+
+def build_reference_initramfs(out, modules_dir, work):
+    debs, nbd_client = nbd_client_tree()
+    tree = os.path.join(work, "ref-initramfs")
+    for d in ["bin", "sbin", "proc", "sys", "dev", "newroot", "etc", "lib/modules", "run", "tmp"]:
+        os.makedirs(os.path.join(tree, d), exist_ok=True)
+    shutil.copy(shutil.which("busybox"), os.path.join(tree, "bin", "busybox"))
+    shutil.copy(nbd_client, os.path.join(tree, "sbin", "nbd-client"))
+    libdir = os.path.join(debs, "lib", "x86_64-linux-gnu")
+    for lib in shared_libraries(nbd_client, libdir):
+        # The ELF interpreter keeps its path; libraries go where ld.so looks.
+        dest = os.path.join(tree, lib.lstrip("/") if "/ld-linux" in lib else f"lib/x86_64-linux-gnu/{os.path.basename(lib)}")
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(os.path.realpath(lib), dest)
+    for m in REF_MODULES:
+        found = glob.glob(os.path.join(modules_dir, "kernel", "**", f"{m}.ko"), recursive=True)
+        if not found:
+            sys.exit(f"reference initramfs: module {m}.ko not under {modules_dir}")
+        shutil.copy(found[0], os.path.join(tree, "lib", "modules"))
+    os.mknod(os.path.join(tree, "dev", "console"), 0o600 | 0o020000, os.makedev(5, 1))
+    with open(os.path.join(tree, "etc", "udhcpc.script"), "w") as f:
+        f.write('#!/bin/busybox sh\ncase "$1" in bound|renew) /bin/busybox ip addr add "$ip/$mask" dev "$interface";;'
+                ' esac\nexit 0\n')
+    with open(os.path.join(tree, "init"), "w") as f:
+        f.write("#!/bin/busybox sh\n"
+                "/bin/busybox --install -s /bin\n"
+                "echo ref-init: start\n"
+                "fail() { echo ref-init: $1 failed; poweroff -f; }\n"
+                "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n"
+                f"for m in {' '.join(REF_MODULES)}; do insmod /lib/modules/$m.ko || echo ref-init: insmod $m failed; done\n"
+                f"echo ref-init: {len(REF_MODULES)} modules loaded\n"
+                "ip link set eth0 up\n"
+                "udhcpc -i eth0 -f -q -n -t 10 -T 1 -s /etc/udhcpc.script >/dev/null\n"
+                "echo ref-init: network up\n"
+                "export=$(sed -n 's/.*nbdexport=\\([^ ]*\\).*/\\1/p' /proc/cmdline)\n"
+                f"nbd-client -N \"$export\" {SERVER_IP} 10809 /dev/nbd0 || fail nbd-client\n"
+                "echo ref-init: nbd attached\n"
+                "mount -t ext4 /dev/nbd0 /newroot || fail mount\n"
+                "echo ref-init: switching root\n"
+                "exec switch_root /newroot /sbin/init\n")
+    for f in ("init", "etc/udhcpc.script"):
+        os.chmod(os.path.join(tree, f), 0o755)
+    archive = subprocess.run(f"cd {tree} && find . | cpio -o -H newc -R 0:0 --quiet | zstd -q -19 -T0 -c",
+                             shell=True, check=True, capture_output=True).stdout
+    with open(out, "wb") as f:
+        f.write(archive)
+
+
+def median(vals):
+    return statistics.median(vals) if vals else float("nan")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", default="1,2,3")
+    ap.add_argument("--stacks", default="pxeroot,reference")
+    ap.add_argument("--keep-consoles", metavar="DIR", help="save every client's serial console in DIR")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces and taps)")
@@ -79,17 +357,24 @@ def main():
                              os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/init/pxeroot-init")] if os.path.exists(p)), None)
     if not (os.path.exists(PXEROOT) and init and os.path.exists(os.path.join(KERNEL, "ready"))):
         sys.exit("run tests/run-all (or ./demo) once, then cargo build --release")
+    global KEEP_CONSOLES
+    KEEP_CONSOLES = bool(args.keep_consoles)
     counts = [int(c) for c in args.clients.split(",")]
+    names = args.stacks.split(",")
+    for s in names:
+        if s not in INIT_PATTERNS:
+            sys.exit(f"unknown stack {s!r}: choose from {', '.join(INIT_PATTERNS)}")
     work = tempfile.mkdtemp(prefix="pxeroot-boot-bench-")
+    logdir = args.keep_consoles or work
+    os.makedirs(logdir, exist_ok=True)
     procs = []
 
     def cleanup():
-        for p in procs:
-            p.kill()
-            p.wait()
+        stop(procs)
         for ns in (LAN, SRV):
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
-        shutil.rmtree(work, ignore_errors=True)
+        if not glob.glob(os.path.join(work, "failed-*")):
+            shutil.rmtree(work, ignore_errors=True)
     atexit.register(cleanup)
 
     boot = os.path.join(work, "boot")
@@ -99,59 +384,66 @@ def main():
                     os.path.join(boot, "initrd.zst"), "--init", init], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([os.path.join(ROOT, "images/build-test-root"), os.path.join(work, "root.img"), init],
                    check=True, stdout=subprocess.DEVNULL)
-    initrd_size = os.path.getsize(os.path.join(boot, "initrd.zst"))
+    stacks = {}
+    for s in names:
+        stacks[s] = Reference(work, os.path.join(KERNEL, "modules")) if s == "reference" else Pxeroot(work, s == "pxeroot-full")
+    lab = Lab(work, max(counts))
+    log = open(os.path.join(work, "servers.log"), "w")
 
-    for ns in (LAN, SRV):
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "set", "lo", "up", ns=ns)
-    sh("ip", "link", "add", "br0", "type", "bridge", ns=LAN)
-    sh("ip", "link", "set", "br0", "up", ns=LAN)
-    for i in range(max(counts)):
-        sh("ip", "tuntap", "add", "dev", f"tap{i}", "mode", "tap", ns=LAN)
-        sh("ip", "link", "set", f"tap{i}", "master", "br0", ns=LAN)
-        sh("ip", "link", "set", f"tap{i}", "up", ns=LAN)
-    sh("ip", "link", "add", "vlan0", "type", "veth", "peer", "name", "vsrv0", "netns", SRV, ns=LAN)
-    sh("ip", "link", "set", "vlan0", "master", "br0", ns=LAN)
-    sh("ip", "link", "set", "vlan0", "up", ns=LAN)
-    sh("ip", "addr", "add", "10.99.0.1/24", "dev", "vsrv0", ns=SRV)
-    sh("ip", "link", "set", "vsrv0", "up", ns=SRV)
-    with open(os.path.join(work, "pxeroot.toml"), "w") as f:
-        f.write('state_dir = "state"\n[nbd]\nlisten = ["10.99.0.1:10809"]\n[pxe]\nserver_address = "10.99.0.1"\n'
-                'boot_dir = "boot"\n[dhcp]\nmode = "full"\ninterface = "vsrv0"\npool_start = "10.99.0.100"\n'
-                'pool_end = "10.99.0.199"\nipv6_router_advertisements = true\n[images.root]\npath = "root.img"\n'
-                'kernel = "vmlinuz"\ninitrd = "initrd.zst"\ncmdline = "console=ttyS0 panic=-1 quiet"\n'
-                '[unknown_clients]\naction = "boot"\nimage = "root"\npolicy = "ephemeral"\n')
-    server = subprocess.Popen(["ip", "netns", "exec", SRV, PXEROOT, "--log", "warn", "serve", "--config",
-                               os.path.join(work, "pxeroot.toml")], cwd=work)
-    procs.append(server)
-    time.sleep(1)
-    # `ip netns exec` execs pxeroot: the pid is the server's.
-    results = {n: [] for n in counts}
-    cpu = []
+    results = {(s, n): [] for s in names for n in counts}
+    cpu = {s: [] for s in names}
     for rnd in range(args.rounds):
         for n in counts:
-            before = cpu_seconds(server.pid)
-            out = {}
-            threads = [threading.Thread(target=boot_one, args=(f"52:54:00:be:{rnd:02x}:{i:02x}", f"tap{i}", out))
-                       for i in range(n)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            cpu.append((cpu_seconds(server.pid) - before) / n)
-            results[n].append(out)
-            worst = max(v["power_off"] for v in out.values())
-            print(f"round {rnd + 1}/{args.rounds}: {n} client(s) done in {worst:.1f} s", flush=True)
+            # Alternate the order so neither stack always runs on a warmer machine.
+            order = names if (rnd + n) % 2 == 0 else names[::-1]
+            for s in order:
+                si = names.index(s)
+                macs = [f"52:54:00:be:{rnd:02x}:{si * 16 + n * 4 + i:02x}" for i in range(n)]
+                stack = stacks[s]
+                started, server = stack.start(lab, log, macs)
+                procs.extend(started)
+                before = sum(cpu_seconds(p.pid) for p in server)
+                out = {}
+                threads = [threading.Thread(target=boot_one, args=(s, mac, f"tap{i}", out, logdir))
+                           for i, mac in enumerate(macs)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                cpu[s].append((sum(cpu_seconds(p.pid) for p in server) - before) / n)
+                stop(procs)
+                results[(s, n)].append(out)
+                worst = max(v.get("root_marker", float("inf")) for v in out.values())
+                print(f"round {rnd + 1}/{args.rounds}: {s:12} {n} client(s): last marker at {worst:.2f} s", flush=True)
 
-    print(f"\ninitramfs {initrd_size} bytes; server CPU per boot: median {statistics.median(cpu):.3f} s")
-    names = [s for s, _ in STAGES] + ["power_off"]
-    print(f"{'clients':8}" + "".join(f"{s:>22}" for s in names))
+    print()
+    for s in names:
+        print(f"{s:12} initramfs {os.path.getsize(stacks[s].initramfs()):>9} bytes; "
+              f"server CPU per boot: median {median(cpu[s]):.3f} s")
+    cols = [st for st, _, _ in STAGES] + ["owned", "total"]
+    print(f"\nmedians in seconds; per client, over {args.rounds} round(s)")
+    print(f"{'stack':12} {'clients':>7}" + "".join(f"{c:>9}" for c in cols))
+    table = {}
     for n in counts:
-        row = []
         for s in names:
-            vals = [b[s] for r in results[n] for b in r.values() if s in b]
-            row.append(f"{statistics.median(vals):22.2f}" if vals else f"{'-':>22}")
-        print(f"{n:<8}" + "".join(row))
+            boots = [b for r in results[(s, n)] for b in r.values() if "root_marker" in b]
+            row = {}
+            for st, a, b in STAGES:
+                row[st] = median([x[b] - x[a] for x in boots if a in x and b in x])
+            row["owned"] = median([sum(x[b] - x[a] for st, a, b in STAGES if st in OWNED) for x in boots
+                                   if all(k in x for _, a, b in STAGES for k in (a, b))])
+            row["total"] = median([x["root_marker"] for x in boots])
+            failed = sum(len(r) for r in results[(s, n)]) - len(boots)
+            table[(s, n)] = row
+            print(f"{s:12} {n:>7}" + "".join(f"{row[c]:9.2f}" for c in cols) + (f"  ({failed} failed)" if failed else ""))
+    if "pxeroot" in names and "reference" in names:
+        print("\nratios pxeroot / reference (lower is better)")
+        for n in counts:
+            p, r = table[("pxeroot", n)], table[("reference", n)]
+            print(f"  {n} client(s): owned {p['owned'] / r['owned']:.2f}x, total {p['total'] / r['total']:.2f}x")
+        best_ref = min(table[("reference", n)]["total"] for n in counts)
+        worst3 = table[("pxeroot", max(counts))]["total"]
+        print(f"  {max(counts)} clients with pxeroot: {worst3:.2f} s; the reference's best (any count): {best_ref:.2f} s")
 
 
 if __name__ == "__main__":

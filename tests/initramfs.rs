@@ -61,18 +61,32 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
     run(Command::new("cpio").args(["-idm", "--quiet", "--no-absolute-filenames", "-F"]).arg(&raw).current_dir(&x).stderr(Stdio::null()));
     assert_eq!(std::fs::read(x.join("init")).unwrap(), std::fs::read(init_binary()).unwrap(), "/init differs from pxeroot-init");
     let order = std::fs::read_to_string(x.join("etc/pxeroot/modules")).unwrap();
+    let groups = modlist::parse(&order).unwrap();
     let modules = kernel_modules();
-    for line in order.lines() {
-        let inside = x.join(line.trim_start_matches('/'));
-        let rel = line.splitn(5, '/').nth(4).expect("path under /lib/modules/<release>/");
-        assert_eq!(std::fs::read(&inside).unwrap(), std::fs::read(modules.join(rel)).unwrap(), "{line} differs");
+    for m in groups.iter().flat_map(|g| &g.modules) {
+        let inside = x.join(m.path.trim_start_matches('/'));
+        let rel = m.path.splitn(5, '/').nth(4).expect("path under /lib/modules/<release>/");
+        assert_eq!(std::fs::read(&inside).unwrap(), std::fs::read(modules.join(rel)).unwrap(), "{} differs", m.path);
     }
-    let pos = |m: &str| order.lines().position(|l| l.ends_with(&format!("/{m}.ko"))).unwrap_or_else(|| panic!("{m} missing:\n{order}"));
-    assert!(pos("crc32c_generic") < pos("jbd2") && pos("jbd2") < pos("ext4"), "soft dependency order:\n{order}");
-    assert!(
-        pos("virtio") < pos("virtio_pci") && pos("virtio_ring") < pos("virtio_net") && pos("failover") < pos("net_failover"),
-        "{order}"
-    );
+    // The root's modules always load, nbd with one device; each NIC
+    // driver's group loads when a device matches its aliases.
+    assert!(groups[0].when.is_empty(), "{order}");
+    let pos = |g: &modlist::Group, m: &str| {
+        g.modules.iter().position(|x| x.path.ends_with(&format!("/{m}.ko"))).unwrap_or_else(|| panic!("{m} missing:\n{order}"))
+    };
+    let root = &groups[0];
+    assert!(pos(root, "crc32c_generic") < pos(root, "jbd2") && pos(root, "jbd2") < pos(root, "ext4"), "soft dependency order:\n{order}");
+    assert_eq!(root.modules[pos(root, "nbd")].params, ["nbds_max=1"]);
+    let group_of = |m: &str| {
+        groups[1..].iter().find(|g| g.modules.last().is_some_and(|x| x.path.ends_with(&format!("/{m}.ko")))).unwrap_or_else(|| panic!("{m}:\n{order}"))
+    };
+    let vpci = group_of("virtio_pci");
+    assert!(vpci.when.iter().any(|w| w == "pci:v00001AF4d*sv*sd*bc*sc*i*"), "{:?}", vpci.when);
+    assert!(pos(vpci, "virtio") < pos(vpci, "virtio_pci") && pos(vpci, "virtio_ring") < pos(vpci, "virtio_pci"), "{order}");
+    let vnet = group_of("virtio_net");
+    assert!(modlist::wanted(vnet, &["virtio:d00000001v00001AF4".into()]) && !modlist::wanted(vnet, &["virtio:d00000002v00001AF4".into()]));
+    assert!(pos(vnet, "failover") < pos(vnet, "net_failover") && pos(vnet, "net_failover") < pos(vnet, "virtio_net"), "{order}");
+    assert!(modlist::wanted(group_of("e1000"), &["pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00".into()]));
 
     // zstd: the same archive, compressed; sizes within the target.
     let z = d.path().join("a.zst");
@@ -170,7 +184,8 @@ fn test_initramfs_from_compressed_tree_with_modules_dep() {
     std::fs::create_dir(&x).unwrap();
     run(Command::new("cpio").args(["-idm", "--quiet", "--no-absolute-filenames", "-F"]).arg(&out).current_dir(&x).stderr(Stdio::null()));
     let order = std::fs::read_to_string(x.join("etc/pxeroot/modules")).unwrap();
-    let names: Vec<&str> = order.lines().map(|l| l.rsplit('/').next().unwrap_or_default()).collect();
+    let groups = modlist::parse(&order).unwrap();
+    let names: Vec<&str> = groups.iter().flat_map(|g| &g.modules).map(|m| m.path.rsplit('/').next().unwrap_or_default()).collect();
     assert_eq!(names, ["nbd.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "crc32c_generic.ko", "ext4.ko", "e1000.ko"], "{order}");
     // Stored decompressed, byte-identical to the kernel's originals.
     for (rel, _) in mods {

@@ -17,8 +17,12 @@ pub const REQUIRED_MODULES: &[&str] = &["nbd", "ext4"];
 /// Included where the kernel has them: virtio's PCI transport and the NICs
 /// of QEMU and common hardware.
 pub const NIC_MODULES: &[&str] = &["virtio_pci", "virtio_net", "e1000", "e1000e", "igb", "r8169"];
-/// Where pxeroot-init reads its module load order.
-pub const MODULE_LIST: &str = "/etc/pxeroot/modules";
+/// Parameters the list gives a module; `module.param=value` on the kernel
+/// command line overrides them at boot. nbd: one device (the root), not
+/// the default 16, which cost 30 ms of a TCG boot to register; netlink
+/// attaches add devices on demand, and `nbd.nbds_max=N` restores more.
+pub const MODULE_PARAMS: &[(&str, &str)] = &[("nbd", "nbds_max=1")];
+pub use modlist::PATH as MODULE_LIST;
 /// zstd level: the kernel unpacks any level at the same speed.
 const ZSTD_LEVEL: i32 = 19;
 
@@ -81,14 +85,23 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
             wanted.push(r);
         }
     }
+    // One group that always loads, then one per NIC driver that loads only
+    // when a device matches the driver's aliases.
+    let mut plan: Vec<(Vec<String>, Vec<String>)> = vec![(Vec::new(), modules::order(&wanted, &mut tree)?)];
     for m in NIC_MODULES {
         match tree.resolve(m) {
-            Ok(Some(r)) => wanted.push(r),
+            Ok(Some(r)) => {
+                let aliases = tree.aliases(&r)?;
+                if aliases.is_empty() {
+                    plan[0].1.extend(modules::order(&[r], &mut tree)?);
+                } else {
+                    plan.push((aliases, modules::order(&[r], &mut tree)?));
+                }
+            }
             Ok(None) => {}
             Err(_) => skipped.push(m.to_string()),
         }
     }
-    let order = modules::order(&wanted, &mut tree)?;
 
     let release = release_of(&opts.modules_dir);
     let mut entries = vec![
@@ -104,33 +117,44 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
         Entry::File { path: "/init".into(), mode: 0o755, data: init.clone() },
     ];
     let mut dirs = std::collections::BTreeSet::new();
-    let mut list = String::new();
+    let mut groups = Vec::new();
     let mut report_modules = Vec::new();
     let mut files = Vec::new();
-    for m in &order {
-        let Some(rel) = tree.file(m).map(Path::to_path_buf) else { continue };
-        let data = modules::read_module(&opts.modules_dir.join(&rel))?;
-        // Stored uncompressed: the archive as a whole is compressed, and
-        // finit_module then needs no decompressor in the kernel.
-        let rel_ko = rel.to_string_lossy().replace(".ko.xz", ".ko").replace(".ko.zst", ".ko").replace(".ko.gz", ".ko");
-        let path = format!("/lib/modules/{release}/{rel_ko}");
-        let mut d = Path::new(&path).parent();
-        while let Some(p) = d {
-            if p == Path::new("/") {
-                break;
+    let mut paths = std::collections::HashMap::new();
+    for (when, order) in plan {
+        let mut group = modlist::Group { when, modules: Vec::new() };
+        for m in &order {
+            let Some(rel) = tree.file(m).map(Path::to_path_buf) else { continue };
+            if !paths.contains_key(m) {
+                let data = modules::read_module(&opts.modules_dir.join(&rel))?;
+                // Stored uncompressed: the archive as a whole is compressed,
+                // and finit_module then needs no decompressor in the kernel.
+                let rel_ko =
+                    rel.to_string_lossy().replace(".ko.xz", ".ko").replace(".ko.zst", ".ko").replace(".ko.gz", ".ko");
+                let path = format!("/lib/modules/{release}/{rel_ko}");
+                let mut d = Path::new(&path).parent();
+                while let Some(p) = d {
+                    if p == Path::new("/") {
+                        break;
+                    }
+                    dirs.insert(p.to_string_lossy().into_owned());
+                    d = p.parent();
+                }
+                report_modules.push((m.clone(), data.len() as u64));
+                files.push(Entry::File { path: path.clone(), mode: 0o644, data });
+                paths.insert(m.clone(), path);
             }
-            dirs.insert(p.to_string_lossy().into_owned());
-            d = p.parent();
+            let params = MODULE_PARAMS.iter().filter(|(name, _)| name == m).map(|(_, p)| p.to_string()).collect();
+            group.modules.push(modlist::Module { path: paths[m].clone(), params });
         }
-        list.push_str(&path);
-        list.push('\n');
-        report_modules.push((m.clone(), data.len() as u64));
-        files.push(Entry::File { path, mode: 0o644, data });
+        if !group.modules.is_empty() {
+            groups.push(group);
+        }
     }
     // Directories first, parents before children (BTreeSet order does that).
     entries.extend(dirs.into_iter().map(|path| Entry::Dir { path, mode: 0o755 }));
     entries.extend(files);
-    entries.push(Entry::File { path: MODULE_LIST.into(), mode: 0o644, data: list.into_bytes() });
+    entries.push(Entry::File { path: MODULE_LIST.into(), mode: 0o644, data: modlist::render(&groups).into_bytes() });
     let archive = cpio::write(&entries);
     let out = match opts.compression {
         Compression::None => archive.clone(),

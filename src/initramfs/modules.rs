@@ -228,6 +228,11 @@ impl ModuleTree {
         Ok(info)
     }
 
+    /// The device aliases a module claims (`alias=` in its `.modinfo`).
+    pub fn aliases(&mut self, name: &str) -> Result<Vec<String>, ModuleError> {
+        Ok(self.info(name)?.aliases)
+    }
+
     /// Hard dependencies and soft pre/post dependencies of `name`.
     pub fn deps(&mut self, name: &str) -> Result<Deps, ModuleError> {
         let info = if self.dep_file.is_some() && !self.softdep_file.is_empty() { None } else { Some(self.info(name)?) };

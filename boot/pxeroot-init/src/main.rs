@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use cmdline::{Attach, NetConfig, Settings};
 
 /// Where `pxeroot initramfs` puts the module load order.
-const MODULE_LIST: &str = "/etc/pxeroot/modules";
+use modlist::PATH as MODULE_LIST;
 /// Mount point of the new root inside the initramfs.
 const NEWROOT: &str = "/newroot";
 /// argv[0] of the process that stays in NBD_DO_IT: the leading `@` tells
@@ -111,8 +111,8 @@ fn boot(con: &Console) -> Result<(), String> {
     if settings.debug {
         con.say(format_args!("settings: {settings:?}"));
     }
-    let loaded = con.step("load kernel modules", load_modules)?;
-    con.say(format_args!("{loaded} modules loaded"));
+    let loaded = con.step("load kernel modules", || load_modules(&text))?;
+    con.say(format_args!("{} modules loaded ({} driver groups without a device skipped)", loaded.modules, loaded.skipped));
     let (iface, mac) = con.step("find the boot interface", || find_interface(con, &settings))?;
     con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
     con.step(&format!("configure {iface}"), || configure_net(con, &settings, &iface, mac))?;
@@ -145,19 +145,80 @@ fn mount_early() -> std::io::Result<()> {
     Ok(())
 }
 
-fn load_modules() -> Result<usize, String> {
-    let list = match std::fs::read_to_string(MODULE_LIST) {
+/// Modules loaded and groups skipped (no device of theirs).
+struct Loaded {
+    modules: usize,
+    skipped: usize,
+}
+
+/// Load the module list's groups in order: `always` groups, and a driver's
+/// group when a device matches it (checked when the group's turn comes, so
+/// a bus driver loaded earlier has registered its devices). If that left
+/// the machine without a network interface, load the skipped groups too:
+/// an alias this code misreads must cost time, not the boot.
+fn load_modules(cmdline: &str) -> Result<Loaded, String> {
+    let text = match std::fs::read_to_string(MODULE_LIST) {
         Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded { modules: 0, skipped: 0 }),
         Err(e) => return Err(format!("reading {MODULE_LIST}: {e}")),
     };
-    let mut n = 0;
-    for path in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let f = std::fs::File::open(path).map_err(|e| format!("opening module {path}: {e}"))?;
-        sys::finit_module(&f).map_err(|e| format!("loading module {path}: {e} (is it built for this kernel?)"))?;
-        n += 1;
+    let groups = modlist::parse(&text).map_err(|e| format!("{MODULE_LIST}: {e}"))?;
+    let mut loaded = std::collections::HashSet::new();
+    let mut load_group = |g: &modlist::Group| -> Result<(), String> {
+        for m in &g.modules {
+            if loaded.insert(m.path.clone()) {
+                let f = std::fs::File::open(&m.path).map_err(|e| format!("opening module {}: {e}", m.path))?;
+                let params = modlist::params_for(m, cmdline);
+                sys::finit_module(&f, &params)
+                    .map_err(|e| format!("loading module {} ({params}): {e} (is it built for this kernel?)", m.path))?;
+            }
+        }
+        Ok(())
+    };
+    let mut aliases = Vec::new();
+    let mut stale = true;
+    let mut waiting = Vec::new();
+    for g in &groups {
+        if !g.when.is_empty() {
+            if stale {
+                aliases = device_modaliases();
+                stale = false;
+            }
+            if !modlist::wanted(g, &aliases) {
+                waiting.push(g);
+                continue;
+            }
+        }
+        load_group(g)?;
+        stale = true;
     }
-    Ok(n)
+    let mut skipped = waiting.len();
+    if skipped > 0 && !has_network_interface() {
+        for g in waiting {
+            load_group(g)?;
+        }
+        skipped = 0;
+    }
+    Ok(Loaded { modules: loaded.len(), skipped })
+}
+
+fn has_network_interface() -> bool {
+    std::fs::read_dir("/sys/class/net").map(|d| d.flatten().any(|e| e.file_name() != "lo")).unwrap_or(false)
+}
+
+/// Every device's modalias (`/sys/bus/*/devices/*/modalias`).
+fn device_modaliases() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(buses) = std::fs::read_dir("/sys/bus") else { return out };
+    for bus in buses.flatten() {
+        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else { continue };
+        for dev in devices.flatten() {
+            if let Ok(a) = std::fs::read_to_string(dev.path().join("modalias")) {
+                out.push(a.trim().to_string());
+            }
+        }
+    }
+    out
 }
 
 fn read_mac(iface: &str) -> Option<[u8; 6]> {

@@ -45,9 +45,9 @@ pub const S_IFBLK: u32 = libc::S_IFBLK;
 
 /// Load a kernel module from an open file. `EEXIST` (already loaded, or
 /// built in) counts as success.
-pub fn finit_module(file: &std::fs::File) -> io::Result<()> {
-    let params = cstr("")?;
-    // SAFETY: finit_module(fd, const char *params, int flags): the fd is open for the call's duration and `params` is a valid empty C string.
+pub fn finit_module(file: &std::fs::File, params: &str) -> io::Result<()> {
+    let params = cstr(params)?;
+    // SAFETY: finit_module(fd, const char *params, int flags): the fd is open for the call's duration and `params` is a valid C string.
     let r = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     if r < 0 {
         let e = io::Error::last_os_error();
