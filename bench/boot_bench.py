@@ -3,36 +3,41 @@
 virtio-net) PXE-boot from pxeroot and from a reference stack built from the
 tools people use today, interleaved in one run, 1, 2 and 3 clients at once.
 
-Stacks (--stacks, comma-separated; default "pxeroot,reference"):
-  pxeroot       pxeroot in proxy mode beside the site's DHCP server; boot
-                files over HTTP, its static pxeroot-init in the initramfs.
-  reference     dnsmasq as proxy DHCP + TFTP beside the same site DHCP server,
-                qemu-storage-daemon exporting one qcow2 overlay per client
-                over the shared raw base (made before the boot: the reference
-                cannot make overlays on demand), and an initramfs of
-                busybox-static + Debian's nbd-client with its shared libraries,
-                whose /init (a busybox sh script) insmods 15 modules, runs
-                udhcpc, nbd-client, mount and switch_root.
-  pxeroot-full  pxeroot as the only DHCP server (full mode) with its IPv6
-                router advertisement, no site DHCP server.
+Stacks (--stacks, comma-separated; default "pxeroot,reference,reference-zstd"):
+  pxeroot         pxeroot in proxy mode beside the site's DHCP server; boot
+                  files over HTTP, its static pxeroot-init in the initramfs
+                  (its default zstd -19).
+  reference       dnsmasq as proxy DHCP + TFTP beside the same site DHCP
+                  server, qemu-storage-daemon exporting one qcow2 overlay per
+                  client over the shared raw base (made before the boot: the
+                  reference cannot make overlays on demand), and an initramfs
+                  of busybox-static + Debian's nbd-client with its shared
+                  libraries, gzip -9 (as ../shared/reference/boot-chain.md's
+                  reference), whose /init (a busybox sh script) insmods 15
+                  modules, runs udhcpc, nbd-client, mount and switch_root.
+  reference-zstd  the same with the initramfs compressed by zstd -19.
+  pxeroot-full    pxeroot as the only DHCP server (full mode) with its IPv6
+                  router advertisement, no site DHCP server.
 The "site" is a dnsmasq on the LAN bridge handing out addresses (no-ping)
 and answering router solicitations (ra-only), so no stack pays iPXE's IPv6
-wait. Both stacks boot the same kernel and the same raw root image, whose
-/sbin/init prints a marker, writes a file and powers off.
+wait. All stacks boot the same kernel and the same raw root image, whose
+/sbin/init prints a marker, writes a file and powers off. The order of the
+stacks alternates from one group of boots to the next.
 
 Stages (host clock, from the serial console as bytes arrive):
   dhcp      end of iPXE's Ctrl-B wait -> "Configuring (net0 ...) ok"
-  files     -> the initrd's "... ok" (script, kernel, initrd)
-  kernel    -> /init's first line (XZ decompression, kernel start and the
-            initramfs unpack: only the unpack differs between stacks)
-  modules   -> /init loaded its modules
-  network   -> /init configured the boot interface
-  nbd       -> /dev/nbd0 attached
+  files     -> the initrd's "... o(k)" (script, kernel, initrd)
+  kernel    -> /init's first line, less the unpack: XZ decompression of the
+            bzImage and the kernel's own start, the same for every stack
+  unpack    the kernel unpacking the initramfs, measured apart in direct
+            kernel boots (its own printk timestamps, synchronous unpack)
+  init      /init's start -> /dev/nbd0 attached: modules, network, NBD
+            (pxeroot-init overlaps them; the /init table shows each)
   mount     -> the root's init printed its marker (mount, switch_root, exec)
-"owned" is the sum of the stages the boot server and initramfs own
-(dhcp + files + modules + network + nbd + mount); "total" is QEMU start to the
-root's marker. Server CPU is the boot server's processes (pxeroot; dnsmasq +
-qemu-storage-daemon), not the site's DHCP server.
+"owned" = dhcp + files + unpack + init + mount, the stages the boot server
+and the initramfs own; "total" is QEMU start to the root's marker. Server
+CPU is the boot server's processes (pxeroot; dnsmasq + qemu-storage-daemon),
+not the site's DHCP server.
 
 Usage (as root, after tests/run-all or ./demo fetched the guest kernel and
 built the static init; downloads Debian's nbd-client once with apt-get):
@@ -72,23 +77,29 @@ COMMON = [
     ("dhcp_done", r"Configuring \(net0[^\n]*ok"),
     ("files_loaded", r"initrd\S*\.\.\. o"),  # the "k" is sometimes lost when Linux resets the UART
     ("init_started", None),
-    ("modules_loaded", r"modules loaded"),
+    ("modules_loaded", None),
     ("network_up", None),
     ("nbd_attached", None),
     ("root_marker", r"PXEROOT-MARKER root init running"),
 ]
 INIT_PATTERNS = {
-    "pxeroot": {"init_started": r"pxeroot-init \[", "network_up": r"configure \S+: ok",
+    "pxeroot": {"init_started": r"pxeroot-init \[", "modules_loaded": r"\] \d+ modules loaded", "network_up": r"configure \S+: ok",
                 "nbd_attached": r"attach /dev/nbd0 \(\w+\): ok"},
-    "reference": {"init_started": r"ref-init: start", "network_up": r"ref-init: network up",
+    "reference": {"init_started": r"ref-init: start", "modules_loaded": r"ref-init: \d+ modules loaded", "network_up": r"ref-init: network up",
                   "nbd_attached": r"ref-init: nbd attached"},
 }
 INIT_PATTERNS["pxeroot-full"] = INIT_PATTERNS["pxeroot"]
+INIT_PATTERNS["reference-zstd"] = INIT_PATTERNS["reference"]
+# Stages from console landmarks. "init" spans /init's module loading,
+# network and NBD attach: pxeroot-init overlaps them, so only the span is
+# comparable; INIT_MARKS below shows each one's time from /init's start.
 STAGES = [("dhcp", "ipxe_ready", "dhcp_done"), ("files", "dhcp_done", "files_loaded"),
-          ("kernel", "files_loaded", "init_started"), ("modules", "init_started", "modules_loaded"),
-          ("network", "modules_loaded", "network_up"), ("nbd", "network_up", "nbd_attached"),
+          ("kernel", "files_loaded", "init_started"), ("init", "init_started", "nbd_attached"),
           ("mount", "nbd_attached", "root_marker")]
-OWNED = ["dhcp", "files", "modules", "network", "nbd", "mount"]
+INIT_MARKS = ["modules_loaded", "network_up", "nbd_attached"]
+# "unpack" is measured apart (calibrate_unpack) and taken out of "kernel".
+OWNED = ["dhcp", "files", "unpack", "init", "mount"]
+UNPACK_PROBES = 3
 
 
 def sh(*cmd, ns=None):
@@ -229,15 +240,15 @@ class Pxeroot:
 
 
 class Reference:
-    def __init__(self, work, init_modules):
+    def __init__(self, work, init_modules, compress):
         self.work = work
-        self.tftp = os.path.join(work, "ref-tftp")
+        self.tftp = os.path.join(work, f"ref-tftp-{compress}")
         os.makedirs(self.tftp)
         shutil.copy(os.path.join(KERNEL, "vmlinuz"), self.tftp)
         with open(os.path.join(self.tftp, "boot.ipxe"), "w") as f:
             f.write(f"#!ipxe\nkernel tftp://{SERVER_IP}/vmlinuz console=ttyS0 panic=-1 quiet nbdexport=${{mac:hexhyp}}\n"
                     f"initrd tftp://{SERVER_IP}/initrd.zst\nboot\n")
-        build_reference_initramfs(os.path.join(self.tftp, "initrd.zst"), init_modules, work)
+        build_reference_initramfs(os.path.join(self.tftp, "initrd.zst"), init_modules, work, compress)
 
     def initramfs(self):
         return os.path.join(self.tftp, "initrd.zst")
@@ -293,9 +304,9 @@ def shared_libraries(binary, extra_dir):
     return libs
 
 
-def build_reference_initramfs(out, modules_dir, work):
+def build_reference_initramfs(out, modules_dir, work, compress):
     debs, nbd_client = nbd_client_tree()
-    tree = os.path.join(work, "ref-initramfs")
+    tree = os.path.join(work, f"ref-initramfs-{compress}")
     for d in ["bin", "sbin", "proc", "sys", "dev", "newroot", "etc", "lib/modules", "run", "tmp"]:
         os.makedirs(os.path.join(tree, d), exist_ok=True)
     shutil.copy(shutil.which("busybox"), os.path.join(tree, "bin", "busybox"))
@@ -334,10 +345,39 @@ def build_reference_initramfs(out, modules_dir, work):
                 "exec switch_root /newroot /sbin/init\n")
     for f in ("init", "etc/udhcpc.script"):
         os.chmod(os.path.join(tree, f), 0o755)
-    archive = subprocess.run(f"cd {tree} && find . | cpio -o -H newc -R 0:0 --quiet | zstd -q -19 -T0 -c",
+    # The kernel knows the format by its magic, whatever the file's name.
+    packer = {"gzip": "gzip -9 -n", "zstd": "zstd -q -19 -T0 -c"}[compress]
+    archive = subprocess.run(f"cd {tree} && find . | cpio -o -H newc -R 0:0 --quiet | {packer}",
                              shell=True, check=True, capture_output=True).stdout
     with open(out, "wb") as f:
         f.write(archive)
+
+
+def calibrate_unpack(initrd):
+    """The kernel's time to unpack `initrd`: QEMU boots the kernel directly with
+    it, unpacking synchronously (initramfs_async=0), and the kernel's own
+    timestamps on "Trying to unpack rootfs" and "Freeing initrd memory" bound it."""
+    times = []
+    for _ in range(UNPACK_PROBES):
+        p = subprocess.Popen(["timeout", "60", "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc,graphics=off",
+                              "-m", "256", "-nodefaults", "-vga", "none", "-display", "none", "-no-reboot", "-serial",
+                              "stdio", "-kernel", os.path.join(KERNEL, "vmlinuz"), "-initrd", initrd, "-append",
+                              "console=ttyS0 loglevel=7 initramfs_async=0 panic=-1"],
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                             errors="replace")
+        start = None
+        for line in p.stdout:
+            m = re.match(r"\[\s*([0-9.]+)\]", line)
+            if m and "Trying to unpack rootfs" in line:
+                start = float(m.group(1))
+            elif m and "Freeing initrd memory" in line and start is not None:
+                times.append(float(m.group(1)) - start)
+                break
+        p.kill()
+        p.wait()
+    if not times:
+        sys.exit(f"the kernel did not report unpacking {initrd}")
+    return statistics.median(times)
 
 
 def median(vals):
@@ -348,7 +388,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", default="1,2,3")
-    ap.add_argument("--stacks", default="pxeroot,reference")
+    ap.add_argument("--stacks", default="pxeroot,reference,reference-zstd")
     ap.add_argument("--keep-consoles", metavar="DIR", help="save every client's serial console in DIR")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -386,7 +426,14 @@ def main():
                    check=True, stdout=subprocess.DEVNULL)
     stacks = {}
     for s in names:
-        stacks[s] = Reference(work, os.path.join(KERNEL, "modules")) if s == "reference" else Pxeroot(work, s == "pxeroot-full")
+        if s.startswith("reference"):
+            stacks[s] = Reference(work, os.path.join(KERNEL, "modules"), "zstd" if s == "reference-zstd" else "gzip")
+        else:
+            stacks[s] = Pxeroot(work, s == "pxeroot-full")
+    unpack = {}
+    for s in names:
+        unpack[s] = calibrate_unpack(stacks[s].initramfs())
+        print(f"{s:14} initramfs unpack: {unpack[s]:.3f} s (median of {UNPACK_PROBES} direct kernel boots)", flush=True)
     lab = Lab(work, max(counts))
     log = open(os.path.join(work, "servers.log"), "w")
 
@@ -414,37 +461,41 @@ def main():
                 stop(procs)
                 results[(s, n)].append(out)
                 worst = max(v.get("root_marker", float("inf")) for v in out.values())
-                print(f"round {rnd + 1}/{args.rounds}: {s:12} {n} client(s): last marker at {worst:.2f} s", flush=True)
+                print(f"round {rnd + 1}/{args.rounds}: {s:14} {n} client(s): last marker at {worst:.2f} s", flush=True)
 
     print()
     for s in names:
-        print(f"{s:12} initramfs {os.path.getsize(stacks[s].initramfs()):>9} bytes; "
+        print(f"{s:14} initramfs {os.path.getsize(stacks[s].initramfs()):>9} bytes; "
               f"server CPU per boot: median {median(cpu[s]):.3f} s")
-    cols = [st for st, _, _ in STAGES] + ["owned", "total"]
-    print(f"\nmedians in seconds; per client, over {args.rounds} round(s)")
-    print(f"{'stack':12} {'clients':>7}" + "".join(f"{c:>9}" for c in cols))
+    cols = ["dhcp", "files", "kernel", "unpack", "init", "mount", "owned", "total"]
+    print(f"\nmedians in seconds; per client, over {args.rounds} round(s); unpack from the direct boots above")
+    print(f"{'stack':14} {'clients':>7}" + "".join(f"{c:>8}" for c in cols))
     table = {}
     for n in counts:
         for s in names:
             boots = [b for r in results[(s, n)] for b in r.values() if "root_marker" in b]
-            row = {}
-            for st, a, b in STAGES:
-                row[st] = median([x[b] - x[a] for x in boots if a in x and b in x])
-            row["owned"] = median([sum(x[b] - x[a] for st, a, b in STAGES if st in OWNED) for x in boots
-                                   if all(k in x for _, a, b in STAGES for k in (a, b))])
+            complete = [x for x in boots if all(k in x for _, a, b in STAGES for k in (a, b))]
+            row = {st: median([x[b] - x[a] for x in complete]) for st, a, b in STAGES}
+            row["unpack"] = unpack[s]
+            row["kernel"] -= unpack[s]
+            row["owned"] = median([sum(x[b] - x[a] for st, a, b in STAGES if st in OWNED) + unpack[s] for x in complete])
             row["total"] = median([x["root_marker"] for x in boots])
             failed = sum(len(r) for r in results[(s, n)]) - len(boots)
             table[(s, n)] = row
-            print(f"{s:12} {n:>7}" + "".join(f"{row[c]:9.2f}" for c in cols) + (f"  ({failed} failed)" if failed else ""))
-    if "pxeroot" in names and "reference" in names:
-        print("\nratios pxeroot / reference (lower is better)")
+            print(f"{s:14} {n:>7}" + "".join(f"{row[c]:8.2f}" for c in cols) + (f"  ({failed} failed)" if failed else ""))
+    print("\n/init, seconds from its start (medians, 1 client at a time where run):")
+    n0 = min(counts)
+    for s in names:
+        boots = [b for r in results[(s, n0)] for b in r.values() if "root_marker" in b and "init_started" in b]
+        marks = [f"{m} {median([x[m] - x['init_started'] for x in boots if m in x]):.2f}" for m in INIT_MARKS]
+        print(f"  {s:14} " + ", ".join(marks))
+    for ref in [r for r in names if r.startswith("reference")]:
+        if "pxeroot" not in names:
+            break
+        print(f"\nratios pxeroot / {ref} (lower is better)")
         for n in counts:
-            p, r = table[("pxeroot", n)], table[("reference", n)]
-            print(f"  {n} client(s): owned {p['owned'] / r['owned']:.2f}x, total {p['total'] / r['total']:.2f}x")
-        best_ref = min(table[("reference", n)]["total"] for n in counts)
-        worst3 = table[("pxeroot", max(counts))]["total"]
-        print(f"  {max(counts)} clients with pxeroot: {worst3:.2f} s; the reference's best (any count): {best_ref:.2f} s")
-
+            p, r = table[("pxeroot", n)], table[(ref, n)]
+            print(f"  {n} client(s) at once: owned stages {p['owned'] / r['owned']:.2f}x, whole boot {p['total'] / r['total']:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -78,7 +78,10 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
     assert!(pos(root, "crc32c_generic") < pos(root, "jbd2") && pos(root, "jbd2") < pos(root, "ext4"), "soft dependency order:\n{order}");
     assert_eq!(root.modules[pos(root, "nbd")].params, ["nbds_max=1"]);
     let group_of = |m: &str| {
-        groups[1..].iter().find(|g| g.modules.last().is_some_and(|x| x.path.ends_with(&format!("/{m}.ko")))).unwrap_or_else(|| panic!("{m}:\n{order}"))
+        groups[1..]
+            .iter()
+            .find(|g| g.modules.last().is_some_and(|x| x.path.ends_with(&format!("/{m}.ko"))))
+            .unwrap_or_else(|| panic!("{m}:\n{order}"))
     };
     let vpci = group_of("virtio_pci");
     assert!(vpci.when.iter().any(|w| w == "pci:v00001AF4d*sv*sd*bc*sc*i*"), "{:?}", vpci.when);
