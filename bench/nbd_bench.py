@@ -39,7 +39,11 @@ JOBS = {
     "randwrite-4k-qd32": ("randwrite", "4k", 32, "iops"),
     "seqread-1m-qd8": ("read", "1m", 8, "mibs"),
     "seqwrite-1m-qd8": ("write", "1m", 8, "mibs"),
+    # Every write followed by a FLUSH (fio fsync=1): the durable path.
+    "randwrite-4k-qd1-fsync": ("randwrite", "4k", 1, "iops"),
 }
+# Extra fio options per job.
+JOB_OPTIONS = {"randwrite-4k-qd1-fsync": ["--fsync=1"]}
 
 
 def free_port():
@@ -107,7 +111,7 @@ def run_fio(uri, job, runtime, size):
     rw, bs, qd, metric = JOBS[job]
     cmd = ["fio", "--name=" + job, "--ioengine=nbd", "--uri=" + uri, "--rw=" + rw, "--bs=" + bs,
            f"--iodepth={qd}", f"--size={size}", f"--runtime={runtime}", "--time_based",
-           "--ramp_time=1", "--randrepeat=0", "--norandommap", "--output-format=json"]
+           "--ramp_time=1", "--randrepeat=0", "--norandommap", "--output-format=json"] + JOB_OPTIONS.get(job, [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"fio failed on {uri}:\n{out.stderr}")
