@@ -102,6 +102,11 @@ OWNED = ["dhcp", "files", "unpack", "init", "mount"]
 UNPACK_PROBES = 3
 
 
+# A diskless TCG guest with its serial console on stdout (boot-chain.md).
+QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults",
+        "-vga", "none", "-display", "none", "-no-reboot", "-serial", "stdio"]
+
+
 def sh(*cmd, ns=None):
     subprocess.run((["ip", "netns", "exec", ns] if ns else []) + list(cmd), check=True, stdout=subprocess.DEVNULL)
 
@@ -143,9 +148,7 @@ def wait_listening(ns, port, proto="u", timeout=10.0):
 def boot_one(stack, mac, tap, out, logdir):
     patterns = [(name, re.compile(pat or INIT_PATTERNS[stack][name])) for name, pat in COMMON]
     t0 = time.time()
-    p = subprocess.Popen(["timeout", str(BOOT_TIMEOUT_S), "ip", "netns", "exec", LAN, "qemu-system-x86_64", "-accel",
-                          "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none",
-                          "-display", "none", "-no-reboot", "-serial", "stdio", "-boot", "order=n",
+    p = subprocess.Popen(["timeout", str(BOOT_TIMEOUT_S), "ip", "netns", "exec", LAN] + QEMU + ["-boot", "order=n",
                           "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
                           "-device", f"virtio-net-pci,netdev=n0,mac={mac}"],
                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -359,9 +362,7 @@ def calibrate_unpack(initrd):
     timestamps on "Trying to unpack rootfs" and "Freeing initrd memory" bound it."""
     times = []
     for _ in range(UNPACK_PROBES):
-        p = subprocess.Popen(["timeout", "60", "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc,graphics=off",
-                              "-m", "256", "-nodefaults", "-vga", "none", "-display", "none", "-no-reboot", "-serial",
-                              "stdio", "-kernel", os.path.join(KERNEL, "vmlinuz"), "-initrd", initrd, "-append",
+        p = subprocess.Popen(["timeout", "60"] + QEMU + ["-kernel", os.path.join(KERNEL, "vmlinuz"), "-initrd", initrd, "-append",
                               "console=ttyS0 loglevel=7 initramfs_async=0 panic=-1"],
                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                              errors="replace")

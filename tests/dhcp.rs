@@ -12,24 +12,9 @@ use std::time::Duration;
 use common::netns::{client_on, lan_and_server, site_dnsmasq, Netns, Proc, SERVER_IP};
 use common::*;
 
-/// DHCP payloads sent to port 67 in a pcap file.
+/// DHCP payloads sent to port 67 in a fixture.
 fn fixture_discovers(name: &str) -> Vec<Vec<u8>> {
-    let bytes = std::fs::read(format!("{}/tests/fixtures/dhcp/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= bytes.len() {
-        let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &bytes[at + 16..(at + 16 + incl).min(bytes.len())];
-        at += 16 + incl;
-        if frame.len() < 42 || frame[12..14] != [8, 0] || frame[23] != 17 {
-            continue;
-        }
-        let udp = 14 + (frame[14] & 0x0f) as usize * 4;
-        if u16::from_be_bytes([frame[udp + 2], frame[udp + 3]]) == 67 {
-            out.push(frame[udp + 8..].to_vec());
-        }
-    }
-    out
+    common::pcap::fixture_payloads(name).into_iter().filter(|(port, _)| *port == 67).map(|(_, p)| p).collect()
 }
 
 /// Remove DHCP option `code` from a raw packet (to turn iPXE's DISCOVER into

@@ -22,13 +22,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let boot = d.join("boot");
-    std::fs::create_dir_all(boot.join("debian")).unwrap();
-    std::fs::write(boot.join("debian/vmlinuz"), pattern(2, 8 << 20)).unwrap();
-    std::fs::write(boot.join("debian/initrd.zst"), pattern(3, 1 << 20)).unwrap();
-    std::os::unix::fs::symlink("/", boot.join("escape")).unwrap();
-    std::fs::write(d.join("secret.txt"), "SECRET-OUTSIDE-BOOT-DIR").unwrap();
-    make_raw_base(&d.join("base.img"), 1 << 20, 4);
+    let boot = boot_files_fixture(d);
     let (nbd_port, http_port) = (free_port(), free_port());
     let cfg = d.join("pxeroot.toml");
     std::fs::write(

@@ -26,15 +26,8 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let boot = d.join("boot");
-    std::fs::create_dir_all(boot.join("debian")).unwrap();
+    let boot = boot_files_fixture(d);
     std::fs::write(boot.join("small.bin"), pattern(1, 1000)).unwrap();
-    std::fs::write(boot.join("debian/vmlinuz"), pattern(2, 8 << 20)).unwrap();
-    std::fs::write(boot.join("debian/initrd.zst"), pattern(3, 1 << 20)).unwrap();
-    // A symlink out of the boot directory, and a secret beside it.
-    std::os::unix::fs::symlink("/", boot.join("escape")).unwrap();
-    std::fs::write(d.join("secret.txt"), "SECRET-OUTSIDE-BOOT-DIR").unwrap();
-    make_raw_base(&d.join("base.img"), 1 << 20, 4);
     let nbd_port = free_port();
     let tftp_port = free_port();
     let cfg = d.join("pxeroot.toml");

@@ -357,39 +357,18 @@ pub fn decide_full(
     Ok(Some((r, seen)))
 }
 
+/// The fixture reader the integration tests use too.
+#[cfg(test)]
+#[path = "../../tests/common/pcap.rs"]
+mod pcap;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use dhcproto::{Decodable, Decoder};
 
-    /// DHCP payloads (UDP to port 67) from a pcap file: 24-byte header, then
-    /// per record 16 bytes + an Ethernet/IPv4/UDP frame.
-    pub fn pcap_dhcp_requests(bytes: &[u8]) -> Vec<Message> {
-        let mut out = Vec::new();
-        let mut at = 24;
-        while at + 16 <= bytes.len() {
-            let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
-            let frame = &bytes[at + 16..(at + 16 + incl).min(bytes.len())];
-            at += 16 + incl;
-            if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
-                continue;
-            }
-            let ihl = (frame[14] & 0x0f) as usize * 4;
-            let udp = 14 + ihl;
-            let dport = u16::from_be_bytes([frame[udp + 2], frame[udp + 3]]);
-            if dport != 67 && dport != 4011 {
-                continue;
-            }
-            if let Ok(m) = Message::decode(&mut Decoder::new(&frame[udp + 8..])) {
-                out.push(m);
-            }
-        }
-        out
-    }
-
     fn fixture(name: &str) -> Vec<Message> {
-        let path = format!("{}/tests/fixtures/dhcp/{name}", env!("CARGO_MANIFEST_DIR"));
-        pcap_dhcp_requests(&std::fs::read(path).unwrap())
+        pcap::fixture_payloads(name).iter().filter_map(|(_, p)| Message::decode(&mut Decoder::new(p)).ok()).collect()
     }
 
     fn ctx<'a>(files: &'a BootFiles, uefi: UefiStrategy, may: &'a dyn Fn(Mac) -> bool, url: &'a dyn Fn(Mac) -> String) -> Context<'a> {

@@ -129,7 +129,11 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
                 let data = modules::read_module(&opts.modules_dir.join(&rel))?;
                 // Stored uncompressed: the archive as a whole is compressed,
                 // and finit_module then needs no decompressor in the kernel.
-                let rel_ko = rel.to_string_lossy().replace(".ko.xz", ".ko").replace(".ko.zst", ".ko").replace(".ko.gz", ".ko");
+                let rel = rel.to_string_lossy();
+                let rel_ko = modlist::MODULE_SUFFIXES
+                    .iter()
+                    .find_map(|ext| rel.strip_suffix(ext))
+                    .map_or(rel.to_string(), |stem| format!("{stem}.ko"));
                 let path = format!("/lib/modules/{release}/{rel_ko}");
                 let mut d = Path::new(&path).parent();
                 while let Some(p) = d {

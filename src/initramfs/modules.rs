@@ -48,9 +48,7 @@ pub fn normalize(name: &str) -> String {
 }
 
 fn module_name(path: &Path) -> Option<String> {
-    let file = path.file_name()?.to_str()?;
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"].iter().find_map(|ext| file.strip_suffix(ext))?;
-    Some(normalize(stem))
+    modlist::module_name(path.file_name()?.to_str()?)
 }
 
 /// Parse `softdep` text: `pre: a b post: c`.

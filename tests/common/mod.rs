@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pcap;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -282,4 +283,19 @@ impl Client {
     pub fn disconnect(mut self) {
         let _ = self.send(Cmd::Disc, 0, 0, 0, &[]);
     }
+}
+
+/// The boot-file servers' fixture in `d`: `boot/debian/vmlinuz` (8 MiB,
+/// pattern 2) and `initrd.zst` (1 MiB, pattern 3), a symlink `boot/escape`
+/// out of the boot directory and `secret.txt` beside it (for traversal
+/// checks), and a 1 MiB raw base `base.img`. Returns the boot directory.
+pub fn boot_files_fixture(d: &Path) -> PathBuf {
+    let boot = d.join("boot");
+    std::fs::create_dir_all(boot.join("debian")).unwrap();
+    std::fs::write(boot.join("debian/vmlinuz"), pattern(2, 8 << 20)).unwrap();
+    std::fs::write(boot.join("debian/initrd.zst"), pattern(3, 1 << 20)).unwrap();
+    std::os::unix::fs::symlink("/", boot.join("escape")).unwrap();
+    std::fs::write(d.join("secret.txt"), "SECRET-OUTSIDE-BOOT-DIR").unwrap();
+    make_raw_base(&d.join("base.img"), 1 << 20, 4);
+    boot
 }

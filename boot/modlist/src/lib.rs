@@ -113,12 +113,16 @@ pub fn parse(text: &str) -> Result<Vec<Group>, ListError> {
     Ok(groups)
 }
 
+/// File name endings of kernel modules, compressed or not.
+pub const MODULE_SUFFIXES: [&str; 4] = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
+
 /// Module name from its path, as `modname.param=` on the kernel command
-/// line spells it: file stem, `-` as `_`.
-pub fn module_name(path: &str) -> String {
+/// line and modules.dep spell it: file stem, `-` as `_`. `None` for a file
+/// that is not a module.
+pub fn module_name(path: &str) -> Option<String> {
     let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"].iter().find_map(|ext| file.strip_suffix(ext)).unwrap_or(file);
-    stem.replace('-', "_")
+    let stem = MODULE_SUFFIXES.iter().find_map(|ext| file.strip_suffix(ext))?;
+    Some(stem.replace('-', "_"))
 }
 
 /// A module's parameters: the list's, each overridden (or added) by
@@ -135,7 +139,7 @@ pub fn params_for(module: &Module, cmdline: &str) -> String {
         .collect();
     for word in cmdline.split_whitespace() {
         let Some((m, rest)) = word.split_once('.') else { continue };
-        if m.replace('-', "_") != name {
+        if Some(m.replace('-', "_")) != name {
             continue;
         }
         let (k, v) = rest.split_once('=').unwrap_or((rest, ""));
@@ -274,6 +278,7 @@ mod tests {
         assert_eq!(params_for(&m, "quiet nbd.nbds_max=8 nbd.max_part=2 nbdx.a=1 ext4.b=2"), "nbds_max=8 max_part=2");
         let dash = Module { path: "/m/i2c-algo-bit.ko".into(), params: vec![] };
         assert_eq!(params_for(&dash, "i2c_algo_bit.bit_test=1"), "bit_test=1");
-        assert_eq!(module_name("/m/virtio_net.ko.zst"), "virtio_net");
+        assert_eq!(module_name("/m/virtio_net.ko.zst").as_deref(), Some("virtio_net"));
+        assert_eq!(module_name("/m/modules.dep"), None);
     }
 }

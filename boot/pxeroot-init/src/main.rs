@@ -30,9 +30,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cmdline::{Attach, NetConfig, Settings};
-
-/// Where `pxeroot initramfs` puts the module load order.
 use modlist::PATH as MODULE_LIST;
+
 /// Mount point of the new root inside the initramfs.
 const NEWROOT: &str = "/newroot";
 /// argv[0] of the process that stays in NBD_DO_IT: the leading `@` tells
@@ -213,7 +212,7 @@ impl Modules {
             }
         }
         self.skipped = waiting.len();
-        if self.skipped > 0 && !has_network_interface() {
+        if self.skipped > 0 && interfaces().map_or(true, |n| n.is_empty()) {
             for i in waiting {
                 self.load_group(i)?;
             }
@@ -234,8 +233,12 @@ impl Modules {
     }
 }
 
-fn has_network_interface() -> bool {
-    std::fs::read_dir("/sys/class/net").map(|d| d.flatten().any(|e| e.file_name() != "lo")).unwrap_or(false)
+/// Network interfaces other than lo, sorted.
+fn interfaces() -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> =
+        std::fs::read_dir("/sys/class/net")?.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n != "lo").collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Every device's modalias (`/sys/bus/*/devices/*/modalias`).
@@ -277,12 +280,7 @@ fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), Stri
     // NIC drivers probe asynchronously after their module loads: wait.
     let mut deadline = Instant::now() + CARRIER_WAIT;
     loop {
-        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .map_err(|e| format!("listing /sys/class/net: {e}"))?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n != "lo")
-            .collect();
-        names.sort();
+        let names = interfaces().map_err(|e| format!("listing /sys/class/net: {e}"))?;
         let pick = names.into_iter().find_map(|n| {
             let mac = read_mac(&n)?;
             let ok = match (&wanted, s.bootif) {
@@ -438,15 +436,7 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
     // The keeper process sits in NBD_DO_IT for the life of the machine. It
     // is a fresh exec of this binary so its argv[0] can start with '@'.
     sys::keep_across_exec(fd).map_err(|e| format!("fcntl: {e}"))?;
-    match sys::fork().map_err(|e| format!("fork: {e}"))? {
-        sys::Forked::Child => {
-            let err = std::process::Command::new("/init").arg0(KEEPER_ARGV0).arg(KEEPER_FLAG).arg(fd.to_string()).exec();
-            // exec only returns on failure; this is the child, not PID 1.
-            eprintln!("pxeroot-init: cannot exec the NBD keeper: {err}");
-            std::process::exit(1);
-        }
-        sys::Forked::Parent => {}
-    }
+    spawn_helper("NBD keeper", &[KEEPER_FLAG.to_string(), fd.to_string()])?;
     // The kernel holds its own references now; the device becomes usable
     // once the keeper is inside NBD_DO_IT (its pid appears in sysfs).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -463,6 +453,21 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
 
 /// The keeper: `@pxeroot-nbd --keep-nbd-device FD`. Never returns while the
 /// device lives.
+/// Fork, and in the child exec this binary again as `KEEPER_ARGV0` with
+/// `args`: a helper that outlives switch_root (the fds it needs must be
+/// marked to survive exec first).
+fn spawn_helper(what: &str, args: &[String]) -> Result<(), String> {
+    match sys::fork().map_err(|e| format!("fork: {e}"))? {
+        sys::Forked::Child => {
+            let err = std::process::Command::new("/init").arg0(KEEPER_ARGV0).args(args).exec();
+            // exec only returns on failure; this is the child, not PID 1.
+            eprintln!("pxeroot-init: cannot exec the {what}: {err}");
+            std::process::exit(1);
+        }
+        sys::Forked::Parent => Ok(()),
+    }
+}
+
 fn keep_nbd_device(args: &[String]) -> ! {
     let fd: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1);
     if let Err(e) = sys::harden_root_keeper() {
@@ -492,14 +497,9 @@ fn attach_netlink(s: &Settings, export: &str, sock: std::net::TcpStream, info: n
         flags: info.flags,
     };
     sys::keep_across_exec(events.raw_fd()).map_err(|e| format!("fcntl: {e}"))?;
-    match sys::fork().map_err(|e| format!("fork: {e}"))? {
-        sys::Forked::Child => {
-            let err = std::process::Command::new("/init").arg0(KEEPER_ARGV0).arg(MONITOR_FLAG).args(args.to_args()).exec();
-            eprintln!("pxeroot-init: cannot exec the NBD monitor: {err}");
-            std::process::exit(1);
-        }
-        sys::Forked::Parent => {}
-    }
+    let mut argv = vec![MONITOR_FLAG.to_string()];
+    argv.extend(args.to_args());
+    spawn_helper("NBD monitor", &argv)?;
     drop(sock);
     drop(events);
     Ok(())
