@@ -4,6 +4,7 @@
 //! opened: `..`, absolute paths, backslash tricks and symlinks that lead out
 //! are refused.
 
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -80,9 +81,16 @@ impl Resolver {
         Ok(Resolver { root: root.canonicalize()?, registry, params, boot })
     }
 
-    /// The registry, for the boot events the services report.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// A client fetched its boot script (over TFTP or HTTP, `via`): its new
+    /// boot starts here, which resets an ephemeral overlay and binds the
+    /// overlay to the address it boots from.
+    pub fn start_boot(&self, mac: Mac, client: SocketAddr, via: &str) {
+        tracing::info!(%mac, %client, "boot script requested over {via}: new boot");
+        match self.registry.new_boot(mac, client.ip()) {
+            Ok(true) => tracing::info!(%mac, "ephemeral overlay reset for the new boot"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%mac, error = %e, "resetting the ephemeral overlay failed"),
+        }
     }
 
     pub fn resolve(&self, raw: &str) -> Result<BootFile, ResolveError> {

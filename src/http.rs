@@ -117,10 +117,7 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
     let resolved = resolver.resolve(&path);
     let (file, size, name) = match resolved {
         Ok(BootFile::Script { mac, text }) => {
-            info!(%mac, client = %peer, "boot script requested over HTTP: new boot");
-            if let Err(e) = resolver.registry().new_boot(mac, peer.ip()) {
-                warn!(%mac, error = %e, "resetting the ephemeral overlay failed");
-            }
+            resolver.start_boot(mac, peer, "HTTP");
             let len = text.len();
             let mut r = if head { plain(StatusCode::OK, "") } else { plain(StatusCode::OK, &text) };
             r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));

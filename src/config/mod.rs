@@ -173,6 +173,20 @@ impl wire::Root {
             fix: fix.to_string(),
         };
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
+        // A service's listen address: `None` when its section says
+        // `enabled = false`, else `listen` or the default.
+        let service_listen = |section: Option<(bool, Option<&str>)>, default: &str, key: &str| -> Result<Option<SocketAddr>, ConfigError> {
+            match section {
+                Some((false, _)) => Ok(None),
+                section => {
+                    let text = section.and_then(|(_, l)| l).unwrap_or(default);
+                    let addr = text
+                        .parse()
+                        .map_err(|_| err(key, format!("{text:?} is not an address:port"), &format!("write it as \"{default}\"")))?;
+                    Ok(Some(addr))
+                }
+            }
+        };
 
         let state_dir = resolve(&self.state_dir);
         let require_boot_address = self.nbd.as_ref().and_then(|n| n.require_boot_address).unwrap_or(true);
@@ -342,15 +356,7 @@ impl wire::Root {
                     }
                 }
                 let tftp_listen =
-                    match &self.tftp {
-                        Some(t) if !t.enabled => None,
-                        t => {
-                            let text = t.as_ref().and_then(|t| t.listen.clone()).unwrap_or_else(|| DEFAULT_TFTP_LISTEN.into());
-                            Some(text.parse().map_err(|_| {
-                                err("tftp.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:69\"")
-                            })?)
-                        }
-                    };
+                    service_listen(self.tftp.as_ref().map(|t| (t.enabled, t.listen.as_deref())), DEFAULT_TFTP_LISTEN, "tftp.listen")?;
                 let dhcp = match &self.dhcp {
                     None => None,
                     Some(d) => {
@@ -405,16 +411,8 @@ impl wire::Root {
                     })?),
                     _ => None,
                 };
-                let http_listen: Option<SocketAddr> =
-                    match &self.http {
-                        Some(h) if !h.enabled => None,
-                        h => {
-                            let text = h.as_ref().and_then(|h| h.listen.clone()).unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
-                            Some(text.parse().map_err(|_| {
-                                err("http.listen", format!("{text:?} is not an address:port"), "write it as \"0.0.0.0:80\"")
-                            })?)
-                        }
-                    };
+                let http_listen =
+                    service_listen(self.http.as_ref().map(|h| (h.enabled, h.listen.as_deref())), DEFAULT_HTTP_LISTEN, "http.listen")?;
                 let files_base = match (p.boot_files_over.as_deref(), http_listen, tftp_listen) {
                     (None | Some("http"), Some(h), _) => format!("http://{server}:{}", h.port()),
                     (Some("http"), None, _) => {
@@ -534,6 +532,23 @@ image = "debian"
             let e = r.unwrap_err();
             assert_eq!(e.key, key, "{e}");
             assert!(!e.fix.is_empty());
+        }
+    }
+
+    #[test]
+    fn test_config_service_listen_default_disabled_and_bad() {
+        let pxe = format!("{GOOD}[pxe]\nserver_address = \"10.0.0.1\"\nboot_dir = \".\"\n");
+        let c = with_base(&pxe).1.unwrap();
+        let p = c.pxe.unwrap();
+        assert_eq!(p.tftp_listen, Some(DEFAULT_TFTP_LISTEN.parse().unwrap()));
+        assert_eq!(p.http_listen, Some(DEFAULT_HTTP_LISTEN.parse().unwrap()));
+        let c = with_base(&format!("{pxe}[tftp]\nenabled = false\n[http]\nlisten = \"127.0.0.1:8080\"\n")).1.unwrap();
+        let p = c.pxe.unwrap();
+        assert_eq!((p.tftp_listen, p.http_listen), (None, Some("127.0.0.1:8080".parse().unwrap())));
+        for (section, key, default) in [("tftp", "tftp.listen", DEFAULT_TFTP_LISTEN), ("http", "http.listen", DEFAULT_HTTP_LISTEN)] {
+            let e = with_base(&format!("{pxe}[{section}]\nlisten = \"nowhere\"\n")).1.unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.problem.contains("nowhere") && e.fix.contains(default), "{e}");
         }
     }
 

@@ -145,13 +145,7 @@ fn open(resolver: &Resolver, name: &str, client: SocketAddr) -> Result<(Source, 
             Ok((Source::File(f), size))
         }
         Ok(BootFile::Script { mac, text }) => {
-            // Fetching its script is where a client's new boot starts.
-            info!(%mac, %client, "boot script requested over TFTP: new boot");
-            match resolver.registry().new_boot(mac, client.ip()) {
-                Ok(true) => info!(%mac, "ephemeral overlay reset for the new boot"),
-                Ok(false) => {}
-                Err(e) => warn!(%mac, error = %e, "resetting the ephemeral overlay failed"),
-            }
+            resolver.start_boot(mac, client, "TFTP");
             let size = text.len() as u64;
             Ok((Source::Bytes(text.into_bytes()), size))
         }
