@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::ipxe::{self, BootSpec, ScriptParams};
 use crate::mac::Mac;
-use crate::storage::registry::{Registry, Target};
+use crate::storage::registry::Registry;
 
 /// Directory prefix under which per-client scripts are served:
 /// `pxeroot/52-54-00-12-34-56.ipxe`.
@@ -114,8 +114,7 @@ impl Resolver {
     fn script(&self, name: &str, raw: &str) -> Result<BootFile, ResolveError> {
         let not_found = || ResolveError::NotFound { path: raw.to_string() };
         let mac: Mac = name.parse().map_err(|_| not_found())?;
-        let target = self.registry.resolve(&mac.to_string()).map_err(|_| not_found())?;
-        let Target::Client(mac) = target else { return Err(not_found()) };
+        // A client the configuration boots (its own entry, or unknown_clients).
         let image = self.registry.image_of(mac).ok_or_else(not_found)?;
         let boot = self.boot.get(&image).ok_or_else(not_found)?;
         Ok(BootFile::Script { mac, text: ipxe::render(&self.params, mac, boot) })
