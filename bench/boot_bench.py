@@ -3,7 +3,7 @@
 virtio-net) PXE-boot from pxeroot and from a reference stack built from the
 tools people use today, interleaved in one run, 1, 2 and 3 clients at once.
 
-Stacks (--stacks, comma-separated; default "pxeroot,reference,reference-zstd"):
+Stacks (--stacks, comma-separated; default "pxeroot,pxeroot-nics,reference,reference-zstd"):
   pxeroot         pxeroot in proxy mode beside the site's DHCP server; boot
                   files over HTTP, its static pxeroot-init in the initramfs
                   (its default zstd -19).
@@ -16,6 +16,8 @@ Stacks (--stacks, comma-separated; default "pxeroot,reference,reference-zstd"):
                   reference), whose /init (a busybox sh script) insmods 15
                   modules, runs udhcpc, nbd-client, mount and switch_root.
   reference-zstd  the same with the initramfs compressed by zstd -19.
+  pxeroot-nics    the same, its initramfs built with the reference's NIC
+                  drivers only (--nics virtio,e1000) instead of all six.
   pxeroot-full    pxeroot as the only DHCP server (full mode) with its IPv6
                   router advertisement, no site DHCP server.
 The "site" is a dnsmasq on the LAN bridge handing out addresses (no-ping)
@@ -88,7 +90,10 @@ INIT_PATTERNS = {
     "reference": {"init_started": r"ref-init: start", "modules_loaded": r"ref-init: \d+ modules loaded", "network_up": r"ref-init: network up",
                   "nbd_attached": r"ref-init: nbd attached"},
 }
-INIT_PATTERNS["pxeroot-full"] = INIT_PATTERNS["pxeroot"]
+INIT_PATTERNS["pxeroot-full"] = INIT_PATTERNS["pxeroot-nics"] = INIT_PATTERNS["pxeroot"]
+# The reference's initramfs carries these NIC drivers; pxeroot-nics builds
+# pxeroot's with the same (`pxeroot initramfs --nics`).
+REF_NICS = "virtio,e1000"
 INIT_PATTERNS["reference-zstd"] = INIT_PATTERNS["reference"]
 # Stages from console landmarks. "init" spans /init's module loading,
 # network and NBD attach: pxeroot-init overlaps them, so only the span is
@@ -215,12 +220,12 @@ class Lab:
 
 
 class Pxeroot:
-    def __init__(self, work, full):
-        self.work, self.full = work, full
+    def __init__(self, work, full, initrd):
+        self.work, self.full, self.initrd = work, full, initrd
         self.boot = os.path.join(work, "boot")
 
     def initramfs(self):
-        return os.path.join(self.boot, "initrd.zst")
+        return os.path.join(self.boot, self.initrd)
 
     def start(self, lab, log, macs):
         state = tempfile.mkdtemp(dir=self.work, prefix="state-")
@@ -230,7 +235,7 @@ class Pxeroot:
         with open(conf, "w") as f:
             f.write(f'state_dir = "{state}"\n[nbd]\nlisten = ["{SERVER_IP}:10809"]\n[pxe]\n'
                     f'server_address = "{SERVER_IP}"\nboot_dir = "{self.boot}"\n[dhcp]\ninterface = "vsrv0"\n{dhcp}'
-                    f'[images.root]\npath = "{self.work}/root.img"\nkernel = "vmlinuz"\ninitrd = "initrd.zst"\n'
+                    f'[images.root]\npath = "{self.work}/root.img"\nkernel = "vmlinuz"\ninitrd = "{self.initrd}"\n'
                     'cmdline = "console=ttyS0 panic=-1 quiet"\n'
                     '[unknown_clients]\naction = "boot"\nimage = "root"\npolicy = "ephemeral"\n')
         procs = [spawn(SRV, [PXEROOT, "--log", "warn", "serve", "--config", conf], log)]
@@ -389,7 +394,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", default="1,2,3")
-    ap.add_argument("--stacks", default="pxeroot,reference,reference-zstd")
+    ap.add_argument("--stacks", default="pxeroot,pxeroot-nics,reference,reference-zstd")
     ap.add_argument("--keep-consoles", metavar="DIR", help="save every client's serial console in DIR")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -421,8 +426,9 @@ def main():
     boot = os.path.join(work, "boot")
     os.makedirs(boot)
     shutil.copy(os.path.join(KERNEL, "vmlinuz"), boot)
-    subprocess.run([PXEROOT, "initramfs", "--kernel-modules", os.path.join(KERNEL, "modules"), "-o",
-                    os.path.join(boot, "initrd.zst"), "--init", init], check=True, stdout=subprocess.DEVNULL)
+    for name, nics in [("initrd.zst", []), ("initrd-nics.zst", ["--nics", REF_NICS])]:
+        subprocess.run([PXEROOT, "initramfs", "--kernel-modules", os.path.join(KERNEL, "modules"), "-o",
+                        os.path.join(boot, name), "--init", init] + nics, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([os.path.join(ROOT, "images/build-test-root"), os.path.join(work, "root.img"), init],
                    check=True, stdout=subprocess.DEVNULL)
     stacks = {}
@@ -430,7 +436,7 @@ def main():
         if s.startswith("reference"):
             stacks[s] = Reference(work, os.path.join(KERNEL, "modules"), "zstd" if s == "reference-zstd" else "gzip")
         else:
-            stacks[s] = Pxeroot(work, s == "pxeroot-full")
+            stacks[s] = Pxeroot(work, s == "pxeroot-full", "initrd-nics.zst" if s == "pxeroot-nics" else "initrd.zst")
     unpack = {}
     for s in names:
         unpack[s] = calibrate_unpack(stacks[s].initramfs())
@@ -490,13 +496,12 @@ def main():
         boots = [b for r in results[(s, n0)] for b in r.values() if "root_marker" in b and "init_started" in b]
         marks = [f"{m} {median([x[m] - x['init_started'] for x in boots if m in x]):.2f}" for m in INIT_MARKS]
         print(f"  {s:14} " + ", ".join(marks))
-    for ref in [r for r in names if r.startswith("reference")]:
-        if "pxeroot" not in names:
-            break
-        print(f"\nratios pxeroot / {ref} (lower is better)")
-        for n in counts:
-            p, r = table[("pxeroot", n)], table[(ref, n)]
-            print(f"  {n} client(s) at once: owned stages {p['owned'] / r['owned']:.2f}x, whole boot {p['total'] / r['total']:.2f}x")
+    for ours in [s for s in names if s.startswith("pxeroot")]:
+        for ref in [r for r in names if r.startswith("reference")]:
+            print(f"\nratios {ours} / {ref} (lower is better)")
+            for n in counts:
+                p, r = table[(ours, n)], table[(ref, n)]
+                print(f"  {n} client(s) at once: owned stages {p['owned'] / r['owned']:.2f}x, whole boot {p['total'] / r['total']:.2f}x")
 
 if __name__ == "__main__":
     main()

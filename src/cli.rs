@@ -183,6 +183,7 @@ pub fn initramfs(
     modules_dir: PathBuf,
     output: PathBuf,
     extra_modules: Vec<String>,
+    nics: Vec<crate::initramfs::Nic>,
     compression: crate::initramfs::Compression,
     init: Option<PathBuf>,
 ) -> Result<()> {
@@ -201,7 +202,7 @@ pub fn initramfs(
         }
     };
     println!("building {} from {} (init: {})", output.display(), modules_dir.display(), init.display());
-    let r = build(&Options { modules_dir, output: output.clone(), extra_modules, compression, init })
+    let r = build(&Options { modules_dir, output: output.clone(), extra_modules, nics, compression, init })
         .context("building the initramfs failed")?;
     for (m, size) in &r.modules {
         println!("  module {m:<24} {size:>9} bytes");

@@ -60,6 +60,10 @@ enum Command {
         /// Extra modules, comma-separated (e.g. xfs,btrfs).
         #[arg(long, value_delimiter = ',')]
         modules: Vec<String>,
+        /// NIC drivers to include, comma-separated (default: all of them).
+        /// Fewer drivers make a smaller initramfs that unpacks faster.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        nics: Vec<pxeroot::initramfs::Nic>,
         #[arg(long, value_enum, default_value = "zstd")]
         compress: pxeroot::initramfs::Compression,
         /// The static pxeroot-init binary (default: built by boot/pxeroot-init/build-static).
@@ -78,8 +82,8 @@ fn main() -> ExitCode {
         Command::Serve { config } => pxeroot::cli::serve(&config),
         Command::CheckConfig { config } => pxeroot::cli::check_config(&config),
         Command::Nbd { base, state_dir, listen, policy, name } => pxeroot::cli::adhoc_nbd(&base, state_dir, listen, policy, name),
-        Command::Initramfs { kernel_modules, output, modules, compress, init } => {
-            pxeroot::cli::initramfs(kernel_modules, output, modules, compress, init)
+        Command::Initramfs { kernel_modules, output, modules, nics, compress, init } => {
+            pxeroot::cli::initramfs(kernel_modules, output, modules, nics, compress, init)
         }
     };
     match result {

@@ -22,13 +22,17 @@ fn init_binary() -> PathBuf {
 }
 
 fn build(out: &Path, compress: &str) -> String {
+    build_with(out, &["--compress", compress])
+}
+
+fn build_with(out: &Path, args: &[&str]) -> String {
     stdout(
         Command::new(bin())
             .args(["initramfs", "--kernel-modules"])
             .arg(kernel_modules())
             .arg("-o")
             .arg(out)
-            .args(["--compress", compress])
+            .args(args)
             .arg("--init")
             .arg(init_binary()),
     )
@@ -105,6 +109,29 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
     assert!(report.contains("module nbd"), "{report}");
 }
 
+/// `--nics` carries only the chosen NIC drivers, each still in a group of
+/// its own; the root's modules are there whatever the choice.
+#[test]
+fn test_initramfs_nics_chooses_the_drivers() {
+    require("cpio");
+    let d = tempfile::tempdir().unwrap();
+    let all = d.path().join("all.cpio");
+    build(&all, "none");
+    let some = d.path().join("some.cpio");
+    let report = build_with(&some, &["--compress", "none", "--nics", "virtio,e1000"]);
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("cpio").args(["-idm", "--quiet", "--no-absolute-filenames", "-F"]).arg(&some).current_dir(&x).stderr(Stdio::null()));
+    let groups = modlist::parse(&std::fs::read_to_string(x.join("etc/pxeroot/modules")).unwrap()).unwrap();
+    let last: Vec<&str> =
+        groups.iter().map(|g| g.modules.last().unwrap().path.rsplit('/').next().unwrap().trim_end_matches(".ko")).collect();
+    assert_eq!(last, ["ext4", "virtio_pci", "virtio_net", "e1000"], "{report}");
+    assert!(!report.contains("e1000e") && !report.contains("r8169") && !report.contains("igb"), "{report}");
+    let (a, s) = (std::fs::metadata(&all).unwrap().len(), std::fs::metadata(&some).unwrap().len());
+    eprintln!("initramfs cpio: all NICs {a} bytes, virtio + e1000 {s} bytes");
+    assert!(s < a * 3 / 4, "{s} vs {a}");
+}
+
 #[test]
 fn test_initramfs_errors_are_clear() {
     let d = tempfile::tempdir().unwrap();
@@ -134,6 +161,17 @@ fn test_initramfs_errors_are_clear() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no_such_module"), "{err}");
+    // A NIC it does not know: the error lists the ones it does.
+    let out = Command::new(bin())
+        .args(["initramfs", "--kernel-modules"])
+        .arg(kernel_modules())
+        .arg("-o")
+        .arg(d.path().join("x"))
+        .args(["--nics", "virtio,tulip"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tulip") && err.contains("e1000e"), "{err}");
 }
 
 /// A tree shaped like a distribution's: compressed modules (.ko.xz,

@@ -156,6 +156,30 @@ pub fn wanted(group: &Group, modaliases: &[String]) -> bool {
     group.when.is_empty() || group.when.iter().any(|p| modaliases.iter().any(|a| glob(p.as_bytes(), a.as_bytes())))
 }
 
+/// Alias prefixes that are not (only) the name of the bus whose devices
+/// carry them: `of:` and `acpi:` aliases match platform devices too.
+const NOT_ONE_BUS: &[&str] = &["of", "acpi", "dmi"];
+
+/// The buses whose devices the groups' patterns can match: the part of
+/// each pattern before its first `:` (`pci:v00008086d*` → `pci`), which
+/// names the bus's directory under `/sys/bus`. `None` when some pattern's
+/// bus cannot be told this way (no `:`, a glob in the prefix, or an
+/// `of:`/`acpi:` alias): then every bus must be read. Reading only pci and
+/// virtio instead of every bus saved 40 ms of a TCG boot.
+pub fn buses(groups: &[Group]) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for p in groups.iter().flat_map(|g| &g.when) {
+        let (bus, _) = p.split_once(':')?;
+        if bus.is_empty() || NOT_ONE_BUS.contains(&bus) || bus.bytes().any(|c| matches!(c, b'*' | b'?' | b'[' | b'/')) {
+            return None;
+        }
+        if !out.iter().any(|b| b == bus) {
+            out.push(bus.to_string());
+        }
+    }
+    Some(out)
+}
+
 /// Shell glob as module aliases use it (fnmatch without flags): `*`, `?`
 /// and `[...]` classes with ranges and `!`/`^` negation.
 pub fn glob(pat: &[u8], s: &[u8]) -> bool {
@@ -235,6 +259,19 @@ mod tests {
         assert!(glob(b"*", b"") && glob(b"a*b*c", b"aXXbYYc") && !glob(b"a*b*c", b"aXXbYY"));
         assert!(glob(b"?", b"x") && !glob(b"?", b""));
         assert!(!glob(b"abc", b"abcd") && !glob(b"abcd", b"abc"));
+    }
+
+    #[test]
+    fn buses_come_from_the_patterns_prefixes() {
+        let g = |when: &[&str]| Group { when: when.iter().map(|s| s.to_string()).collect(), modules: vec![] };
+        let groups = [g(&[]), g(&["pci:v00001AF4d*", "pci:v00008086d*"]), g(&["virtio:d00000001v*"])];
+        assert_eq!(buses(&groups), Some(vec!["pci".to_string(), "virtio".to_string()]));
+        assert_eq!(buses(&[g(&[])]), Some(vec![]));
+        // No bus to be read from the pattern: read them all.
+        assert_eq!(buses(&[g(&["pci:v1*"]), g(&["*:v1*"])]), None);
+        assert_eq!(buses(&[g(&["weird"])]), None);
+        assert_eq!(buses(&[g(&["../x:y"])]), None);
+        assert_eq!(buses(&[g(&["pci:v1*"]), g(&["of:N*T*Csnps,dwmac"])]), None);
     }
 
     #[test]

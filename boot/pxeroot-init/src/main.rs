@@ -26,7 +26,7 @@ use std::fmt::Display;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cmdline::{Attach, NetConfig, Settings};
@@ -128,6 +128,14 @@ fn boot(con: &Console) -> Result<(), String> {
         (net.join(), rest)
     });
     con.say(format_args!("{} modules loaded", drivers + rest?));
+    // The module files are no longer needed: free their memory on another
+    // thread while this one waits on the server to attach and mount (under
+    // TCG, deleting the initramfs's 6 MB took 17 ms on the critical path).
+    let freeing = std::thread::spawn(move || {
+        for path in modules.files() {
+            let _ = std::fs::remove_file(path);
+        }
+    });
     let (sock, info) = net.map_err(|_| "the network thread panicked".to_string())??;
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
     match settings.attach {
@@ -135,6 +143,7 @@ fn boot(con: &Console) -> Result<(), String> {
         Attach::Netlink => con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, sock, info))?,
     }
     con.step(&format!("mount /dev/nbd0 ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings))?;
+    let _ = freeing.join();
     con.say(format_args!("switching root, exec {}", settings.init));
     let err = switch_root(&settings);
     Err(format!("switch_root failed: {err}"))
@@ -196,12 +205,13 @@ impl Modules {
     fn load_drivers(&mut self) -> Result<usize, String> {
         let before = self.loaded.len();
         let (mut aliases, mut stale, mut waiting) = (Vec::new(), true, Vec::new());
+        let buses = modlist::buses(&self.groups);
         for i in 0..self.groups.len() {
             if self.groups[i].when.is_empty() {
                 continue;
             }
             if stale {
-                aliases = device_modaliases();
+                aliases = device_modaliases(buses.as_deref());
                 stale = false;
             }
             if modlist::wanted(&self.groups[i], &aliases) {
@@ -219,6 +229,11 @@ impl Modules {
             self.skipped = 0;
         }
         Ok(self.loaded.len() - before)
+    }
+
+    /// Every module file the list names, loaded or not.
+    fn files(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().flat_map(|g| &g.modules).map(|m| m.path.as_str())
     }
 
     /// The groups that always load.
@@ -241,12 +256,19 @@ fn interfaces() -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Every device's modalias (`/sys/bus/*/devices/*/modalias`).
-fn device_modaliases() -> Vec<String> {
+/// The modaliases of the devices on `buses` (`/sys/bus/BUS/devices/*/modalias`),
+/// or on every bus when `None`. A bus not registered yet has no devices.
+fn device_modaliases(buses: Option<&[String]>) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(buses) = std::fs::read_dir("/sys/bus") else { return out };
-    for bus in buses.flatten() {
-        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else { continue };
+    let dirs: Vec<PathBuf> = match buses {
+        Some(names) => names.iter().map(|b| Path::new("/sys/bus").join(b)).collect(),
+        None => match std::fs::read_dir("/sys/bus") {
+            Ok(d) => d.flatten().map(|e| e.path()).collect(),
+            Err(_) => return out,
+        },
+    };
+    for bus in dirs {
+        let Ok(devices) = std::fs::read_dir(bus.join("devices")) else { continue };
         for dev in devices.flatten() {
             if let Ok(a) = std::fs::read_to_string(dev.path().join("modalias")) {
                 out.push(a.trim().to_string());
