@@ -112,6 +112,12 @@ fn boot(con: &Console) -> Result<(), String> {
     }
     let mut modules = Modules::open(&text)?;
     let drivers = con.step("load NIC drivers", || modules.load_drivers())?;
+    if modules.fallback > 0 {
+        con.say(format_args!(
+            "no network interface from the driver groups that matched a device: loaded the {} others too",
+            modules.fallback
+        ));
+    }
     con.say(format_args!("{drivers} driver modules loaded ({} driver groups without a device skipped)", modules.skipped));
     let (iface, mac) = con.step("find the boot interface", || find_interface(con, &settings))?;
     con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
@@ -172,7 +178,11 @@ struct Modules {
     groups: Vec<modlist::Group>,
     loaded: std::collections::HashSet<String>,
     cmdline: String,
+    /// Driver groups left unloaded: no device matched.
     skipped: usize,
+    /// Driver groups loaded although no device matched, because none of
+    /// the matching ones gave a network interface.
+    fallback: usize,
 }
 
 impl Modules {
@@ -182,7 +192,7 @@ impl Modules {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("reading {MODULE_LIST}: {e}")),
         };
-        Ok(Modules { groups, loaded: Default::default(), cmdline: cmdline.to_string(), skipped: 0 })
+        Ok(Modules { groups, loaded: Default::default(), cmdline: cmdline.to_string(), skipped: 0, fallback: 0 })
     }
 
     fn load_group(&mut self, i: usize) -> Result<(), String> {
@@ -226,7 +236,7 @@ impl Modules {
             for i in waiting {
                 self.load_group(i)?;
             }
-            self.skipped = 0;
+            self.fallback = std::mem::take(&mut self.skipped);
         }
         Ok(self.loaded.len() - before)
     }
