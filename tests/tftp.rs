@@ -236,8 +236,7 @@ fn test_tftp_per_client_blksize_cap() {
         let log = s.server.log_text();
         let line = log
             .lines()
-            .filter(|l| l.contains("TFTP transfer finished") && l.contains(&format!("client={src}:")))
-            .last()
+            .rfind(|l| l.contains("TFTP transfer finished") && l.contains(&format!("client={src}:")))
             .unwrap_or_default()
             .to_string();
         assert!(line.contains(want), "{src}: {line}");

@@ -354,7 +354,9 @@ pub fn order(wanted: &[String], src: &mut impl DepSource) -> Result<Vec<String>,
 mod tests {
     use super::*;
 
-    struct Fake(HashMap<&'static str, (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>)>);
+    /// Hard, soft-pre and soft-post dependencies by module name.
+    type Names = Vec<&'static str>;
+    struct Fake(HashMap<&'static str, (Names, Names, Names)>);
 
     impl DepSource for Fake {
         fn deps_of(&mut self, name: &str) -> Result<Option<Deps>, ModuleError> {
