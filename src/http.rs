@@ -117,7 +117,10 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
     let resolved = resolver.resolve(&path);
     let (file, size, name) = match resolved {
         Ok(BootFile::Script { mac, text }) => {
-            resolver.start_boot(mac, peer, "HTTP");
+            // A new boot writes a synced record and may wait for the
+            // client's old overlay to close: off the runtime.
+            let r = resolver.clone();
+            let _ = tokio::task::spawn_blocking(move || r.start_boot(mac, peer, "HTTP")).await;
             let len = text.len();
             let mut r = if head { plain(StatusCode::OK, "") } else { plain(StatusCode::OK, &text) };
             r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));

@@ -13,5 +13,6 @@ pub mod ipxe;
 pub mod mac;
 pub mod nbd;
 pub mod ra;
+pub mod statefile;
 pub mod storage;
 pub mod tftp;

@@ -133,10 +133,11 @@ pub async fn serve(cfg: DhcpConfig, registry: Arc<Registry>, shutdown: Cancellat
     Ok(())
 }
 
-/// Write the lease table (tmp + rename, so a crash never leaves half a file).
+/// Write the lease table. Not synced: it changes with every lease, and a
+/// host crash that loses the last change costs a client its old address at
+/// worst (it asks for it again, and gets it if it is free).
 fn save_leases(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+    if let Err(e) = crate::statefile::replace(path, text.as_bytes(), crate::statefile::Durability::Cached) {
         warn!(file = %path.display(), error = %e, "saving DHCP leases failed");
     }
 }

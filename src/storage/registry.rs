@@ -12,7 +12,6 @@
 //! make sense on top of the exact bytes they were copied from.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,6 +22,7 @@ use super::base::BaseImage;
 use super::overlay::Overlay;
 use super::{Extent, Result, StorageError};
 use crate::mac::Mac;
+use crate::statefile::{self, Durability};
 
 /// What happens to a client's overlay between boots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -207,7 +207,8 @@ impl Registry {
                 "client {mac} booted from {a}; its overlay is not opened for {peer} (nbd.require_boot_address = false allows any address)"
             )),
             None => Err(format!(
-                "client {mac} has not booted through this server yet, so no address may open its overlay                  (nbd.require_boot_address = false allows any address)"
+                "client {mac} has not booted through this server yet, so no address may open its overlay \
+                 (nbd.require_boot_address = false allows any address)"
             )),
         }
     }
@@ -348,10 +349,8 @@ impl Registry {
         // The record goes first: an overlay never exists without one.
         let text =
             toml::to_string(&image.fingerprint).map_err(|e| StorageError::Corrupt { path: record_path.clone(), reason: e.to_string() })?;
-        let tmp = record_path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).map_err(|e| StorageError::io("write base record", &tmp, 0, e))?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| StorageError::io("sync base record", &tmp, 0, e))?;
-        std::fs::rename(&tmp, &record_path).map_err(|e| StorageError::io("rename base record", &record_path, 0, e))?;
+        statefile::replace(&record_path, text.as_bytes(), Durability::Synced)
+            .map_err(|e| StorageError::io("write base record", &record_path, 0, e))?;
         let overlay = Overlay::create(&path, image.base.clone())?;
         tracing::info!(%mac, image = %rule.image, policy = ?rule.policy, overlay = %path.display(), "overlay created");
         Ok(overlay)
@@ -376,10 +375,10 @@ impl Registry {
     /// the address (see `check_access`) and resets an ephemeral overlay when
     /// none of that client's connections is open. Returns whether it was reset.
     pub fn new_boot(&self, mac: Mac, address: std::net::IpAddr) -> Result<bool> {
+        // Synced: after a host crash, a restarted daemon must still let
+        // this client's netlink reconnects in.
         let path = self.boot_address_path(mac);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{address}\n"))
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        statefile::replace(&path, format!("{address}\n").as_bytes(), Durability::Synced)
             .map_err(|e| StorageError::io("record boot address", &path, 0, e))?;
         let mut open = self.lock_open();
         let ephemeral = matches!(self.rule(mac), Some(r) if r.policy == OverlayPolicy::Ephemeral);

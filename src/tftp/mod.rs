@@ -87,7 +87,7 @@ pub async fn serve(
     caps: Arc<Vec<BlksizeCap>>,
     shutdown: CancellationToken,
 ) -> Result<(), TftpError> {
-    let sock = UdpSocket::bind(addr).await.map_err(|source| TftpError::Bind { addr, source })?;
+    let sock = Arc::new(UdpSocket::bind(addr).await.map_err(|source| TftpError::Bind { addr, source })?);
     info!(%addr, "TFTP listening");
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
@@ -103,28 +103,39 @@ pub async fn serve(
         };
         match packet::parse(&buf[..n]) {
             Ok(Packet::Read { file, options }) => {
-                let reply = match open(&resolver, &file, client) {
-                    Ok((source, size)) => {
-                        let cap = blksize_for(&caps, client.ip());
-                        let (t, oack) = packet::negotiate(&options, size, cap, MAX_WINDOW_SIZE);
-                        debug!(%client, %file, size, ?t, "TFTP read request");
-                        let local = if addr.ip().is_unspecified() { None } else { Some(addr.ip()) };
-                        tokio::spawn(async move {
-                            let started = Instant::now();
-                            match send(client, local, &source, size, t, &oack).await {
-                                Ok(()) => {
-                                    info!(%client, file = %file, bytes = size, secs = started.elapsed().as_secs_f64(), blksize = t.blksize, windowsize = t.windowsize, "TFTP transfer finished")
-                                }
-                                Err(e) => warn!(%client, file = %file, error = %e, "TFTP transfer abandoned"),
-                            }
-                        });
-                        None
+                // Opening may start a new boot (a synced record, perhaps a
+                // wait for the client's old overlay to close): off the
+                // runtime, and off this loop, so no request waits for another.
+                let (resolver, caps, sock) = (resolver.clone(), caps.clone(), sock.clone());
+                tokio::spawn(async move {
+                    let opened = {
+                        let (resolver, file) = (resolver.clone(), file.clone());
+                        tokio::task::spawn_blocking(move || open(&resolver, &file, client)).await
+                    };
+                    let (source, size) = match opened {
+                        Ok(Ok(x)) => x,
+                        Ok(Err((code, msg))) => {
+                            let _ = sock.send_to(&packet::error(code, &msg), client).await;
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(%client, %file, error = %e, "opening a TFTP file failed");
+                            let _ = sock.send_to(&packet::error(packet::ERR_NOT_DEFINED, "server error"), client).await;
+                            return;
+                        }
+                    };
+                    let cap = blksize_for(&caps, client.ip());
+                    let (t, oack) = packet::negotiate(&options, size, cap, MAX_WINDOW_SIZE);
+                    debug!(%client, %file, size, ?t, "TFTP read request");
+                    let local = if addr.ip().is_unspecified() { None } else { Some(addr.ip()) };
+                    let started = Instant::now();
+                    match send(client, local, &source, size, t, &oack).await {
+                        Ok(()) => {
+                            info!(%client, file = %file, bytes = size, secs = started.elapsed().as_secs_f64(), blksize = t.blksize, windowsize = t.windowsize, "TFTP transfer finished")
+                        }
+                        Err(e) => warn!(%client, file = %file, error = %e, "TFTP transfer abandoned"),
                     }
-                    Err((code, msg)) => Some(packet::error(code, &msg)),
-                };
-                if let Some(r) = reply {
-                    let _ = sock.send_to(&r, client).await;
-                }
+                });
             }
             Ok(Packet::Write { file }) => {
                 warn!(%client, %file, "TFTP write request refused (read-only server)");
