@@ -83,6 +83,11 @@ pub struct Server {
 impl Server {
     /// `pxeroot nbd --base BASE --state-dir STATE` on a free loopback port.
     pub fn adhoc(base: &Path, state: &Path, extra: &[&str]) -> Server {
+        Server::adhoc_with_env(base, state, extra, &[])
+    }
+
+    /// The same with extra environment variables (e.g. an LD_PRELOAD).
+    pub fn adhoc_with_env(base: &Path, state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let mut args: Vec<String> = vec![
             "nbd".into(),
@@ -94,15 +99,15 @@ impl Server {
             format!("127.0.0.1:{port}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::start(&args, port, state)
+        Server::start(&args, port, state, env)
     }
 
     /// `pxeroot serve --config FILE`; the config must listen on `port`.
     pub fn with_config(config: &Path, port: u16, logdir: &Path) -> Server {
-        Server::start(&["serve".into(), "--config".into(), config.display().to_string()], port, logdir)
+        Server::start(&["serve".into(), "--config".into(), config.display().to_string()], port, logdir, &[])
     }
 
-    fn start(args: &[String], port: u16, logdir: &Path) -> Server {
+    fn start(args: &[String], port: u16, logdir: &Path, env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(logdir).expect("log dir");
         let log = logdir.join(format!("pxeroot-{port}.log"));
         let logf = std::fs::File::create(&log).expect("log file");
@@ -110,6 +115,7 @@ impl Server {
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
