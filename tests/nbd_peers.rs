@@ -246,6 +246,51 @@ fn test_fio_nbd_engine_verifies_its_writes() {
     assert!(c.contains("No errors were found"), "{c}");
 }
 
+/// The slow-sync shim (tests/tools/slowsync.c), built into `dir`.
+fn slow_sync_shim(dir: &std::path::Path) -> String {
+    require("cc");
+    let shim = dir.join("slowsync.so");
+    run(Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/slowsync.c"))
+        .arg("-ldl"));
+    shim.display().to_string()
+}
+
+/// New overlays are made in parallel: each is several syncs (its base
+/// record and the file, each with its directory), and with every sync
+/// slowed to 100 ms, four clients attaching at once must not wait for one
+/// another's (one at a time, the last would wait 1.6 s).
+#[test]
+fn test_overlays_of_different_clients_open_in_parallel() {
+    require("nbdinfo");
+    let (d, base, state) = setup();
+    let shim = slow_sync_shim(d.path());
+    let s = Server::adhoc_with_env(&base, &state, &[], &[("LD_PRELOAD", &shim), ("SLOW_SYNC_MS", "100")]);
+    let t = std::time::Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new("nbdinfo")
+                .arg("--size")
+                .arg(s.uri(&format!("52:54:00:00:01:0{i}")))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start nbdinfo")
+        })
+        .collect();
+    for c in clients {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == SIZE.to_string());
+    }
+    let took = t.elapsed().as_secs_f64();
+    eprintln!("four new overlays with 100 ms syncs: {took:.2} s");
+    assert!(took < 1.2, "overlays were made one at a time: {took:.2} s");
+    for i in 0..4 {
+        assert!(state.join(format!("52-54-00-00-01-0{i}.qcow2")).exists());
+    }
+}
+
 /// A FLUSH waits for the disk on the blocking pool, not on a runtime
 /// worker: with every sync slowed to 50 ms (tests/tools/slowsync.c), two
 /// clients that flush after every write leave a third client's reads
@@ -253,16 +298,9 @@ fn test_fio_nbd_engine_verifies_its_writes() {
 #[test]
 fn test_slow_flushes_do_not_stall_other_clients() {
     require("fio");
-    require("cc");
     let (d, base, state) = setup();
-    let shim = d.path().join("slowsync.so");
-    run(Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&shim)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/slowsync.c"))
-        .arg("-ldl"));
-    let shim_path = shim.display().to_string();
-    let s = Server::adhoc_with_env(&base, &state, &[], &[("LD_PRELOAD", &shim_path), ("SLOW_SYNC_MS", "50")]);
+    let shim = slow_sync_shim(d.path());
+    let s = Server::adhoc_with_env(&base, &state, &[], &[("LD_PRELOAD", &shim), ("SLOW_SYNC_MS", "50")]);
     let fio = |mac: &str, rw: &str, secs: u32, extra: &[&str]| {
         let mut c = Command::new("fio");
         c.args([

@@ -102,16 +102,33 @@ pub struct Registry {
     /// address it last booted from (recorded by `new_boot`).
     require_boot_address: bool,
     open: Mutex<Open>,
-    /// Signalled when an overlay finished closing.
+    /// Signalled when a MAC stops being busy (its overlay opened or closed).
     closed: Condvar,
 }
 
-/// Open overlays, and those whose last connection is closing them: a MAC in
-/// `closing` still has its file (and qemu lock) open, so `attach` waits.
+/// Open overlays, and the MACs whose overlay file is being opened (by a
+/// first connection) or closed (by the last one) right now: a busy MAC's
+/// file is in flux, so `attach` and `new_boot` wait for it, while other
+/// MACs' overlays open and close in parallel, outside the lock.
 #[derive(Default)]
 struct Open {
     slots: HashMap<Mac, Slot>,
-    closing: std::collections::HashSet<Mac>,
+    busy: std::collections::HashSet<Mac>,
+}
+
+/// A MAC marked busy while its overlay file opens or is discarded, unmarked
+/// when this is dropped (also by a panic or an error): a MAC can never stay
+/// busy for good.
+struct Busy<'a> {
+    registry: &'a Registry,
+    mac: Mac,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.registry.lock_open().busy.remove(&self.mac);
+        self.registry.closed.notify_all();
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -299,7 +316,7 @@ impl Registry {
 
     fn attach(self: &Arc<Self>, mac: Mac) -> Result<OverlayHandle> {
         let mut open = self.lock_open();
-        while open.closing.contains(&mac) {
+        while open.busy.contains(&mac) {
             open = self.closed.wait(open).unwrap_or_else(|p| p.into_inner());
         }
         if let Some(slot) = open.slots.get_mut(&mac) {
@@ -310,11 +327,19 @@ impl Registry {
             .rule(mac)
             .cloned()
             .ok_or_else(|| StorageError::Corrupt { path: self.overlay_path(mac), reason: "client is not configured".into() })?;
+        // The file work (a new overlay is several syncs) happens outside the
+        // lock: only this MAC waits for it, not every other client's attach.
+        open.busy.insert(mac);
+        drop(open);
+        let busy = Busy { registry: self, mac };
         if rule.policy == OverlayPolicy::Ephemeral && self.reset_on_new_session {
             self.discard(mac)?;
         }
         let overlay = Arc::new(self.open_or_create(mac, &rule)?);
-        open.slots.insert(mac, Slot { overlay: overlay.clone(), connections: 1 });
+        // Published before the MAC stops being busy (Busy's drop): waiters
+        // wake to find the slot.
+        self.lock_open().slots.insert(mac, Slot { overlay: overlay.clone(), connections: 1 });
+        drop(busy);
         Ok(OverlayHandle { registry: self.clone(), mac, overlay: Some(overlay) })
     }
 
@@ -385,11 +410,10 @@ impl Registry {
         if !ephemeral {
             return Ok(false);
         }
-        if open.closing.contains(&mac) {
-            // Its last connection is flushing it right now: wait it out.
-            while open.closing.contains(&mac) {
-                open = self.closed.wait(open).unwrap_or_else(|p| p.into_inner());
-            }
+        // Its first connection is opening it, or its last one flushing it,
+        // right now: wait that out.
+        while open.busy.contains(&mac) {
+            open = self.closed.wait(open).unwrap_or_else(|p| p.into_inner());
         }
         if open.slots.remove(&mac).is_some() {
             // Connections of the previous boot are still open (a machine
@@ -397,13 +421,17 @@ impl Registry {
             // They keep the old overlay, now unlinked; this boot gets a new one.
             tracing::warn!(%mac, "new boot while connections of the previous boot are still open: their overlay is orphaned");
         }
+        // Busy while the files go, so the new boot's first connection
+        // cannot open the old overlay in between.
+        open.busy.insert(mac);
         drop(open);
+        let _busy = Busy { registry: self, mac };
         self.discard(mac)?;
         Ok(true)
     }
 
     /// A connection let go of `overlay`. The last one flushes and closes it
-    /// while the MAC is marked closing, so no new connection opens the file
+    /// while the MAC is marked busy, so no new connection opens the file
     /// before this one has closed it.
     fn detach(&self, mac: Mac, overlay: Arc<Overlay>) {
         let slot = {
@@ -416,7 +444,7 @@ impl Registry {
                     None
                 }
                 Some(_) => {
-                    open.closing.insert(mac);
+                    open.busy.insert(mac);
                     open.slots.remove(&mac)
                 }
                 None => None,
@@ -429,7 +457,7 @@ impl Registry {
         }
         drop(overlay);
         drop(slot);
-        self.lock_open().closing.remove(&mac);
+        self.lock_open().busy.remove(&mac);
         self.closed.notify_all();
     }
 

@@ -470,9 +470,15 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
     sys::keep_across_exec(fd).map_err(|e| format!("fcntl: {e}"))?;
     spawn_helper("NBD keeper", &[KEEPER_FLAG.to_string(), fd.to_string()])?;
     // The kernel holds its own references now; the device becomes usable
-    // once the keeper is inside NBD_DO_IT (its pid appears in sysfs).
+    // once the keeper is inside NBD_DO_IT and the kernel has set its size:
+    // the pid appears in sysfs *before* the size does (nbd_start_device),
+    // and a mount in between reads a 0-byte device ("unable to read
+    // superblock", seen once in the QEMU tests). Wait for both.
+    let sectors = (info.size / 512).to_string();
+    let ready =
+        || Path::new("/sys/block/nbd0/pid").exists() && std::fs::read_to_string("/sys/block/nbd0/size").is_ok_and(|t| t.trim() == sectors);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new("/sys/block/nbd0/pid").exists() {
+    while !ready() {
         if Instant::now() > deadline {
             return Err("the NBD keeper did not start within 10 s".into());
         }
