@@ -134,20 +134,22 @@ fn boot(con: &Console) -> Result<(), String> {
         (net.join(), rest)
     });
     con.say(format_args!("{} modules loaded", drivers + rest?));
-    // The module files are no longer needed: free their memory on another
-    // thread while this one waits on the server to attach and mount (under
-    // TCG, deleting the initramfs's 6 MB took 17 ms on the critical path).
-    let freeing = std::thread::spawn(move || {
-        for path in modules.files() {
-            let _ = std::fs::remove_file(path);
-        }
-    });
     let (sock, info) = net.map_err(|_| "the network thread panicked".to_string())??;
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
     match settings.attach {
         Attach::Ioctl => con.step("attach /dev/nbd0 (ioctl)", || attach_ioctl(&settings, sock, info))?,
         Attach::Netlink => con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, sock, info))?,
     }
+    // The module files are no longer needed: free their memory on another
+    // thread while this one waits on the server for the mount (under TCG,
+    // deleting the initramfs's 6 MB took 17 ms on the critical path). Only
+    // after the attach: the attach forks a helper, and a fork is simplest
+    // from a process with one thread.
+    let freeing = std::thread::spawn(move || {
+        for path in modules.files() {
+            let _ = std::fs::remove_file(path);
+        }
+    });
     con.step(&format!("mount /dev/nbd0 ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings))?;
     let _ = freeing.join();
     con.say(format_args!("switching root, exec {}", settings.init));
