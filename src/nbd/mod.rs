@@ -398,6 +398,9 @@ async fn transmission(
     };
     tasks.close();
     tasks.wait().await;
+    // The last connection of a MAC flushes and closes its overlay as it lets
+    // go (Registry::detach): syncs, like FLUSH, so on the blocking pool.
+    let _ = tokio::task::spawn_blocking(move || drop(conn)).await;
     result
 }
 
