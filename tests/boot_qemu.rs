@@ -182,18 +182,7 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
     let kernel = kernel_dir().join("vmlinuz");
     let ns = Netns::new("ioctl");
     let state = d.path().join("state");
-    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
-    let server = Proc(
-        ns.command(&bin())
-            .args(["nbd", "--base"])
-            .arg(&img)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--listen", &format!("{SERVER_IP}:10809")])
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let server = start_server(&ns, &img, &state, &d.path().join("pxeroot.log"));
     let t = Instant::now();
     let (lines, exited) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "ioctl"), |l| l.contains("FATAL"));
     let console = lines.join("\n");
@@ -300,18 +289,7 @@ fn test_boot_loads_skipped_driver_groups_when_no_interface_appears() {
     std::fs::write(&initrd, bytes).unwrap();
 
     let ns = Netns::new("fallbk");
-    let log = std::fs::File::create(d.path().join("pxeroot.log")).unwrap();
-    let _server = Proc(
-        ns.command(&bin())
-            .args(["nbd", "--base"])
-            .arg(&img)
-            .arg("--state-dir")
-            .arg(d.path().join("state"))
-            .args(["--listen", &format!("{SERVER_IP}:10809")])
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));
     let args: Vec<String> = vec![
         "-kernel".into(),
         kernel_dir().join("vmlinuz").display().to_string(),

@@ -135,43 +135,31 @@ fn test_initramfs_nics_chooses_the_drivers() {
 #[test]
 fn test_initramfs_errors_are_clear() {
     let d = tempfile::tempdir().unwrap();
+    // `pxeroot initramfs` with these arguments must fail: its stderr.
+    let fails = |modules: &Path, extra: &[&str]| -> String {
+        let out = Command::new(bin())
+            .args(["initramfs", "--kernel-modules"])
+            .arg(modules)
+            .arg("-o")
+            .arg(d.path().join("x"))
+            .args(extra)
+            .arg("--init")
+            .arg(init_binary())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        err
+    };
     // Not a module tree.
-    let out = Command::new(bin())
-        .args(["initramfs", "--kernel-modules"])
-        .arg(d.path())
-        .arg("-o")
-        .arg(d.path().join("x"))
-        .arg("--init")
-        .arg(init_binary())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(d.path(), &[]);
     assert!(err.contains("cannot read") && err.contains("kernel"), "{err}");
     // An extra module that does not exist.
-    let out = Command::new(bin())
-        .args(["initramfs", "--kernel-modules"])
-        .arg(kernel_modules())
-        .arg("-o")
-        .arg(d.path().join("x"))
-        .args(["--modules", "no_such_module"])
-        .arg("--init")
-        .arg(init_binary())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no_such_module"), "{err}");
+    let err = fails(&kernel_modules(), &["--modules", "no_such_module"]);
+    assert!(err.contains("no_such_module"), "{err}");
     // A NIC it does not know: the error lists the ones it does.
-    let out = Command::new(bin())
-        .args(["initramfs", "--kernel-modules"])
-        .arg(kernel_modules())
-        .arg("-o")
-        .arg(d.path().join("x"))
-        .args(["--nics", "virtio,tulip"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("tulip") && err.contains("e1000e"), "{err}");
+    let err = fails(&kernel_modules(), &["--nics", "virtio,tulip"]);
+    assert!(err.contains("tulip") && err.contains("e1000e"), "{err}");
 }
 
 /// A tree shaped like a distribution's: compressed modules (.ko.xz,

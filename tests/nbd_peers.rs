@@ -246,8 +246,9 @@ fn test_fio_nbd_engine_verifies_its_writes() {
     assert!(c.contains("No errors were found"), "{c}");
 }
 
-/// The slow-sync shim (tests/tools/slowsync.c), built into `dir`.
-fn slow_sync_shim(dir: &std::path::Path) -> String {
+/// `pxeroot nbd` on a slow disk: every fsync/fdatasync it makes sleeps
+/// `sync_ms` first (tests/tools/slowsync.c, built into `dir`, preloaded).
+fn slow_disk_server(dir: &std::path::Path, base: &std::path::Path, state: &std::path::Path, sync_ms: &str) -> Server {
     require("cc");
     let shim = dir.join("slowsync.so");
     run(Command::new("cc")
@@ -255,7 +256,7 @@ fn slow_sync_shim(dir: &std::path::Path) -> String {
         .arg(&shim)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/slowsync.c"))
         .arg("-ldl"));
-    shim.display().to_string()
+    Server::adhoc_with_env(base, state, &[], &[("LD_PRELOAD", &shim.display().to_string()), ("SLOW_SYNC_MS", sync_ms)])
 }
 
 /// New overlays are made in parallel: each is several syncs (its base
@@ -266,8 +267,7 @@ fn slow_sync_shim(dir: &std::path::Path) -> String {
 fn test_overlays_of_different_clients_open_in_parallel() {
     require("nbdinfo");
     let (d, base, state) = setup();
-    let shim = slow_sync_shim(d.path());
-    let s = Server::adhoc_with_env(&base, &state, &[], &[("LD_PRELOAD", &shim), ("SLOW_SYNC_MS", "100")]);
+    let s = slow_disk_server(d.path(), &base, &state, "100");
     let t = std::time::Instant::now();
     let clients: Vec<_> = (0..4)
         .map(|i| {
@@ -299,8 +299,7 @@ fn test_overlays_of_different_clients_open_in_parallel() {
 fn test_slow_flushes_do_not_stall_other_clients() {
     require("fio");
     let (d, base, state) = setup();
-    let shim = slow_sync_shim(d.path());
-    let s = Server::adhoc_with_env(&base, &state, &[], &[("LD_PRELOAD", &shim), ("SLOW_SYNC_MS", "50")]);
+    let s = slow_disk_server(d.path(), &base, &state, "50");
     let fio = |mac: &str, rw: &str, secs: u32, extra: &[&str]| {
         let mut c = Command::new("fio");
         c.args([

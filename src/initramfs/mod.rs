@@ -40,6 +40,7 @@ impl Nic {
         }
     }
 }
+
 /// Parameters the list gives a module; `module.param=value` on the kernel
 /// command line overrides them at boot. nbd: one device (the root), not
 /// the default 16, which cost 30 ms of a TCG boot to register; netlink

@@ -411,11 +411,16 @@ async fn transmission(
 /// a third client's reads from thousands per second to 80, p99 61 ms
 /// (BENCHMARKS.md); the handoff costs 14% of QD1 flushes on a fast disk.
 async fn flush(conn: &Arc<Conn>) -> Result<(), StorageError> {
-    let Some(path) = conn.disk.writable().map(|o| o.path().to_path_buf()) else { return Ok(()) };
+    let Some(overlay) = conn.disk.writable() else { return Ok(()) };
     let c = conn.clone();
     match tokio::task::spawn_blocking(move || c.disk.writable().map_or(Ok(()), |o| o.flush())).await {
         Ok(r) => r,
-        Err(e) => Err(StorageError::Io { op: "flush", path, offset: 0, source: std::io::Error::other(e.to_string()) }),
+        Err(e) => Err(StorageError::Io {
+            op: "flush",
+            path: overlay.path().to_path_buf(),
+            offset: 0,
+            source: std::io::Error::other(e.to_string()),
+        }),
     }
 }
 

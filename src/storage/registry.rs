@@ -103,7 +103,7 @@ pub struct Registry {
     require_boot_address: bool,
     open: Mutex<Open>,
     /// Signalled when a MAC stops being busy (its overlay opened or closed).
-    closed: Condvar,
+    idle: Condvar,
 }
 
 /// Open overlays, and the MACs whose overlay file is being opened (by a
@@ -116,8 +116,8 @@ struct Open {
     busy: std::collections::HashSet<Mac>,
 }
 
-/// A MAC marked busy while its overlay file opens or is discarded, unmarked
-/// when this is dropped (also by a panic or an error): a MAC can never stay
+/// A MAC marked busy while its overlay file opens, closes or is discarded,
+/// unmarked when this is dropped (also by a panic or an error): a MAC can never stay
 /// busy for good.
 struct Busy<'a> {
     registry: &'a Registry,
@@ -127,7 +127,7 @@ struct Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.registry.lock_open().busy.remove(&self.mac);
-        self.registry.closed.notify_all();
+        self.registry.idle.notify_all();
     }
 }
 
@@ -192,7 +192,7 @@ impl Registry {
             reset_on_new_session: true,
             require_boot_address: false,
             open: Mutex::new(Open::default()),
-            closed: Condvar::new(),
+            idle: Condvar::new(),
         })
     }
 
@@ -314,11 +314,24 @@ impl Registry {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn attach(self: &Arc<Self>, mac: Mac) -> Result<OverlayHandle> {
+    /// The lock, once `mac` is not busy.
+    fn lock_idle(&self, mac: Mac) -> MutexGuard<'_, Open> {
         let mut open = self.lock_open();
         while open.busy.contains(&mac) {
-            open = self.closed.wait(open).unwrap_or_else(|p| p.into_inner());
+            open = self.idle.wait(open).unwrap_or_else(|p| p.into_inner());
         }
+        open
+    }
+
+    /// Mark `mac` busy and let go of the lock: the file work that follows
+    /// runs outside it, and the mark goes when the returned guard does.
+    fn mark_busy<'a>(&'a self, mut open: MutexGuard<'_, Open>, mac: Mac) -> Busy<'a> {
+        open.busy.insert(mac);
+        Busy { registry: self, mac }
+    }
+
+    fn attach(self: &Arc<Self>, mac: Mac) -> Result<OverlayHandle> {
+        let mut open = self.lock_idle(mac);
         if let Some(slot) = open.slots.get_mut(&mac) {
             slot.connections += 1;
             return Ok(OverlayHandle { registry: self.clone(), mac, overlay: Some(slot.overlay.clone()) });
@@ -329,9 +342,7 @@ impl Registry {
             .ok_or_else(|| StorageError::Corrupt { path: self.overlay_path(mac), reason: "client is not configured".into() })?;
         // The file work (a new overlay is several syncs) happens outside the
         // lock: only this MAC waits for it, not every other client's attach.
-        open.busy.insert(mac);
-        drop(open);
-        let busy = Busy { registry: self, mac };
+        let busy = self.mark_busy(open, mac);
         if rule.policy == OverlayPolicy::Ephemeral && self.reset_on_new_session {
             self.discard(mac)?;
         }
@@ -405,16 +416,13 @@ impl Registry {
         let path = self.boot_address_path(mac);
         statefile::replace(&path, format!("{address}\n").as_bytes(), Durability::Synced)
             .map_err(|e| StorageError::io("record boot address", &path, 0, e))?;
-        let mut open = self.lock_open();
         let ephemeral = matches!(self.rule(mac), Some(r) if r.policy == OverlayPolicy::Ephemeral);
         if !ephemeral {
             return Ok(false);
         }
-        // Its first connection is opening it, or its last one flushing it,
-        // right now: wait that out.
-        while open.busy.contains(&mac) {
-            open = self.closed.wait(open).unwrap_or_else(|p| p.into_inner());
-        }
+        // Its first connection may be opening it, or its last one flushing
+        // it, right now: wait that out.
+        let mut open = self.lock_idle(mac);
         if open.slots.remove(&mac).is_some() {
             // Connections of the previous boot are still open (a machine
             // reset without DISC leaves them until TCP keepalive gives up).
@@ -423,9 +431,7 @@ impl Registry {
         }
         // Busy while the files go, so the new boot's first connection
         // cannot open the old overlay in between.
-        open.busy.insert(mac);
-        drop(open);
-        let _busy = Busy { registry: self, mac };
+        let _busy = self.mark_busy(open, mac);
         self.discard(mac)?;
         Ok(true)
     }
@@ -434,31 +440,30 @@ impl Registry {
     /// while the MAC is marked busy, so no new connection opens the file
     /// before this one has closed it.
     fn detach(&self, mac: Mac, overlay: Arc<Overlay>) {
-        let slot = {
+        let (slot, busy) = {
             let mut open = self.lock_open();
             match open.slots.get_mut(&mac) {
                 // An overlay orphaned by `new_boot`: not this slot's to count.
-                Some(slot) if !Arc::ptr_eq(&slot.overlay, &overlay) => None,
+                Some(slot) if !Arc::ptr_eq(&slot.overlay, &overlay) => return,
                 Some(slot) if slot.connections > 1 => {
                     slot.connections -= 1;
-                    None
+                    return;
                 }
                 Some(_) => {
-                    open.busy.insert(mac);
-                    open.slots.remove(&mac)
+                    let slot = open.slots.remove(&mac);
+                    (slot, self.mark_busy(open, mac))
                 }
-                None => None,
+                None => return,
             }
         };
-        let Some(slot) = slot else { return };
         match overlay.flush() {
             Ok(()) => tracing::info!(%mac, "last connection closed, overlay flushed and closed"),
             Err(e) => tracing::error!(%mac, error = %e, "flushing overlay on close failed"),
         }
+        // The file closes with its last reference; only then is the MAC idle.
         drop(overlay);
         drop(slot);
-        self.lock_open().busy.remove(&mac);
-        self.closed.notify_all();
+        drop(busy);
     }
 
     /// Flush every open overlay (at shutdown).

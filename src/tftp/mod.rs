@@ -109,7 +109,7 @@ pub async fn serve(
                 let (resolver, caps, sock) = (resolver.clone(), caps.clone(), sock.clone());
                 tokio::spawn(async move {
                     let opened = {
-                        let (resolver, file) = (resolver.clone(), file.clone());
+                        let file = file.clone();
                         tokio::task::spawn_blocking(move || open(&resolver, &file, client)).await
                     };
                     let (source, size) = match opened {

@@ -243,11 +243,6 @@ impl Modules {
         Ok(self.loaded.len() - before)
     }
 
-    /// Every module file the list names, loaded or not.
-    fn files(&self) -> impl Iterator<Item = &str> {
-        self.groups.iter().flat_map(|g| &g.modules).map(|m| m.path.as_str())
-    }
-
     /// The groups that always load.
     fn load_rest(&mut self) -> Result<usize, String> {
         let before = self.loaded.len();
@@ -257,6 +252,11 @@ impl Modules {
             }
         }
         Ok(self.loaded.len() - before)
+    }
+
+    /// Every module file the list names, loaded or not.
+    fn files(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().flat_map(|g| &g.modules).map(|m| m.path.as_str())
     }
 }
 
@@ -491,8 +491,6 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
     Ok(())
 }
 
-/// The keeper: `@pxeroot-nbd --keep-nbd-device FD`. Never returns while the
-/// device lives.
 /// Fork, and in the child exec this binary again as `KEEPER_ARGV0` with
 /// `args`: a helper that outlives switch_root (the fds it needs must be
 /// marked to survive exec first).
@@ -508,6 +506,8 @@ fn spawn_helper(what: &str, args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The keeper: `@pxeroot-nbd --keep-nbd-device FD`. Never returns while the
+/// device lives.
 fn keep_nbd_device(args: &[String]) -> ! {
     let fd: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1);
     if let Err(e) = sys::harden_root_keeper() {
