@@ -222,6 +222,91 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
     assert!(!String::from_utf8_lossy(&base_marker.stdout).contains("written"), "the base was written");
 }
 
+/// The marker service of the Debian root: once multi-user is reached it
+/// prints a marker (and the one an earlier boot left), writes /marker,
+/// syncs and powers off through systemd.
+const DEBIAN_MARKER_UNIT: &str = "[Unit]\n\
+    Description=pxeroot test marker\n\
+    After=multi-user.target\n\
+    \n\
+    [Service]\n\
+    Type=oneshot\n\
+    StandardOutput=tty\n\
+    TTYPath=/dev/ttyS0\n\
+    ExecStart=/bin/sh -c 'echo \"PXEROOT-MARKER systemd root up\"; \
+    [ -f /marker ] && echo \"PXEROOT-FOUND-MARKER $(cat /marker)\"; \
+    echo \"written by systemd\" > /marker; sync; echo PXEROOT-MARKER-DONE; systemctl --no-block poweroff'\n\
+    \n\
+    [Install]\n\
+    WantedBy=multi-user.target\n";
+
+/// A real distribution as the base: a Debian root from
+/// images/build-debian-root (debootstrap, systemd) boots from pxeroot to
+/// multi-user, writes a file and powers off; systemd's shutdown remounts
+/// the root read-only and its system-shutdown hook sends DISC, so the
+/// overlay holds a clean filesystem. The same MAC boots it again and finds
+/// the file.
+#[test]
+fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
+    require("debootstrap");
+    let d = tempfile::tempdir().unwrap();
+    let add = d.path().join("add");
+    let units = add.join("etc/systemd/system");
+    std::fs::create_dir_all(units.join("multi-user.target.wants")).unwrap();
+    std::fs::write(units.join("pxeroot-marker.service"), DEBIAN_MARKER_UNIT).unwrap();
+    std::os::unix::fs::symlink("/etc/systemd/system/pxeroot-marker.service", units.join("multi-user.target.wants/pxeroot-marker.service"))
+        .unwrap();
+    let img = d.path().join("debian.img");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debootstrap-cache");
+    run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/build-debian-root"))
+        .arg(&img)
+        .arg(init_binary())
+        .args(["--size", "1G", "--add"])
+        .arg(&add)
+        .arg("--cache-dir")
+        .arg(&cache));
+    let base_sum = sha256(&img);
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("deb");
+    let state = d.path().join("state");
+    let log_path = d.path().join("pxeroot.log");
+    let server = start_server(&ns, &img, &state, &log_path);
+    let boot_once = || {
+        let (lines, exited) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "netlink"), |l| l.contains("FATAL"));
+        let console = lines.join("\n");
+        eprintln!("{console}");
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(console.contains("Welcome to") && console.contains("Debian GNU/Linux"), "systemd never started:\n{console}\n{log}");
+        assert!(console.contains("PXEROOT-MARKER systemd root up") && console.contains("PXEROOT-MARKER-DONE"), "{console}");
+        assert!(console.contains("reboot: Power down") && exited, "the guest did not power off:\n{console}");
+        // systemd marks a failed unit "FAILED"; the root, its remount and
+        // the shutdown must all have worked.
+        assert!(!console.contains("FAILED") && !console.contains("Kernel panic"), "{console}");
+        assert!(!console.contains("I/O error") && !console.contains("EXT4-fs error"), "{console}");
+        console
+    };
+    let first = boot_once();
+    assert!(!first.contains("PXEROOT-FOUND-MARKER"), "a fresh overlay already had /marker:\n{first}");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.contains("client sent DISC"), "systemd's shutdown hook did not send DISC:\n{log}");
+    // The overlay holds a clean filesystem: remounted read-only before the
+    // DISC, no journal to replay, nothing for e2fsck to fix.
+    let overlay = state.join(format!("{STEM}.qcow2"));
+    run(Command::new("qemu-img").args(["check", "-U"]).arg(&overlay));
+    let flat = d.path().join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(&overlay).arg(&flat));
+    let header = stdout(Command::new("dumpe2fs").arg("-h").arg(&flat));
+    assert!(header.contains("Filesystem state:         clean") && !header.contains("needs_recovery"), "{header}");
+    run(Command::new("e2fsck").args(["-fn"]).arg(&flat));
+    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+    assert_eq!(marker.trim(), "written by systemd");
+    let second = boot_once();
+    assert!(second.contains("PXEROOT-FOUND-MARKER written by systemd"), "the second boot lost /marker:\n{second}");
+    drop(server);
+    assert_eq!(sha256(&img), base_sum, "the base image changed");
+}
+
 #[test]
 fn test_boot_wrong_server_or_export_retries_without_panic() {
     let d = tempfile::tempdir().unwrap();
