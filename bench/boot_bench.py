@@ -35,15 +35,24 @@ Stages (host clock, from the serial console as bytes arrive):
             kernel boots (its own printk timestamps, synchronous unpack)
   init      /init's start -> /dev/nbd0 attached: modules, network, NBD
             (pxeroot-init overlaps them; the /init table shows each)
-  mount     -> the root's init printed its marker (mount, switch_root, exec)
+  mount     -> the root's init started (mount, switch_root, exec): the
+            busybox root's marker, or systemd's "Welcome to"
+  root      -> the root's marker: 0 for the busybox root; systemd's start
+            to multi-user for the Debian root (not an owned stage)
 "owned" = dhcp + files + unpack + init + mount, the stages the boot server
 and the initramfs own; "total" is QEMU start to the root's marker. Server
 CPU is the boot server's processes (pxeroot; dnsmasq + qemu-storage-daemon),
 not the site's DHCP server.
 
+Roots (--root): "busybox" (default), images/build-test-root's image whose
+/sbin/init prints the marker at once; "debian", a Debian systemd root from
+images/build-debian-root (debootstrap, cached in target/bench-reference)
+whose marker service runs once multi-user is reached: its "root" stage,
+systemd's own start, reads hundreds of files over NBD.
+
 Usage (as root, after tests/run-all or ./demo fetched the guest kernel and
 built the static init; downloads Debian's nbd-client once with apt-get):
-  cargo build --release && bench/boot_bench.py [--rounds N] [--clients 1,2,3]
+  cargo build --release && bench/boot_bench.py [--rounds N] [--clients 1,2,3] [--root debian]
 """
 
 import argparse
@@ -68,6 +77,7 @@ TAG = f"pxb{os.getpid()}"
 LAN, SRV = f"{TAG}l", f"{TAG}s"
 SERVER_IP = "10.99.0.1"
 BOOT_TIMEOUT_S = 150
+POWEROFF_GRACE_S = 15
 KEEP_CONSOLES = False
 # The reference /init's modules, in dependency order (the reference stack has
 # no modules.dep): virtio-net and e1000 NICs, nbd, ext4 with metadata_csum.
@@ -83,7 +93,8 @@ COMMON = [
     ("modules_loaded", None),
     ("network_up", None),
     ("nbd_attached", None),
-    ("root_marker", r"PXEROOT-MARKER root init running"),
+    ("root_started", r"PXEROOT-MARKER root init running|Welcome to"),
+    ("root_marker", r"PXEROOT-MARKER (root init running|systemd root up)"),
 ]
 INIT_PATTERNS = {
     "pxeroot": {"init_started": r"pxeroot-init \[", "modules_loaded": r"\] \d+ modules loaded", "network_up": r"configure \S+: ok",
@@ -101,7 +112,7 @@ INIT_PATTERNS["reference-zstd"] = INIT_PATTERNS["reference"]
 # comparable; INIT_MARKS below shows each one's time from /init's start.
 STAGES = [("dhcp", "ipxe_ready", "dhcp_done"), ("files", "dhcp_done", "files_loaded"),
           ("kernel", "files_loaded", "init_started"), ("init", "init_started", "nbd_attached"),
-          ("mount", "nbd_attached", "root_marker")]
+          ("mount", "nbd_attached", "root_started"), ("root", "root_started", "root_marker")]
 INIT_MARKS = ["modules_loaded", "network_up", "nbd_attached"]
 # "unpack" is measured apart (calibrate_unpack) and taken out of "kernel".
 OWNED = ["dhcp", "files", "unpack", "init", "mount"]
@@ -158,7 +169,7 @@ def boot_one(stack, mac, tap, out, logdir):
                           "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
                           "-device", f"virtio-net-pci,netdev=n0,mac={mac}"],
                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    times, line, console = {}, "", []
+    times, line, console, killer = {}, "", [], None
     fd = p.stdout.fileno()
     while True:
         chunk = os.read(fd, 65536)
@@ -171,8 +182,16 @@ def boot_one(stack, mac, tap, out, logdir):
         for name, rx in patterns:
             if name not in times and rx.search(line):
                 times[name] = now
+        if "root_marker" in times and killer is None:
+            # Measured: the rest is the root's shutdown. A root whose NBD
+            # client systemd kills at shutdown (the reference's nbd-client)
+            # may never power off.
+            killer = threading.Timer(POWEROFF_GRACE_S, p.kill)
+            killer.start()
         line = line[line.rfind("\n") + 1:]
     p.wait()
+    if killer:
+        killer.cancel()
     times["power_off"] = time.time() - t0
     failed = "root_marker" not in times
     if failed or KEEP_CONSOLES:
@@ -362,6 +381,44 @@ def build_reference_initramfs(out, modules_dir, work, compress):
         f.write(archive)
 
 
+# The Debian root's marker: a oneshot service after multi-user.target that
+# prints it on the serial console and powers off.
+DEBIAN_MARKER_UNIT = """[Unit]
+Description=pxeroot boot benchmark marker
+After=multi-user.target
+
+[Service]
+Type=oneshot
+StandardOutput=tty
+TTYPath=/dev/ttyS0
+ExecStart=/bin/sh -c 'echo "PXEROOT-MARKER systemd root up"; systemctl --no-block poweroff'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def debian_root(init):
+    """images/build-debian-root's image with the marker service, built once into
+    target/bench-reference (debootstrap needs the Debian mirror the first time).
+    Every stack boots it read-only through its own overlays."""
+    img = os.path.join(REF_CACHE, "debian-root.img")
+    if not os.path.exists(img):
+        os.makedirs(REF_CACHE, exist_ok=True)
+        add = tempfile.mkdtemp(prefix="pxeroot-bench-debian-")
+        units = os.path.join(add, "etc", "systemd", "system")
+        os.makedirs(os.path.join(units, "multi-user.target.wants"))
+        with open(os.path.join(units, "pxeroot-marker.service"), "w") as f:
+            f.write(DEBIAN_MARKER_UNIT)
+        os.symlink("/etc/systemd/system/pxeroot-marker.service",
+                   os.path.join(units, "multi-user.target.wants", "pxeroot-marker.service"))
+        subprocess.run([os.path.join(ROOT, "images/build-debian-root"), img + ".tmp", init, "--size", "2G", "--add", add,
+                        "--cache-dir", os.path.join(REF_CACHE, "debootstrap")], check=True, stdout=subprocess.DEVNULL)
+        os.rename(img + ".tmp", img)
+        shutil.rmtree(add, ignore_errors=True)
+    return img
+
+
 def calibrate_unpack(initrd):
     """The kernel's time to unpack `initrd`: QEMU boots the kernel directly with
     it, unpacking synchronously (initramfs_async=0), and the kernel's own
@@ -400,6 +457,7 @@ def main():
     ap.add_argument("--clients", default="1,2,3")
     ap.add_argument("--stacks", default="pxeroot,pxeroot-nics,reference,reference-zstd")
     ap.add_argument("--keep-consoles", metavar="DIR", help="save every client's serial console in DIR")
+    ap.add_argument("--root", choices=["busybox", "debian"], default="busybox", help="the root image the clients boot")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces and taps)")
@@ -433,8 +491,11 @@ def main():
     for name, nics in [("initrd.zst", []), ("initrd-nics.zst", ["--nics", REF_NICS])]:
         subprocess.run([PXEROOT, "initramfs", "--kernel-modules", os.path.join(KERNEL, "modules"), "-o",
                         os.path.join(boot, name), "--init", init] + nics, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([os.path.join(ROOT, "images/build-test-root"), os.path.join(work, "root.img"), init],
-                   check=True, stdout=subprocess.DEVNULL)
+    if args.root == "debian":
+        os.symlink(debian_root(init), os.path.join(work, "root.img"))
+    else:
+        subprocess.run([os.path.join(ROOT, "images/build-test-root"), os.path.join(work, "root.img"), init],
+                       check=True, stdout=subprocess.DEVNULL)
     stacks = {}
     for s in names:
         if s.startswith("reference"):
@@ -478,7 +539,7 @@ def main():
     for s in names:
         print(f"{s:14} initramfs {os.path.getsize(stacks[s].initramfs()):>9} bytes; "
               f"server CPU per boot: median {median(cpu[s]):.3f} s")
-    cols = ["dhcp", "files", "kernel", "unpack", "init", "mount", "owned", "total"]
+    cols = ["dhcp", "files", "kernel", "unpack", "init", "mount", "root", "owned", "total"]
     print(f"\nmedians in seconds; per client, over {args.rounds} round(s); unpack from the direct boots above")
     print(f"{'stack':14} {'clients':>7}" + "".join(f"{c:>8}" for c in cols))
     table = {}

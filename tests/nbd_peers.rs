@@ -412,3 +412,34 @@ fn test_cache_and_zero_length_requests_succeed() {
     assert_eq!(c.recv(0).unwrap().1, 0);
     assert_eq!(c.read(0, 512), (0, vec![3u8; 512]));
 }
+
+#[test]
+fn test_session_summary_counts_what_the_client_asked() {
+    require("qemu-io");
+    let (_d, base, state) = setup();
+    let s = Server::adhoc(&base, &state, &[]);
+    let out = stdout(
+        Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .args(["-c", "write -P 0x5a 0 65536", "-c", "read -P 0x5a 0 4096", "-c", "read 65536 8192", "-c", "flush"])
+            .arg(s.uri(MAC_A)),
+    );
+    assert!(!out.contains("failed"), "{out}");
+    // A read past the end (qemu-io would not send one) is refused, and
+    // counted as such.
+    let size = std::fs::metadata(&base).unwrap().len();
+    let mut c = Client::connect(s.port, MAC_A).unwrap();
+    assert_ne!(c.read(size, 512).0, 0);
+    c.disconnect();
+    let log_path = s.log.clone();
+    assert_eq!(s.stop(), 0);
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("NBD session closed")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let first = lines[0];
+    for field in ["reads=2 ", "read_bytes=12288 ", "writes=1 ", "written_bytes=65536 ", "refused=0"] {
+        assert!(first.contains(field), "{field} missing from the summary: {first}");
+    }
+    assert!(!first.contains("flushes=0 "), "the flush was not counted: {first}");
+    assert!(lines[1].contains("reads=0 ") && lines[1].contains("refused=1"), "{}", lines[1]);
+}

@@ -169,8 +169,20 @@ async fn connection(stream: TcpStream, registry: Arc<Registry>, shutdown: Cancel
     };
     async move {
         info!(read_only = disk.read_only(), structured = neg.structured, "NBD session opened");
-        let result = transmission(rd, wr, disk, &neg, shutdown).await;
-        info!("NBD session closed");
+        let started = std::time::Instant::now();
+        let mut stats = SessionStats::default();
+        let result = transmission(rd, wr, disk, &neg, shutdown, &mut stats).await;
+        info!(
+            seconds = format_args!("{:.1}", started.elapsed().as_secs_f64()),
+            reads = stats.reads,
+            read_bytes = stats.read_bytes,
+            writes = stats.writes,
+            written_bytes = stats.written_bytes,
+            flushes = stats.flushes,
+            other = stats.other,
+            refused = stats.refused,
+            "NBD session closed"
+        );
         result
     }
     .instrument(span)
@@ -244,6 +256,40 @@ async fn handshake(
 
 fn unreachable_short() -> ! {
     unreachable!("a full option header was read")
+}
+
+/// What one session asked for, logged when it closes: how much a boot
+/// read and wrote, and in how many requests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct SessionStats {
+    reads: u64,
+    read_bytes: u64,
+    writes: u64,
+    written_bytes: u64,
+    flushes: u64,
+    /// TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS.
+    other: u64,
+    /// Requests refused with an error before they ran (out of range, bad
+    /// flags, a write to a read-only export, ...).
+    refused: u64,
+}
+
+impl SessionStats {
+    fn count(&mut self, op: &Op) {
+        match *op {
+            Op::Read { length, .. } => {
+                self.reads += 1;
+                self.read_bytes += u64::from(length);
+            }
+            Op::Write { length, .. } => {
+                self.writes += 1;
+                self.written_bytes += u64::from(length);
+            }
+            Op::Flush => self.flushes += 1,
+            Op::Trim { .. } | Op::Zero { .. } | Op::Cache { .. } | Op::BlockStatus { .. } => self.other += 1,
+            Op::Disconnect => {}
+        }
+    }
 }
 
 /// What every request task of one connection shares.
@@ -321,6 +367,7 @@ async fn transmission(
     disk: Disk,
     neg: &Negotiation,
     shutdown: CancellationToken,
+    stats: &mut SessionStats,
 ) -> Result<(), NbdError> {
     let view =
         ExportView { size: disk.size(), read_only: disk.read_only(), structured: neg.structured, base_allocation: neg.base_allocation };
@@ -349,8 +396,12 @@ async fn transmission(
                 info!("client sent DISC: finishing in-flight requests and closing");
                 break Ok(());
             }
-            Ok(op) => op,
+            Ok(op) => {
+                stats.count(&op);
+                op
+            }
             Err(rej) => {
+                stats.refused += 1;
                 debug!(errno = rej.errno, message = %rej.message, "request refused");
                 if rej.close {
                     conn.send_error(req.cookie, rej.errno, &rej.message, false).await;
