@@ -36,7 +36,7 @@ Stages (host clock, from the serial console as bytes arrive):
   init      /init's start -> /dev/nbd0 attached: modules, network, NBD
             (pxeroot-init overlaps them; the /init table shows each)
   mount     -> the root's init started (mount, switch_root, exec): the
-            busybox root's marker, or systemd's "Welcome to"
+            busybox root's marker, or the Debian root's first unit
   root      -> the root's marker: 0 for the busybox root; systemd's start
             to multi-user for the Debian root (not an owned stage)
 "owned" = dhcp + files + unpack + init + mount, the stages the boot server
@@ -58,6 +58,7 @@ built the static init; downloads Debian's nbd-client once with apt-get):
 import argparse
 import atexit
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -93,7 +94,7 @@ COMMON = [
     ("modules_loaded", None),
     ("network_up", None),
     ("nbd_attached", None),
-    ("root_started", r"PXEROOT-MARKER root init running|Welcome to"),
+    ("root_started", r"PXEROOT-MARKER (root init running|systemd started)"),
     ("root_marker", r"PXEROOT-MARKER (root init running|systemd root up)"),
 ]
 INIT_PATTERNS = {
@@ -381,41 +382,23 @@ def build_reference_initramfs(out, modules_dir, work, compress):
         f.write(archive)
 
 
-# The Debian root's marker: a oneshot service after multi-user.target that
-# prints it on the serial console and powers off.
-DEBIAN_MARKER_UNIT = """[Unit]
-Description=pxeroot boot benchmark marker
-After=multi-user.target
-
-[Service]
-Type=oneshot
-StandardOutput=tty
-TTYPath=/dev/ttyS0
-ExecStart=/bin/sh -c 'echo "PXEROOT-MARKER systemd root up"; systemctl --no-block poweroff'
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
 def debian_root(init):
-    """images/build-debian-root's image with the marker service, built once into
-    target/bench-reference (debootstrap needs the Debian mirror the first time).
-    Every stack boots it read-only through its own overlays."""
-    img = os.path.join(REF_CACHE, "debian-root.img")
+    """images/build-debian-root's image with images/debian-test's marker units,
+    built once into target/bench-reference (debootstrap needs the Debian
+    mirror the first time), named by what it was built from. Every stack
+    boots it read-only through its own overlays."""
+    units = os.path.join(ROOT, "images", "debian-test")
+    h = hashlib.sha256(open(os.path.join(ROOT, "images", "build-debian-root"), "rb").read())
+    for d, _, files in sorted(os.walk(units)):
+        for name in sorted(files):
+            path = os.path.join(d, name)
+            h.update(path[len(units):].encode() + (os.readlink(path).encode() if os.path.islink(path) else open(path, "rb").read()))
+    img = os.path.join(REF_CACHE, f"debian-root-{h.hexdigest()[:12]}.img")
     if not os.path.exists(img):
         os.makedirs(REF_CACHE, exist_ok=True)
-        add = tempfile.mkdtemp(prefix="pxeroot-bench-debian-")
-        units = os.path.join(add, "etc", "systemd", "system")
-        os.makedirs(os.path.join(units, "multi-user.target.wants"))
-        with open(os.path.join(units, "pxeroot-marker.service"), "w") as f:
-            f.write(DEBIAN_MARKER_UNIT)
-        os.symlink("/etc/systemd/system/pxeroot-marker.service",
-                   os.path.join(units, "multi-user.target.wants", "pxeroot-marker.service"))
-        subprocess.run([os.path.join(ROOT, "images/build-debian-root"), img + ".tmp", init, "--size", "2G", "--add", add,
+        subprocess.run([os.path.join(ROOT, "images/build-debian-root"), img + ".tmp", init, "--size", "2G", "--add", units,
                         "--cache-dir", os.path.join(REF_CACHE, "debootstrap")], check=True, stdout=subprocess.DEVNULL)
         os.rename(img + ".tmp", img)
-        shutil.rmtree(add, ignore_errors=True)
     return img
 
 
