@@ -135,7 +135,12 @@ pub async fn serve(listeners: Vec<TcpListener>, registry: Arc<Registry>, shutdow
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
         warn!(timeout = ?DRAIN_TIMEOUT, "some connections did not drain in time; closing them");
     }
-    for (mac, e) in registry.flush_all() {
+    // fdatasync on every open overlay: on the blocking pool, like FLUSH.
+    let failed = tokio::task::spawn_blocking(move || registry.flush_all()).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the shutdown flush task failed");
+        Vec::new()
+    });
+    for (mac, e) in failed {
         tracing::error!(%mac, error = %format_chain(&e), "flushing overlay at shutdown failed");
     }
 }
