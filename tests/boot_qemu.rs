@@ -223,8 +223,8 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
 }
 
 /// A real distribution as the base: a Debian root from
-/// images/build-debian-root (debootstrap, systemd) boots from pxeroot to
-/// multi-user, writes a file and powers off; systemd's shutdown remounts
+/// images/build-debian-root (debootstrap, systemd, the guest kernel's
+/// modules) boots from pxeroot to multi-user, writes a file and powers off; systemd's shutdown remounts
 /// the root read-only and its system-shutdown hook sends DISC, so the
 /// overlay holds a clean filesystem. The same MAC boots it again and finds
 /// the file.
@@ -239,8 +239,10 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/build-debian-root"))
         .arg(&img)
         .arg(init_binary())
-        .args(["--size", "1G", "--add"])
+        .args(["--size", "2G", "--add"])
         .arg(add)
+        .arg("--modules")
+        .arg(kernel_dir().join("modules"))
         .arg("--cache-dir")
         .arg(&cache));
     let base_sum = sha256(&img);
@@ -262,6 +264,9 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
         // the shutdown must all have worked.
         assert!(!console.contains("FAILED") && !console.contains("Kernel panic"), "{console}");
         assert!(!console.contains("I/O error") && !console.contains("EXT4-fs error"), "{console}");
+        // The root carries the kernel's modules (--modules): systemd finds
+        // the ones it asks for.
+        assert!(!console.contains("Failed to find module"), "{console}");
         console
     };
     let first = boot_once();
