@@ -32,6 +32,8 @@ pub struct BootSpec {
     pub kernel: String,
     pub initrd: String,
     pub cmdline: String,
+    /// The root filesystem's partition of the image (`pxeroot.partition`).
+    pub partition: Option<u32>,
 }
 
 pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
@@ -39,7 +41,7 @@ pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
     let initrd_name = boot.initrd.rsplit('/').next().unwrap_or(&boot.initrd);
     let mut s = String::from("#!ipxe\n");
     let _ = writeln!(s, "# pxeroot: boot script for {mac}");
-    let _ = writeln!(
+    let _ = write!(
         s,
         "kernel {base}/{} initrd={initrd_name} {} pxeroot.server={}:{} pxeroot.export={mac} pxeroot.attach={} \
          ip=${{ip}}::${{gateway}}:${{netmask}}:::off BOOTIF=01-${{mac:hexhyp}}",
@@ -49,6 +51,10 @@ pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
         p.nbd_port,
         p.attach,
     );
+    if let Some(n) = boot.partition {
+        let _ = write!(s, " pxeroot.partition={n}");
+    }
+    s.push('\n');
     let _ = writeln!(s, "initrd {base}/{}", boot.initrd.trim_start_matches('/'));
     s.push_str("boot\n");
     s
@@ -66,12 +72,20 @@ mod tests {
             attach: "netlink".into(),
             files_base: "tftp://10.0.0.1".into(),
         };
-        let b = BootSpec { kernel: "debian/vmlinuz".into(), initrd: "/debian/initrd.zst".into(), cmdline: "console=ttyS0 quiet".into() };
+        let b = BootSpec {
+            kernel: "debian/vmlinuz".into(),
+            initrd: "/debian/initrd.zst".into(),
+            cmdline: "console=ttyS0 quiet".into(),
+            partition: None,
+        };
         let s = render(&p, "52:54:00:12:34:56".parse().unwrap(), &b);
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains("kernel tftp://10.0.0.1/debian/vmlinuz initrd=initrd.zst console=ttyS0 quiet "));
         assert!(s.contains("pxeroot.server=10.0.0.1:10809 pxeroot.export=52:54:00:12:34:56 pxeroot.attach=netlink"));
         assert!(s.contains("ip=${ip}::${gateway}:${netmask}:::off BOOTIF=01-${mac:hexhyp}"));
         assert!(s.contains("\ninitrd tftp://10.0.0.1/debian/initrd.zst\nboot\n"));
+        assert!(!s.contains("pxeroot.partition"));
+        let s = render(&p, "52:54:00:12:34:56".parse().unwrap(), &BootSpec { partition: Some(14), ..b });
+        assert!(s.contains("BOOTIF=01-${mac:hexhyp} pxeroot.partition=14\ninitrd "), "{s}");
     }
 }

@@ -290,6 +290,84 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     assert_eq!(sha256(&img), base_sum, "the base image changed");
 }
 
+/// Where the root filesystem starts in the partitioned test disk.
+const ROOT_PARTITION_OFFSET: u64 = 10 << 20;
+
+/// A disk image with a partition table, as distribution images come: GPT,
+/// partition 1 a small EFI system partition (empty), partition 2 the test
+/// root from 10 MiB on.
+fn partitioned_disk(dir: &Path) -> PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    require("sfdisk");
+    let root = std::fs::read(root_image(dir)).unwrap();
+    let disk = dir.join("disk.img");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(ROOT_PARTITION_OFFSET + root.len() as u64 + (1 << 20)).unwrap();
+    drop(f);
+    let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().unwrap();
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!(
+                "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
+                 start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+                ROOT_PARTITION_OFFSET / 512,
+                root.len() / 512
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET)).unwrap();
+    f.write_all(&root).unwrap();
+    disk
+}
+
+/// A base with a partition table: `pxeroot.partition=2` boots the root on
+/// its second partition, and its writes land there in the overlay. Without
+/// the setting, or with one the disk does not have, pxeroot-init says which
+/// partitions there are and what to set.
+#[test]
+fn test_root_on_a_partition_boots_and_a_wrong_setting_is_explained() {
+    let d = tempfile::tempdir().unwrap();
+    let disk = partitioned_disk(d.path());
+    let base_sum = sha256(&disk);
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("part");
+    let state = d.path().join("state");
+    let server = start_server(&ns, &disk, &state, &d.path().join("pxeroot.log"));
+    let fatal = |extra: &str| {
+        let (lines, _) =
+            boot(&ns, &kernel, &initrd, &format!("{} {extra}", cmdline(SERVER_IP, MAC, "netlink")), |l| l.contains("FATAL"));
+        let console = lines.join("\n");
+        assert!(console.contains("FATAL") && !console.contains("Kernel panic"), "{console}");
+        console
+    };
+    let none = fatal("");
+    assert!(
+        none.contains("/dev/nbd0 holds a partition table (partitions 1, 2)") && none.contains("pxeroot.partition=N"),
+        "no hint about the partitions:\n{none}"
+    );
+    let wrong = fatal("pxeroot.partition=3");
+    assert!(wrong.contains("/dev/nbd0 has no partition 3; it has 1, 2"), "{wrong}");
+
+    let (lines, exited) =
+        boot(&ns, &kernel, &initrd, &format!("{} pxeroot.partition=2", cmdline(SERVER_IP, MAC, "netlink")), |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    assert!(console.contains("find partition 2 (/dev/nbd0p2): ok") && console.contains("mount /dev/nbd0p2 (ext4)"), "{console}");
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
+    drop(server);
+    let flat = d.path().join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(state.join(format!("{STEM}.qcow2"))).arg(&flat));
+    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(format!("{}?offset={ROOT_PARTITION_OFFSET}", flat.display())));
+    assert!(marker.contains("written by the diskless client"), "{marker}");
+    assert_eq!(sha256(&disk), base_sum, "the base image changed");
+}
+
 #[test]
 fn test_boot_wrong_server_or_export_retries_without_panic() {
     let d = tempfile::tempdir().unwrap();

@@ -51,6 +51,7 @@ path = "base.img"
 kernel = "debian/vmlinuz"
 initrd = "debian/initrd.zst"
 cmdline = "console=ttyS0"
+partition = 2
 [clients."{MAC}"]
 image = "debian"
 "#
@@ -117,6 +118,8 @@ fn test_tftp_serves_the_client_script() {
         assert!(text.starts_with("#!ipxe"), "{text}");
         assert!(text.contains("kernel tftp://127.0.0.1/debian/vmlinuz initrd=initrd.zst console=ttyS0 "), "{text}");
         assert!(text.contains(&format!("pxeroot.export={MAC}")), "{text}");
+        // The image's root partition reaches pxeroot-init.
+        assert!(text.contains(" pxeroot.partition=2\n"), "{text}");
         assert!(text.contains("initrd tftp://127.0.0.1/debian/initrd.zst"), "{text}");
     }
     // A MAC that is not configured (unknown clients refused): not found.

@@ -237,6 +237,19 @@ impl wire::Root {
                     "point it at a raw or qcow2 base image",
                 ));
             }
+            if let Some(n) = image.partition {
+                if !(1..=nbd_wire::limits::MAX_PARTITION).contains(&n) {
+                    return Err(err(
+                        &format!("{key}.partition"),
+                        format!("{n} is not a partition number"),
+                        &format!(
+                            "give the root filesystem's partition, 1 to {} (`fdisk -l` on the image lists them), \
+                             or leave it out for an image that is one filesystem",
+                            nbd_wire::limits::MAX_PARTITION
+                        ),
+                    ));
+                }
+            }
             images.push(ImageSpec { name: name.clone(), path, description: image.description.clone().unwrap_or_default() });
         }
         let known = |image: &str| self.images.contains_key(image);
@@ -342,7 +355,12 @@ impl wire::Root {
                         (Some(k), Some(i)) => {
                             boot.insert(
                                 name.clone(),
-                                BootSpec { kernel: k.clone(), initrd: i.clone(), cmdline: image.cmdline.clone().unwrap_or_default() },
+                                BootSpec {
+                                    kernel: k.clone(),
+                                    initrd: i.clone(),
+                                    cmdline: image.cmdline.clone().unwrap_or_default(),
+                                    partition: image.partition,
+                                },
                             );
                         }
                         (None, None) => {}
@@ -525,6 +543,8 @@ image = "debian"
             (GOOD.replace("image = \"debian\"\npolicy", "image = \"ubuntu\"\npolicy"), "clients.\"52-54-00-12-34-56\".image"),
             (GOOD.replace("127.0.0.1:10809", "localhost"), "nbd.listen[0]"),
             (GOOD.replace("path = \"base.img\"", "path = \"missing.img\""), "images.debian.path"),
+            (GOOD.replace("description", "partition = 0\ndescription"), "images.debian.partition"),
+            (GOOD.replace("description", "partition = 129\ndescription"), "images.debian.partition"),
             (GOOD.replace("action = \"boot\"\nimage = \"debian\"", "action = \"boot\""), "unknown_clients.image"),
         ];
         for (text, key) in cases {

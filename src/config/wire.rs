@@ -92,6 +92,7 @@ pub struct Image {
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
+    pub partition: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

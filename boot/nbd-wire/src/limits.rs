@@ -17,6 +17,12 @@ pub const MAX_META_QUERIES: u32 = 64;
 /// client from haggling forever.
 pub const MAX_OPTIONS_PER_HANDSHAKE: usize = 256;
 
+/// The largest partition number the root may be on (`partition` in an
+/// image's config, `pxeroot.partition=` on the kernel command line, which
+/// the server writes and pxeroot-init reads): GPT's usual table holds 128
+/// entries.
+pub const MAX_PARTITION: u32 = 128;
+
 /// Size of the server's initial greeting (NBDMAGIC, IHAVEOPT, u16 flags).
 pub const GREETING_LEN: usize = 18;
 /// Size of a client option header (IHAVEOPT, u32 option, u32 length).

@@ -6,7 +6,8 @@
 //!   the MAC of the boot interface), `pxeroot.attach=ioctl|netlink`,
 //!   `pxeroot.timeout=SECONDS` (NBD request timeout),
 //!   `pxeroot.reconnect=SECONDS` (netlink: how long I/O waits for a
-//!   reconnect), `pxeroot.debug`;
+//!   reconnect), `pxeroot.partition=N` (the root is partition N of the
+//!   disk, 1 to [`MAX_PARTITION`]; default: the whole disk), `pxeroot.debug`;
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -15,6 +16,8 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
+
+pub use nbd_wire::limits::MAX_PARTITION;
 
 /// NBD's IANA port.
 pub const DEFAULT_PORT: u16 = 10809;
@@ -54,6 +57,8 @@ pub struct Settings {
     pub timeout: u64,
     pub reconnect: u64,
     pub debug: bool,
+    /// The root filesystem's partition of /dev/nbd0; `None`: the whole disk.
+    pub partition: Option<u32>,
     pub net: NetConfig,
     pub bootif: Option<[u8; 6]>,
     pub fstype: String,
@@ -144,6 +149,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         timeout: DEFAULT_TIMEOUT,
         reconnect: DEFAULT_RECONNECT,
         debug: false,
+        partition: None,
         net: NetConfig::Dhcp { device: None },
         bootif: None,
         fstype: "ext4".into(),
@@ -170,6 +176,15 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                 s.reconnect = value.parse().ok().filter(|&t| t > 0).ok_or_else(|| err("pxeroot.reconnect", value, "seconds, > 0"))?
             }
             "pxeroot.debug" => s.debug = true,
+            "pxeroot.partition" => {
+                s.partition = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_PARTITION).contains(n))
+                        .ok_or_else(|| err("pxeroot.partition", value, "a partition number, 1 to 128"))?,
+                )
+            }
             "ip" => s.net = parse_ip(value)?,
             "BOOTIF" => s.bootif = Some(parse_bootif(value)?),
             "rootfstype" => s.fstype = value.to_string(),
@@ -187,6 +202,18 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_partition_is_a_number_in_range() {
+        assert_eq!(parse("pxeroot.server=1.2.3.4").unwrap().partition, None);
+        assert_eq!(parse("pxeroot.server=1.2.3.4 pxeroot.partition=1").unwrap().partition, Some(1));
+        assert_eq!(parse("pxeroot.server=1.2.3.4 pxeroot.partition=128").unwrap().partition, Some(MAX_PARTITION));
+        for bad in ["0", "129", "-1", "p1", ""] {
+            let e = parse(&format!("pxeroot.server=1.2.3.4 pxeroot.partition={bad}")).unwrap_err();
+            assert_eq!(e.key, "pxeroot.partition", "{bad}");
+            assert!(e.to_string().contains(&format!("1 to {MAX_PARTITION}")), "{e}");
+        }
+    }
 
     #[test]
     fn test_parse_full_ipxe_style_cmdline() {

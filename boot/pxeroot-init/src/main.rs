@@ -48,6 +48,9 @@ const DISCONNECT_NAME: &str = "pxeroot-disconnect";
 const CARRIER_WAIT: Duration = Duration::from_secs(10);
 /// Backoff between attempts to reach the server: doubles up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long the root's partition may take to appear once the kernel reads
+/// the partition table (milliseconds under TCG).
+const PARTITION_WAIT: Duration = Duration::from_secs(5);
 
 struct Console {
     start: Instant,
@@ -150,7 +153,11 @@ fn boot(con: &Console) -> Result<(), String> {
             let _ = std::fs::remove_file(path);
         }
     });
-    con.step(&format!("mount /dev/nbd0 ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings))?;
+    let device = root_device(&settings);
+    if let Some(n) = settings.partition {
+        con.step(&format!("find partition {n} ({device})"), || wait_for_partition(n))?;
+    }
+    con.step(&format!("mount {device} ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings, &device))?;
     let _ = freeing.join();
     con.say(format_args!("switching root, exec {}", settings.init));
     let err = switch_root(&settings);
@@ -588,11 +595,65 @@ fn disconnect(device: &str, then: Option<sys::Finally>) -> i32 {
     }
 }
 
-fn mount_root(s: &Settings) -> Result<(), String> {
+/// The root filesystem's device: the NBD disk, or one of its partitions.
+fn root_device(s: &Settings) -> String {
+    match s.partition {
+        Some(n) => format!("/dev/nbd0p{n}"),
+        None => "/dev/nbd0".to_string(),
+    }
+}
+
+/// The partitions the kernel found on /dev/nbd0, by number.
+fn partitions() -> Vec<u32> {
+    let mut found: Vec<u32> = std::fs::read_dir("/sys/block/nbd0")
+        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("nbd0p")?.parse().ok()).collect())
+        .unwrap_or_default();
+    found.sort_unstable();
+    found
+}
+
+fn list(numbers: &[u32]) -> String {
+    numbers.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Have the kernel read /dev/nbd0's partition table, then wait for
+/// partition `n`'s device node.
+fn wait_for_partition(n: u32) -> Result<(), String> {
+    let disk = std::fs::File::open("/dev/nbd0").map_err(|e| format!("opening /dev/nbd0: {e}"))?;
+    sys::ioctl_arg(disk.as_raw_fd(), sys::BLKRRPART, 0).map_err(|e| format!("reading /dev/nbd0's partition table: {e}"))?;
+    let node = PathBuf::from(format!("/dev/nbd0p{n}"));
+    let deadline = Instant::now() + PARTITION_WAIT;
+    while !node.exists() {
+        if Instant::now() > deadline {
+            let found = partitions();
+            return Err(if found.is_empty() {
+                "/dev/nbd0 has no partition table the kernel reads: for an image that is one filesystem, leave the image's `partition` (pxeroot.partition) unset".to_string()
+            } else {
+                format!("/dev/nbd0 has no partition {n}; it has {}: set the image's `partition` to the root's", list(&found))
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn mount_root(s: &Settings, device: &str) -> Result<(), String> {
     std::fs::create_dir_all(NEWROOT).map_err(|e| format!("mkdir {NEWROOT}: {e}"))?;
     let flags = if s.read_only { sys::MS_RDONLY } else { 0 };
-    sys::mount("/dev/nbd0", NEWROOT, &s.fstype, flags, &s.rootflags)
-        .map_err(|e| format!("{e} (is the {} module in the initramfs, and the image a {} filesystem?)", s.fstype, s.fstype))
+    sys::mount(device, NEWROOT, &s.fstype, flags, &s.rootflags).map_err(|e| {
+        // Opening the disk for the mount had the kernel read its partition
+        // table: a disk image with partitions needs one named.
+        let found = if s.partition.is_none() { partitions() } else { Vec::new() };
+        if found.is_empty() {
+            format!("{e} (is the {} module in the initramfs, and the image a {} filesystem?)", s.fstype, s.fstype)
+        } else {
+            format!(
+                "{e}: /dev/nbd0 holds a partition table (partitions {}), so the root is on one of them: \
+                 set the image's `partition` in pxeroot's config (pxeroot.partition=N on the kernel command line)",
+                list(&found)
+            )
+        }
+    })
 }
 
 /// Delete the initramfs's files (they would pin memory forever), staying on

@@ -42,6 +42,8 @@ pub fn mknod(path: &str, mode: u32, major: u32, minor: u32) -> io::Result<()> {
 
 pub const S_IFCHR: u32 = libc::S_IFCHR;
 pub const S_IFBLK: u32 = libc::S_IFBLK;
+/// BLKRRPART: re-read a disk's partition table (no argument).
+pub const BLKRRPART: libc::c_ulong = 0x125F;
 
 /// Load a kernel module from an open file. `EEXIST` (already loaded, or
 /// built in) counts as success.
