@@ -243,8 +243,11 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
         .arg(add)
         .arg("--modules")
         .arg(kernel_dir().join("modules"))
+        .args(["--run", "echo pxeroot-test > /etc/pxeroot-run-test"])
         .arg("--cache-dir")
         .arg(&cache));
+    // --run ran in the tree.
+    assert_eq!(stdout(Command::new("debugfs").args(["-R", "cat /etc/pxeroot-run-test"]).arg(&img)).trim(), "pxeroot-test");
     let base_sum = sha256(&img);
     let initrd = initramfs(d.path());
     let kernel = kernel_dir().join("vmlinuz");
