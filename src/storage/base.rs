@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::mapped::MappedImage;
+use super::mapped::{ClusterCache, MappedImage};
 use super::qcow2::{self, ClusterMap, FormatError, Header};
 use super::{sys, Extent, Result, StorageError};
 
@@ -44,6 +44,8 @@ struct Qcow2Base {
     /// L2 tables, each read from disk on first use and kept.
     l2: Vec<OnceLock<Box<[u64]>>>,
     backing: Option<BaseImage>,
+    /// Decompressed clusters, shared by every reader of this image.
+    decompressed: ClusterCache,
 }
 
 /// Which format a base file is in.
@@ -108,7 +110,7 @@ impl BaseImage {
             path: path.to_path_buf(),
             file,
             size: header.size,
-            kind: Kind::Qcow2(Box::new(Qcow2Base { header, l1, l2, backing })),
+            kind: Kind::Qcow2(Box::new(Qcow2Base { header, l1, l2, backing, decompressed: ClusterCache::default() })),
         })
     }
 
@@ -176,6 +178,7 @@ impl BaseImage {
             cluster_bits: q.header.cluster_bits,
             compression: q.header.compression,
             backing: q.backing.as_ref(),
+            cache: Some(&q.decompressed),
         }
     }
 

@@ -5,10 +5,12 @@
 //! lock held: runs of data clusters that are contiguous on the host become one
 //! `pread`, runs of unallocated clusters one read from the backing image.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use super::base::BaseImage;
 use super::qcow2::{ClusterMap, Compression};
@@ -21,6 +23,74 @@ pub(crate) struct MappedImage<'a> {
     pub cluster_bits: u32,
     pub compression: Compression,
     pub backing: Option<&'a BaseImage>,
+    /// Where decompressed clusters are kept (a compressed base's); `None`
+    /// for an image without compressed clusters.
+    pub cache: Option<&'a ClusterCache>,
+}
+
+/// Bytes of decompressed clusters kept per compressed base image: 256
+/// clusters of qemu's default 64 KiB.
+pub const DECOMPRESSED_CACHE_BYTES: usize = 16 << 20;
+
+/// The most recently used decompressed clusters of one compressed base.
+/// Without it a 4 KiB read inflates the whole 64 KiB cluster it falls in,
+/// sixteen times over for a cluster read in 4 KiB pieces; every client of
+/// the image shares it.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    /// Host offset of the compressed cluster -> its bytes, last use.
+    clusters: HashMap<u64, (Arc<[u8]>, u64)>,
+    clock: u64,
+    bytes: usize,
+    decompressions: u64,
+}
+
+impl ClusterCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // Every change under the lock is whole: a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cluster at `host`, decompressed by `make` (outside the lock) when
+    /// it is not kept.
+    fn get(&self, host: u64, make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<[u8]>> {
+        {
+            let mut c = self.lock();
+            c.clock += 1;
+            let now = c.clock;
+            if let Some((bytes, used)) = c.clusters.get_mut(&host) {
+                *used = now;
+                return Ok(bytes.clone());
+            }
+        }
+        let bytes: Arc<[u8]> = make()?.into();
+        let mut c = self.lock();
+        c.clock += 1;
+        c.decompressions += 1;
+        let now = c.clock;
+        if let Some((old, _)) = c.clusters.insert(host, (bytes.clone(), now)) {
+            c.bytes -= old.len();
+        }
+        c.bytes += bytes.len();
+        while c.bytes > DECOMPRESSED_CACHE_BYTES {
+            let Some(oldest) = c.clusters.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k) else { break };
+            if let Some((gone, _)) = c.clusters.remove(&oldest) {
+                c.bytes -= gone.len();
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Clusters decompressed so far (cache misses).
+    #[cfg(test)]
+    fn decompressions(&self) -> u64 {
+        self.lock().decompressions
+    }
 }
 
 enum Run {
@@ -74,7 +144,10 @@ impl MappedImage<'_> {
                     None => out.fill(0),
                 },
                 Run::Compressed { host, len: clen } => {
-                    let cluster = self.decompress(host, clen)?;
+                    let cluster: Arc<[u8]> = match self.cache {
+                        Some(cache) => cache.get(host, || self.decompress(host, clen))?,
+                        None => self.decompress(host, clen)?.into(),
+                    };
                     out.copy_from_slice(&cluster[in_cluster as usize..in_cluster as usize + out.len()]);
                 }
             }
@@ -152,5 +225,47 @@ pub(crate) fn push_extent(out: &mut Vec<Extent>, e: Extent) {
     match out.last_mut() {
         Some(last) if last.zero == e.zero && last.hole == e.hole => last.len += e.len,
         _ => out.push(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: usize = 64 << 10;
+
+    fn cluster(tag: u8) -> Result<Vec<u8>> {
+        Ok(vec![tag; CLUSTER])
+    }
+
+    #[test]
+    fn test_cluster_cache_decompresses_each_cluster_once() {
+        let cache = ClusterCache::default();
+        for _ in 0..16 {
+            assert_eq!(cache.get(1 << 20, || cluster(7)).unwrap()[CLUSTER - 1], 7);
+        }
+        assert_eq!(cache.get(2 << 20, || cluster(9)).unwrap()[0], 9);
+        assert_eq!(cache.decompressions(), 2);
+        // A failed decompression is not kept.
+        let bad = || Err(StorageError::Decompress { path: "x".into(), offset: 3 << 20 });
+        assert!(cache.get(3 << 20, bad).is_err());
+        assert_eq!(cache.get(3 << 20, || cluster(1)).unwrap()[0], 1);
+    }
+
+    #[test]
+    fn test_cluster_cache_keeps_the_recently_used_within_its_budget() {
+        let cache = ClusterCache::default();
+        let fits = (DECOMPRESSED_CACHE_BYTES / CLUSTER) as u64;
+        for i in 0..fits {
+            cache.get(i * CLUSTER as u64, || cluster(i as u8)).unwrap();
+        }
+        // Cluster 0 used again: the next insert evicts cluster 1 instead.
+        cache.get(0, || panic!("cluster 0 is kept")).unwrap();
+        cache.get(fits * CLUSTER as u64, || cluster(0xee)).unwrap();
+        assert!(cache.lock().bytes <= DECOMPRESSED_CACHE_BYTES);
+        cache.get(0, || panic!("cluster 0 is still kept")).unwrap();
+        let before = cache.decompressions();
+        cache.get(CLUSTER as u64, || cluster(1)).unwrap();
+        assert_eq!(cache.decompressions(), before + 1, "cluster 1, the least recently used, was evicted");
     }
 }

@@ -322,6 +322,9 @@ impl Overlay {
             cluster_bits: OVERLAY_CLUSTER_BITS,
             compression: Compression::Deflate,
             backing: Some(&self.base),
+            // pxeroot never writes compressed clusters (an overlay holding
+            // one is refused at open).
+            cache: None,
         }
     }
 
