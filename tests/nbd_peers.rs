@@ -443,3 +443,39 @@ fn test_session_summary_counts_what_the_client_asked() {
     assert!(!first.contains("flushes=0 "), "the flush was not counted: {first}");
     assert!(lines[1].contains("reads=0 ") && lines[1].contains("refused=1"), "{}", lines[1]);
 }
+
+/// The overlay's disk usage in bytes (allocated blocks, not its length).
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn test_write_zeroes_gives_blocks_back_unless_no_hole() {
+    require("qemu-io");
+    let (_d, base, state) = setup();
+    let s = Server::adhoc(&base, &state, &[]);
+    let overlay = state.join(format!("{MAC_A_DASH}.qcow2"));
+    let io = |cmds: &[&str]| {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw"]);
+        for cmd in cmds {
+            c.args(["-c", cmd]);
+        }
+        let out = stdout(c.arg(s.uri(MAC_A)));
+        assert!(!out.contains("failed") && !out.contains("error"), "{out}");
+    };
+    io(&["write -P 0x77 0 2M", "flush"]);
+    let full = allocated(&overlay);
+    // qemu-io's -u (may unmap) leaves NBD's NO_HOLE flag off: the blocks go.
+    io(&["write -z -u 0 1M", "flush"]);
+    let after_unmap = allocated(&overlay);
+    assert!(after_unmap + (1 << 20) <= full, "blocks kept: {full} -> {after_unmap}");
+    // Without -u, qemu sends NO_HOLE: the zeros keep their blocks.
+    io(&["write -z 1M 1M", "flush"]);
+    assert_eq!(allocated(&overlay), after_unmap, "NO_HOLE zeroing freed blocks");
+    io(&["read -P 0 0 2M", "write -P 0x55 4096 4096", "read -P 0x55 4096 4096", "read -P 0 8192 1040384"]);
+    assert_eq!(s.stop(), 0);
+    let c = stdout(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&overlay));
+    assert!(c.contains("No errors were found") && !c.contains("leaked"), "{c}");
+}

@@ -374,9 +374,10 @@ impl Overlay {
     }
 
     /// Make `[off, off + len)` read as zeros. Whole clusters only change
-    /// metadata (unless `no_hole` asks that unallocated ones be allocated);
-    /// partial clusters are written. With `fast`, a range that would need
-    /// writing is refused before anything changes.
+    /// metadata and, without `no_hole`, give their disk blocks back; with
+    /// `no_hole`, unallocated ones get allocated. Partial clusters are
+    /// written. With `fast`, a range that would need writing is refused
+    /// before anything changes.
     pub fn write_zeroes(&self, off: u64, len: u64, no_hole: bool, fast: bool) -> Result<()> {
         if fast && (!off.is_multiple_of(CLUSTER) || !len.is_multiple_of(CLUSTER)) && off + len != self.size {
             return Err(StorageError::FastZeroUnsupported);
@@ -385,7 +386,9 @@ impl Overlay {
         self.for_each_cluster(off, len, |c, in_cluster, _pos, piece| {
             let whole = in_cluster == 0 && (piece == CLUSTER || c * CLUSTER + piece == self.size);
             if whole && self.zero_whole_cluster(c, no_hole)? {
-                return Ok(());
+                // Without NO_HOLE the client lets the server deallocate:
+                // the cluster's old data blocks go back to the file system.
+                return if no_hole { Ok(()) } else { self.punch_zeroed(c) };
             }
             self.write(&ZEROS[..piece as usize], c * CLUSTER + in_cluster)
         })
@@ -404,17 +407,24 @@ impl Overlay {
                 return Ok(());
             }
             self.zero_whole_cluster(c, false)?;
-            let mut meta = self.lock();
-            while meta.in_flight.contains(&c) {
-                meta = self.settled.wait(meta).unwrap_or_else(|p| p.into_inner());
-            }
-            if let ClusterMap::ZeroAlloc(h) = meta.map(c) {
-                // Under the lock: no writer can plan a fill of this cluster
-                // (which would reuse `h`) until the hole is punched.
-                sys::punch_hole(&self.file, h, CLUSTER).map_err(|e| StorageError::io("punch hole", &self.path, h, e))?;
-            }
-            Ok(())
+            self.punch_zeroed(c)
         })
+    }
+
+    /// Give the disk blocks of cluster `c`, zeroed in metadata, back to the
+    /// file system (a hole punched in the file; the cluster stays allocated
+    /// in qcow2 terms, so a later write reuses its host cluster).
+    fn punch_zeroed(&self, c: u64) -> Result<()> {
+        let mut meta = self.lock();
+        while meta.in_flight.contains(&c) {
+            meta = self.settled.wait(meta).unwrap_or_else(|p| p.into_inner());
+        }
+        if let ClusterMap::ZeroAlloc(h) = meta.map(c) {
+            // Under the lock: no writer can plan a fill of this cluster
+            // (which would reuse `h`) until the hole is punched.
+            sys::punch_hole(&self.file, h, CLUSTER).map_err(|e| StorageError::io("punch hole", &self.path, h, e))?;
+        }
+        Ok(())
     }
 
     /// Call `f(cluster, offset in cluster, guest position, length)` for each
