@@ -703,34 +703,42 @@ fn test_second_boot_persistent_keeps_the_file_ephemeral_does_not() {
     assert!(!second.contains("PXEROOT-FOUND-MARKER"), "ephemeral overlay kept its file across a new boot:\n{second}");
 }
 
-#[test]
-fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
+/// OVMF's empty variable store (Debian's `ovmf`).
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// A UEFI client's world: the test root, a boot directory with Debian's
+/// ipxe.efi, pxeroot in full mode, and QEMU's arguments for q35 + OVMF with
+/// `vars` as its variable store. The NIC goes with `romfile=` (empty), so
+/// OVMF's own network boot runs, not the NIC's iPXE ROM (boot-chain.md).
+fn uefi_setup(d: &Path, tag: &str, vars: &Path) -> (Netns, Netns, Proc, PathBuf, Vec<String>) {
     let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
-    let vars = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
     let ipxe_efi = Path::new("/usr/lib/ipxe/ipxe.efi");
-    for p in [code, vars, ipxe_efi] {
+    for p in [code, Path::new(OVMF_VARS), ipxe_efi] {
         assert!(p.exists(), "{} missing: run tests/run-all (it installs ovmf and ipxe)", p.display());
     }
-    let d = tempfile::tempdir().unwrap();
-    let img = root_image(d.path());
-    let boot = boot_dir(d.path());
+    let img = root_image(d);
+    let boot = boot_dir(d);
     std::fs::copy(ipxe_efi, boot.join("ipxe.efi")).unwrap();
-    let my_vars = d.path().join("vars.fd");
-    let (lan, srv) = lan_and_server("uefi");
-    let (_server, log_path) = start_full_mode(d.path(), &srv, &img, &format!("[clients.\"{MAC}\"]\nimage = \"root\"\n"));
-    // q35 + OVMF; `romfile=` (empty) so OVMF's own UEFI PXE runs, not the
-    // NIC's iPXE ROM (boot-chain.md).
-    let args: Vec<String> = [
-        "-machine",
-        "q35",
-        "-drive",
-        &format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
-        "-drive",
-        &format!("if=pflash,format=raw,file={}", my_vars.display()),
+    let (lan, srv) = lan_and_server(tag);
+    let (server, log_path) = start_full_mode(d, &srv, &img, &format!("[clients.\"{MAC}\"]\nimage = \"root\"\n"));
+    let args = [
+        "-machine".to_string(),
+        "q35".into(),
+        "-drive".into(),
+        format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+        "-drive".into(),
+        format!("if=pflash,format=raw,file={}", vars.display()),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    .to_vec();
+    (lan, srv, server, log_path, args)
+}
+
+#[test]
+fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
+    let d = tempfile::tempdir().unwrap();
+    let vars = Path::new(OVMF_VARS);
+    let my_vars = d.path().join("vars.fd");
+    let (lan, _srv, _server, log_path, args) = uefi_setup(d.path(), "uefi", &my_vars);
     // OVMF under load has been seen to abort its PXE attempt before sending
     // anything ("PXE-E21: Remote boot cancelled", EDK2's EFI_ABORTED, as for
     // a keystroke): that attempt ends at once and is retried once.
@@ -753,6 +761,30 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
         "OVMF was not offered ipxe.efi:\n{server_log}"
     );
     assert!(server_log.contains("file=ipxe.efi"), "ipxe.efi was not sent over TFTP:\n{server_log}");
+    assert!(server_log.contains("boot script requested"), "{server_log}");
+}
+
+/// UEFI HTTP boot: a boot entry holding a URI (as `virt-fw-vars
+/// --set-boot-uri` writes it, tests/setup-host.sh installs it) has OVMF's
+/// own HTTP client fetch ipxe.efi from pxeroot's HTTP server after a DHCP
+/// exchange with pxeroot; iPXE then boots the client as usual.
+#[test]
+fn test_uefi_http_boot_fetches_ipxe_efi_from_pxeroot_over_http() {
+    let tool = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/virt-fw-vars"));
+    assert!(tool.exists(), "{} missing: run tests/run-all (it installs virt-firmware)", tool.display());
+    let d = tempfile::tempdir().unwrap();
+    let my_vars = d.path().join("vars.fd");
+    let (lan, _srv, _server, log_path, args) = uefi_setup(d.path(), "uhttp", &my_vars);
+    run(Command::new(tool)
+        .args(["--input", OVMF_VARS, "--output"])
+        .arg(&my_vars)
+        .args(["--set-boot-uri", &format!("http://{SERVER_IP}/ipxe.efi")]));
+    let (lines, exited) = run_qemu_nic(&lan, &args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("Start HTTP Boot over IPv4"), "OVMF did not start HTTP boot:\n{console}");
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI HTTP boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
+    assert!(server_log.contains("HTTP transfer finished") && server_log.contains("file=/ipxe.efi"), "{server_log}");
     assert!(server_log.contains("boot script requested"), "{server_log}");
 }
 

@@ -3,7 +3,7 @@
 # builds the static pxeroot-init. Run from the repository's top directory.
 
 packages=(qemu-utils libnbd-bin nbdkit fio e2fsprogs cmake gcc pkg-config curl ca-certificates python3
-          qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static debootstrap iproute2 cpio zstd xz-utils dnsmasq-base atftp)
+          qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static debootstrap python3-venv iproute2 cpio zstd xz-utils dnsmasq-base atftp)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,6 +35,13 @@ if [ ! -f "$kdir/ready" ]; then
     cp "$kdir"/root/boot/vmlinuz-* "$kdir/vmlinuz"
     ln -sfn "$(ls -d "$PWD/$kdir"/root/lib/modules/* | head -n 1)" "$kdir/modules"
     touch "$kdir/ready"
+fi
+
+# virt-fw-vars (pip's virt-firmware) writes OVMF variable stores for the
+# UEFI HTTP boot test, into a venv under target/.
+if [ ! -x target/venv/bin/virt-fw-vars ]; then
+    echo "==> virt-firmware (pip, into target/venv)"
+    python3 -m venv target/venv && target/venv/bin/pip install -q virt-firmware
 fi
 
 echo "==> static pxeroot-init"
