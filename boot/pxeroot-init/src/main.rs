@@ -140,7 +140,12 @@ fn boot(con: &Console) -> Result<(), String> {
     let (sock, info) = net.map_err(|_| "the network thread panicked".to_string())??;
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
     match settings.attach {
-        Attach::Ioctl => con.step("attach /dev/nbd0 (ioctl)", || attach_ioctl(&settings, sock, info))?,
+        Attach::Ioctl => {
+            con.step("attach /dev/nbd0 (ioctl)", || attach_ioctl(&settings, sock, info))?;
+            // The kernel drops an NBD_DO_IT connection when its process is
+            // stopped, and systemd's shutdown stops every process.
+            con.say("ioctl attach: the root dies if @pxeroot-nbd is ever stopped (systemd's shutdown does): prefer pxeroot.attach=netlink");
+        }
         Attach::Netlink => con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, sock, info))?,
     }
     // The module files are no longer needed: free their memory on another
