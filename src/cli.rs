@@ -73,6 +73,13 @@ pub fn check_config(file: &Path) -> Result<()> {
 /// `pxeroot serve`: every service the config enables, in one runtime.
 pub fn serve(file: &Path) -> Result<()> {
     let c = Config::load(file)?;
+    if c.pxe.as_ref().is_some_and(|p| p.script.attach == "ioctl") {
+        tracing::warn!(
+            config = %file.display(),
+            "pxe.attach = \"ioctl\": a systemd root loses its last writes at shutdown (systemd stops every process, \
+             which drops an NBD_DO_IT connection); use \"netlink\" unless the clients' kernel lacks NBD netlink"
+        );
+    }
     let listen = c.nbd_listen.clone();
     let mut registry =
         Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image).context("cannot open the configured images")?;

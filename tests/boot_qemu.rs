@@ -659,6 +659,8 @@ image = "root"
     for event in ["DHCP: client answered", "new boot", "TFTP transfer finished", "NBD session opened"] {
         assert!(server_log.contains(event), "no {event:?} in the server log:\n{server_log}");
     }
+    // This config attaches with the ioctls: the server says what that costs.
+    assert!(server_log.contains("pxe.attach = \"ioctl\": a systemd root loses its last writes"), "{server_log}");
     let flat = d.path().join("flat.img");
     run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{STEM}.qcow2"))).arg(&flat));
     let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
