@@ -298,7 +298,7 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     assert!(second.contains("PXEROOT-FOUND-MARKER written by systemd"), "the second boot lost /marker:\n{second}");
     drop(server);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert_eq!(log.matches("client sent DISC").count(), 2, "the ioctl boot's shutdown sent no DISC:\n{log}");
+    assert_eq!(log.matches("client sent DISC").count(), 2, "the second boot's shutdown sent no DISC:\n{log}");
     assert_eq!(sha256(&img), base_sum, "the base image changed");
 }
 

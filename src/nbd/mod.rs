@@ -265,7 +265,7 @@ fn unreachable_short() -> ! {
 
 /// What one session asked for, logged when it closes: how much a boot
 /// read and wrote, and in how many requests.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 struct SessionStats {
     reads: u64,
     read_bytes: u64,
@@ -480,6 +480,14 @@ async fn flush(conn: &Arc<Conn>) -> Result<(), StorageError> {
     }
 }
 
+/// A change's result, made durable first when the request carried FUA.
+async fn durable(conn: &Arc<Conn>, fua: bool, r: Result<(), StorageError>) -> Result<(), StorageError> {
+    match r {
+        Ok(()) if fua => flush(conn).await,
+        r => r,
+    }
+}
+
 async fn execute(conn: &Arc<Conn>, cookie: u64, op: Op, payload: Vec<u8>) {
     let disk = &conn.disk;
     let overlay = disk.writable();
@@ -509,21 +517,12 @@ async fn execute(conn: &Arc<Conn>, cookie: u64, op: Op, payload: Vec<u8>) {
         Op::Write { offset, fua, .. } => {
             let r = overlay.map_or(Ok(()), |o| o.write(&payload, offset));
             conn.pool.put(payload);
-            match r {
-                Ok(()) if fua => flush(conn).await,
-                r => r,
-            }
+            durable(conn, fua, r).await
         }
         Op::Flush => flush(conn).await,
-        Op::Trim { offset, length, fua } => match overlay.map_or(Ok(()), |o| o.trim(offset, length as u64)) {
-            Ok(()) if fua => flush(conn).await,
-            r => r,
-        },
+        Op::Trim { offset, length, fua } => durable(conn, fua, overlay.map_or(Ok(()), |o| o.trim(offset, length as u64))).await,
         Op::Zero { offset, length, fua, no_hole, fast } => {
-            match overlay.map_or(Ok(()), |o| o.write_zeroes(offset, length as u64, no_hole, fast)) {
-                Ok(()) if fua => flush(conn).await,
-                r => r,
-            }
+            durable(conn, fua, overlay.map_or(Ok(()), |o| o.write_zeroes(offset, length as u64, no_hole, fast))).await
         }
         Op::Cache { offset, length } => {
             let mut scratch = vec![0u8; CACHE_CHUNK.min(length as usize)];

@@ -385,10 +385,8 @@ impl Overlay {
         static ZEROS: [u8; CLUSTER as usize] = [0; CLUSTER as usize];
         self.for_each_cluster(off, len, |c, in_cluster, _pos, piece| {
             let whole = in_cluster == 0 && (piece == CLUSTER || c * CLUSTER + piece == self.size);
-            if whole && self.zero_whole_cluster(c, no_hole)? {
-                // Without NO_HOLE the client lets the server deallocate:
-                // the cluster's old data blocks go back to the file system.
-                return if no_hole { Ok(()) } else { self.punch_zeroed(c) };
+            if whole {
+                return self.zero_whole_cluster(c, no_hole);
             }
             self.write(&ZEROS[..piece as usize], c * CLUSTER + in_cluster)
         })
@@ -406,25 +404,8 @@ impl Overlay {
             if !whole {
                 return Ok(());
             }
-            self.zero_whole_cluster(c, false)?;
-            self.punch_zeroed(c)
+            self.zero_whole_cluster(c, false)
         })
-    }
-
-    /// Give the disk blocks of cluster `c`, zeroed in metadata, back to the
-    /// file system (a hole punched in the file; the cluster stays allocated
-    /// in qcow2 terms, so a later write reuses its host cluster).
-    fn punch_zeroed(&self, c: u64) -> Result<()> {
-        let mut meta = self.lock();
-        while meta.in_flight.contains(&c) {
-            meta = self.settled.wait(meta).unwrap_or_else(|p| p.into_inner());
-        }
-        if let ClusterMap::ZeroAlloc(h) = meta.map(c) {
-            // Under the lock: no writer can plan a fill of this cluster
-            // (which would reuse `h`) until the hole is punched.
-            sys::punch_hole(&self.file, h, CLUSTER).map_err(|e| StorageError::io("punch hole", &self.path, h, e))?;
-        }
-        Ok(())
     }
 
     /// Call `f(cluster, offset in cluster, guest position, length)` for each
@@ -440,9 +421,12 @@ impl Overlay {
         Ok(())
     }
 
-    /// Zero a whole cluster in metadata. Always succeeds in metadata alone
-    /// (returns true); `no_hole` turns a hole into a preallocated zero cluster.
-    fn zero_whole_cluster(&self, c: u64, no_hole: bool) -> Result<bool> {
+    /// Zero a whole cluster in metadata. With `no_hole` its disk blocks stay
+    /// (a hole becomes a preallocated zero cluster); without, a host cluster
+    /// it has gives its blocks back to the file system (a hole punched in
+    /// the file; the host cluster stays reserved, so a later write reuses
+    /// it): the client let the server deallocate.
+    fn zero_whole_cluster(&self, c: u64, no_hole: bool) -> Result<()> {
         let mut meta = self.lock();
         while meta.in_flight.contains(&c) {
             meta = self.settled.wait(meta).unwrap_or_else(|p| p.into_inner());
@@ -467,7 +451,12 @@ impl Overlay {
             self.ensure_l2(&mut meta, c)?;
             meta.set(c, new);
         }
-        Ok(true)
+        if let (false, ClusterMap::ZeroAlloc(h)) = (no_hole, new) {
+            // Under the lock: no writer can plan a fill of this cluster
+            // (which would reuse `h`) until the hole is punched.
+            sys::punch_hole(&self.file, h, CLUSTER).map_err(|e| StorageError::io("punch hole", &self.path, h, e))?;
+        }
+        Ok(())
     }
 
     /// Decide, under the lock, how to write from guest byte `pos` on (up to
