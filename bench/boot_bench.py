@@ -52,7 +52,7 @@ systemd's own start, reads hundreds of files over NBD.
 
 Usage (as root, after tests/run-all or ./demo fetched the guest kernel and
 built the static init; downloads Debian's nbd-client once with apt-get):
-  cargo build --release && bench/boot_bench.py [--rounds N] [--clients 1,2,3] [--root debian]
+  cargo build --release && bench/boot_bench.py [--rounds N] [--clients 1,2,3] [--root debian] [--smp 2]
 """
 
 import argparse
@@ -229,13 +229,22 @@ class Lab:
         sh("ip", "addr", "add", f"{SERVER_IP}/24", "dev", "vsrv0", ns=SRV)
         sh("ip", "link", "set", "vsrv0", "up", ns=SRV)
 
-    def site_dhcp(self, log):
+    def site_dhcp(self, log, macs):
+        """The site's DHCP server for one group of boots: a fresh lease table
+        and a fixed address per client. Without them dnsmasq (no-ping) offered
+        one address to two clients booting at once, NAKed the second's
+        REQUEST ("address in use"), and QEMU's iPXE (2019) kept requesting
+        it and ended with IPv6 only: the "nothing to boot" failures of
+        earlier runs, in every stack, were this."""
         d = os.path.join(self.work, "site")
         os.makedirs(d, exist_ok=True)
+        if os.path.exists(f"{d}/leases"):
+            os.remove(f"{d}/leases")
+        hosts = [f"--dhcp-host={mac},10.99.0.{20 + i}" for i, mac in enumerate(macs)]
         p = spawn(LAN, ["dnsmasq", "--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping",
                         "--dhcp-authoritative", "--dhcp-range=10.99.0.20,10.99.0.250,255.255.255.0,1h",
                         "--enable-ra", "--dhcp-range=fd99::,ra-only,64", f"--dhcp-leasefile={d}/leases",
-                        f"--pid-file={d}/pid"], log)
+                        f"--pid-file={d}/pid"] + hosts, log)
         wait_listening(LAN, 67)
         return p
 
@@ -261,7 +270,7 @@ class Pxeroot:
                     '[unknown_clients]\naction = "boot"\nimage = "root"\npolicy = "ephemeral"\n')
         procs = [spawn(SRV, [PXEROOT, "--log", "warn", "serve", "--config", conf], log)]
         if not self.full:
-            procs.insert(0, lab.site_dhcp(log))
+            procs.insert(0, lab.site_dhcp(log, macs))
         wait_listening(SRV, 4011)
         wait_listening(SRV, 10809, "t")
         # The site's dnsmasq is not the boot server: its CPU is not counted.
@@ -294,7 +303,7 @@ class Reference:
                            check=True)
             qsd += ["--blockdev", f"driver=qcow2,node-name=o{i},file.driver=file,file.filename={path},backing=base",
                     "--export", f"type=nbd,id=e{i},node-name=o{i},name={mac.replace(':', '-')},writable=on"]
-        site = lab.site_dhcp(log)
+        site = lab.site_dhcp(log, macs)
         server = [spawn(SRV, qsd, log),
                   spawn(SRV, ["dnsmasq", "--no-daemon", "--port=0", "--interface=vsrv0", "--bind-interfaces",
                               f"--dhcp-range={SERVER_IP},proxy", "--enable-tftp", f"--tftp-root={self.tftp}",
@@ -441,7 +450,9 @@ def main():
     ap.add_argument("--stacks", default="pxeroot,pxeroot-nics,reference,reference-zstd")
     ap.add_argument("--keep-consoles", metavar="DIR", help="save every client's serial console in DIR")
     ap.add_argument("--root", choices=["busybox", "debian"], default="busybox", help="the root image the clients boot")
+    ap.add_argument("--smp", type=int, default=1, help="virtual CPUs per client (TCG runs each on a host thread)")
     args = ap.parse_args()
+    QEMU[QEMU.index("-smp") + 1] = str(args.smp)
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces and taps)")
     init = next((p for p in [os.path.join(ROOT, "target/x86_64-unknown-linux-musl/init/pxeroot-init"),
@@ -523,7 +534,7 @@ def main():
         print(f"{s:14} initramfs {os.path.getsize(stacks[s].initramfs()):>9} bytes; "
               f"server CPU per boot: median {median(cpu[s]):.3f} s")
     cols = ["dhcp", "files", "kernel", "unpack", "init", "mount", "root", "owned", "total"]
-    print(f"\nmedians in seconds; per client, over {args.rounds} round(s); unpack from the direct boots above")
+    print(f"\nmedians in seconds; per client, over {args.rounds} round(s), {args.smp} vCPU(s) each; unpack from the direct boots above")
     print(f"{'stack':14} {'clients':>7}" + "".join(f"{c:>8}" for c in cols))
     table = {}
     for n in counts:

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::netns::{lan_and_server, site_dnsmasq, Netns, Proc, SERVER_IP};
+use common::netns::{lan_and_server, routed_site, site_dnsmasq, Netns, Proc, ROUTED_GATEWAY, SERVER_IP};
 use common::*;
 
 const MAC: &str = "52:54:00:b0:07:01";
@@ -93,14 +93,27 @@ fn initramfs(dir: &Path) -> PathBuf {
 /// Boot QEMU in `ns` with `cmdline`; returns the console lines and whether
 /// QEMU exited by itself. `stop_when` ends the boot early.
 fn boot(ns: &Netns, kernel: &Path, initrd: &Path, cmdline: &str, stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
-    let args: Vec<String> = vec![
+    boot_with(ns, &[], kernel, initrd, cmdline, stop_when)
+}
+
+/// `boot` with more QEMU arguments (`-smp 2` replaces the default one CPU).
+fn boot_with(
+    ns: &Netns,
+    extra: &[&str],
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    stop_when: impl FnMut(&str) -> bool,
+) -> (Vec<String>, bool) {
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    args.extend([
         "-kernel".into(),
         kernel.display().to_string(),
         "-initrd".into(),
         initrd.display().to_string(),
         "-append".into(),
         cmdline.into(),
-    ];
+    ]);
     run_qemu(ns, &args, stop_when)
 }
 
@@ -123,7 +136,8 @@ fn run_qemu_as(
 ) -> (Vec<String>, bool) {
     require("qemu-system-x86_64");
     let mut c = ns.command(Path::new("qemu-system-x86_64"));
-    c.args(["-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-smp", "1", "-nodefaults", "-vga", "none", "-display", "none"])
+    c.args(["-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-nodefaults", "-vga", "none", "-display", "none"])
+        .args(if args.iter().any(|a| a == "-smp") { &[][..] } else { &["-smp", "1"][..] })
         .args(["-no-reboot", "-serial", "stdio"])
         .args(args)
         .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
@@ -538,8 +552,11 @@ fn test_boot_netlink_survives_a_daemon_restart_mid_io() {
     }
 }
 
+/// No `ip=`: pxeroot-init asks the segment's DHCP server. The client has
+/// two CPUs, so the root's modules load beside the NIC drivers (the
+/// debug lines time each module).
 #[test]
-fn test_boot_without_ip_uses_dhcp() {
+fn test_boot_without_ip_uses_dhcp_on_two_cpus() {
     require("dnsmasq");
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
@@ -559,10 +576,15 @@ fn test_boot_without_ip_uses_dhcp() {
             .spawn()
             .unwrap(),
     );
-    let cmd = format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} BOOTIF=01-{}", MAC.replace(':', "-"));
-    let (lines, exited) = boot(&ns, &kernel, &initrd, &cmd, |l| l.contains("FATAL"));
+    let cmd = format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} pxeroot.debug BOOTIF=01-{}", MAC.replace(':', "-"));
+    let (lines, exited) = boot_with(&ns, &["-smp", "2"], &kernel, &initrd, &cmd, |l| l.contains("FATAL"));
     let console = lines.join("\n");
     eprintln!("{console}");
+    // nbd, the first of the root's modules, loaded while the NIC drivers
+    // were still loading (with one CPU it loads after them).
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}:\n{console}"));
+    assert!(at("/nbd.ko: ") < at("load NIC drivers: ok"), "the root's modules waited for the drivers:\n{console}");
+    assert!(at("/virtio_pci.ko: ") < at("load NIC drivers: ok"), "{console}");
     assert!(console.contains("DHCP on eth0: 10.99.0."), "{console}");
     assert!(console.contains("gateway Some(10.99.0.1)"), "{console}");
     // Export defaulted to the boot interface's MAC.
@@ -661,6 +683,59 @@ image = "root"
     }
     // This config attaches with the ioctls: the server says what that costs.
     assert!(server_log.contains("pxe.attach = \"ioctl\": a systemd root loses its last writes"), "{server_log}");
+    let flat = d.path().join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{STEM}.qcow2"))).arg(&flat));
+    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+    assert!(marker.contains("written by the diskless client"), "{marker}");
+}
+
+/// A routed site: the client's segment is behind a router that relays
+/// DHCP (dnsmasq as the relay agent, `ip helper-address` style) to the
+/// site's DHCP server and to pxeroot in proxy mode, each on a segment of
+/// its own. QEMU's iPXE gets its address from the site's server and its
+/// boot file from pxeroot's relayed proxy offer, then fetches the script,
+/// kernel and initramfs and attaches its root across the router.
+#[test]
+fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    boot_dir(d.path());
+    let net = routed_site("relay", d.path());
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [dhcp]\nmode = \"proxy\"\ninterface = \"vsrv0\"\n[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\n\
+             initrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n[clients.\"{MAC}\"]\nimage = \"root\"\n",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log_path = d.path().join("pxeroot.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = Proc(net.server.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (lines, exited) =
+        run_qemu(&net.router, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL") || l.contains("No bootable device"));
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let site_log = std::fs::read_to_string(d.path().join("site-dnsmasq.log")).unwrap_or_default();
+    assert!(
+        console.contains("PXEROOT-MARKER-DONE") && exited,
+        "no boot:\n{console}\n--- pxeroot log:\n{server_log}\n--- site DHCP log:\n{site_log}"
+    );
+    // The address came from the site's server, through the relay, on the
+    // client's own subnet, and pxeroot-init routed to the boot server.
+    assert!(site_log.contains("DHCPACK(vsite0) 10.98.0."), "{site_log}");
+    assert!(console.contains(&format!("gateway Some({ROUTED_GATEWAY})")), "{console}");
+    // pxeroot answered the relayed DISCOVER (its reply went back to the
+    // relay's giaddr) and served the boot.
+    assert!(server_log.contains(&format!("relay=Some({ROUTED_GATEWAY})")), "{server_log}");
+    for event in ["new boot", "NBD session opened", "client sent DISC"] {
+        assert!(server_log.contains(event), "no {event:?} in the server log:\n{server_log}");
+    }
     let flat = d.path().join("flat.img");
     run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{STEM}.qcow2"))).arg(&flat));
     let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));

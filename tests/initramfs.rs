@@ -72,21 +72,25 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
         let rel = m.path.splitn(5, '/').nth(4).expect("path under /lib/modules/<release>/");
         assert_eq!(std::fs::read(&inside).unwrap(), std::fs::read(modules.join(rel)).unwrap(), "{} differs", m.path);
     }
-    // The root's modules always load, nbd with one device; each NIC
-    // driver's group loads when a device matches its aliases.
-    assert!(groups[0].when.is_empty(), "{order}");
+    // The root's modules always load, each with its dependencies in a
+    // group of its own (pxeroot-init loads such groups side by side), nbd
+    // with one device; each NIC driver's group loads when a device matches
+    // its aliases.
     let pos = |g: &modlist::Group, m: &str| {
         g.modules.iter().position(|x| x.path.ends_with(&format!("/{m}.ko"))).unwrap_or_else(|| panic!("{m} missing:\n{order}"))
     };
-    let root = &groups[0];
-    assert!(pos(root, "crc32c_generic") < pos(root, "jbd2") && pos(root, "jbd2") < pos(root, "ext4"), "soft dependency order:\n{order}");
-    assert_eq!(root.modules[pos(root, "nbd")].params, ["nbds_max=1"]);
-    let group_of = |m: &str| {
-        groups[1..]
-            .iter()
+    let (always, drivers): (Vec<_>, Vec<_>) = groups.iter().partition(|g| g.when.is_empty());
+    fn group_in<'a>(list: &[&'a modlist::Group], m: &str) -> &'a modlist::Group {
+        list.iter()
             .find(|g| g.modules.last().is_some_and(|x| x.path.ends_with(&format!("/{m}.ko"))))
-            .unwrap_or_else(|| panic!("{m}:\n{order}"))
-    };
+            .unwrap_or_else(|| panic!("no group ends with {m}: {list:?}"))
+    }
+    let (nbd, ext4) = (group_in(&always, "nbd"), group_in(&always, "ext4"));
+    assert_eq!(always.len(), 2, "one always group per root module:\n{order}");
+    assert_eq!(nbd.modules.len(), 1, "{order}");
+    assert_eq!(nbd.modules[0].params, ["nbds_max=1"]);
+    assert!(pos(ext4, "crc32c_generic") < pos(ext4, "jbd2") && pos(ext4, "jbd2") < pos(ext4, "ext4"), "soft dependency order:\n{order}");
+    let group_of = |m: &str| group_in(&drivers, m);
     let vpci = group_of("virtio_pci");
     assert!(vpci.when.iter().any(|w| w == "pci:v00001AF4d*sv*sd*bc*sc*i*"), "{:?}", vpci.when);
     assert!(pos(vpci, "virtio") < pos(vpci, "virtio_pci") && pos(vpci, "virtio_ring") < pos(vpci, "virtio_pci"), "{order}");
@@ -125,7 +129,7 @@ fn test_initramfs_nics_chooses_the_drivers() {
     let groups = modlist::parse(&std::fs::read_to_string(x.join("etc/pxeroot/modules")).unwrap()).unwrap();
     let last: Vec<&str> =
         groups.iter().map(|g| g.modules.last().unwrap().path.rsplit('/').next().unwrap().trim_end_matches(".ko")).collect();
-    assert_eq!(last, ["ext4", "virtio_pci", "virtio_net", "e1000"], "{report}");
+    assert_eq!(last, ["nbd", "ext4", "virtio_pci", "virtio_net", "e1000"], "{report}");
     assert!(!report.contains("e1000e") && !report.contains("r8169") && !report.contains("igb"), "{report}");
     let (a, s) = (std::fs::metadata(&all).unwrap().len(), std::fs::metadata(&some).unwrap().len());
     eprintln!("initramfs cpio: all NICs {a} bytes, virtio + e1000 {s} bytes");

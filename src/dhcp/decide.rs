@@ -204,13 +204,18 @@ fn boot_for(req: &Message, mac: Mac, ctx: &Context) -> Result<Boot, Ignored> {
     Ok(Boot { file, arch: arch_code, arch_kind: arch, ipxe })
 }
 
-/// A reply skeleton for `req`: same xid, chaddr, flags and giaddr.
+/// A reply skeleton for `req`: same xid, chaddr, flags and giaddr. A reply
+/// that gives no address to a client without one (a proxy offer, a NAK)
+/// also sets the broadcast flag: a relay agent unicasts a reply to its
+/// yiaddr unless the flag is set (RFC 2131, 4.1), and 0.0.0.0 reaches
+/// nobody, so the client behind a relay would never see it.
 fn reply_to(req: &Message, kind: MessageType, server: Ipv4Addr, yiaddr: Ipv4Addr) -> Message {
+    let broadcast = req.flags().broadcast() || (yiaddr.is_unspecified() && req.ciaddr().is_unspecified());
     let mut r = Message::default();
     r.set_opcode(Opcode::BootReply)
         .set_htype(req.htype())
         .set_xid(req.xid())
-        .set_flags(if req.flags().broadcast() { Flags::default().set_broadcast() } else { Flags::default() })
+        .set_flags(if broadcast { Flags::default().set_broadcast() } else { Flags::default() })
         .set_giaddr(req.giaddr())
         .set_chaddr(req.chaddr())
         .set_yiaddr(yiaddr)
@@ -459,6 +464,27 @@ mod tests {
         // A DISCOVER on 4011, or a REQUEST on 67, is not ours.
         assert_eq!(decide(&req, Port::Pxe, &c).unwrap_err(), Ignored::WrongMessage);
         assert_eq!(decide(&request, Port::Dhcp, &c).unwrap_err(), Ignored::WrongMessage);
+    }
+
+    /// Behind a relay: the offer goes back with the relay's giaddr and the
+    /// broadcast flag, or the relay would unicast it to 0.0.0.0; a client
+    /// that has its address (a REQUEST on 4011) gets a plain unicast reply.
+    #[test]
+    fn test_relayed_discover_gets_a_broadcast_offer() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| "tftp://10.99.0.1/pxeroot/x.ipxe".to_string();
+        let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        let mut req = fixture("bios-ipxe-rom.pcap").remove(0);
+        let relay = Ipv4Addr::new(10, 98, 0, 1);
+        req.set_giaddr(relay).set_flags(Flags::default());
+        let (offer, _) = decide(&req, Port::Dhcp, &c).unwrap();
+        assert_eq!(offer.giaddr(), relay);
+        assert!(offer.flags().broadcast(), "a relayed proxy offer without the broadcast flag reaches nobody");
+        let mut request = req.clone();
+        request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        request.set_giaddr(Ipv4Addr::UNSPECIFIED).set_ciaddr(Ipv4Addr::new(10, 98, 0, 58));
+        let (ack, _) = decide(&request, Port::Pxe, &c).unwrap();
+        assert!(!ack.flags().broadcast(), "a client with an address gets a unicast reply");
     }
 
     #[test]

@@ -227,7 +227,8 @@ async fn listen(
         }
         match sock.send_to(&out, to).await {
             Ok(_) => {
-                info!(mac = %seen.mac, request = ?seen.kind, reply = %reply.opts().msg_type().map_or_else(|| "?".to_string(), |k| format!("{k:?}")), address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, "DHCP: client answered")
+                let relay = (!req.giaddr().is_unspecified()).then(|| req.giaddr());
+                info!(mac = %seen.mac, request = ?seen.kind, relay = ?relay, reply = %reply.opts().msg_type().map_or_else(|| "?".to_string(), |k| format!("{k:?}")), address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, "DHCP: client answered")
             }
             Err(e) => warn!(mac = %seen.mac, %to, error = %e, "sending the DHCP reply failed"),
         }

@@ -112,19 +112,20 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
             wanted.push(r);
         }
     }
-    // One group that always loads, then one per NIC driver that loads only
-    // when a device matches the driver's aliases.
-    let mut plan: Vec<(Vec<String>, Vec<String>)> = vec![(Vec::new(), modules::order(&wanted, &mut tree)?)];
+    // One group per wanted module that always loads, each its dependencies
+    // first (pxeroot-init loads these groups side by side on a machine with
+    // several CPUs), then one per NIC driver that loads only when a device
+    // matches the driver's aliases.
+    let mut plan: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for r in &wanted {
+        plan.push((Vec::new(), modules::order(std::slice::from_ref(r), &mut tree)?));
+    }
     let nics = if opts.nics.is_empty() { Nic::ALL } else { &opts.nics[..] };
     for m in nics.iter().flat_map(|n| n.modules()) {
         match tree.resolve(m) {
             Ok(Some(r)) => {
                 let aliases = tree.aliases(&r)?;
-                if aliases.is_empty() {
-                    plan[0].1.extend(modules::order(&[r], &mut tree)?);
-                } else {
-                    plan.push((aliases, modules::order(&[r], &mut tree)?));
-                }
+                plan.push((aliases, modules::order(&[r], &mut tree)?));
             }
             Ok(None) => {}
             Err(_) => skipped.push(m.to_string()),

@@ -110,3 +110,75 @@ pub fn site_dnsmasq(lan: &Netns, dir: &Path) -> Proc {
             .expect("start dnsmasq"),
     )
 }
+
+/// A routed site: the client's segment (10.98.0.0/24 on bridge br0 with
+/// the client's tap0) sits behind a router namespace that relays DHCP,
+/// as `ip helper-address` does, to the site's DHCP server (10.96.0.1, on a
+/// segment of its own) and to the boot server (SERVER_IP, its own segment
+/// too), and routes between the three. The router also sends IPv6 router
+/// advertisements on the client segment, as a site router does (iPXE
+/// otherwise waits for IPv6 autoconfiguration). Returns (router, boot
+/// server, site DHCP server); the relay and the site's server run until
+/// their `Proc`s drop.
+pub struct RoutedSite {
+    // Fields drop in order: the daemons before their namespaces.
+    pub relay: Proc,
+    pub site_dhcp: Proc,
+    pub router: Netns,
+    pub server: Netns,
+    pub site: Netns,
+}
+
+/// The client segment's router address (the relay's giaddr).
+pub const ROUTED_GATEWAY: &str = "10.98.0.1";
+const SITE_DHCP_IP: &str = "10.96.0.1";
+
+pub fn routed_site(tag: &str, dir: &Path) -> RoutedSite {
+    let router = Netns::new(&format!("{tag}r"));
+    let server = Netns::new(&format!("{tag}s"));
+    let site = Netns::new(&format!("{tag}d"));
+    router.exec(&["ip", "addr", "flush", "dev", "tap0"]);
+    router.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    router.exec(&["ip", "link", "set", "tap0", "master", "br0"]);
+    router.exec(&["ip", "addr", "add", &format!("{ROUTED_GATEWAY}/24"), "dev", "br0"]);
+    router.exec(&["ip", "-6", "addr", "add", "fd98::1/64", "dev", "br0", "nodad"]);
+    router.exec(&["ip", "link", "set", "br0", "up"]);
+    for (ns, peer, inner, outer) in
+        [(&server, "vsrv0", format!("{SERVER_IP}/24"), "10.99.0.254"), (&site, "vsite0", format!("{SITE_DHCP_IP}/24"), "10.96.0.254")]
+    {
+        ns.exec(&["ip", "link", "del", "tap0"]);
+        let here = format!("r{peer}");
+        router.exec(&["ip", "link", "add", &here, "type", "veth", "peer", "name", peer, "netns", &ns.name]);
+        router.exec(&["ip", "addr", "add", &format!("{outer}/24"), "dev", &here]);
+        router.exec(&["ip", "link", "set", &here, "up"]);
+        ns.exec(&["ip", "addr", "add", &inner, "dev", peer]);
+        ns.exec(&["ip", "link", "set", peer, "up"]);
+        ns.exec(&["ip", "route", "add", "default", "via", outer]);
+    }
+    router.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    let site_dhcp = Proc(
+        site.command(Path::new("dnsmasq"))
+            .args(["--no-daemon", "--port=0", "--interface=vsite0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
+            .args(["--dhcp-range=10.98.0.50,10.98.0.99,255.255.255.0,1h", &format!("--dhcp-option=3,{ROUTED_GATEWAY}")])
+            .arg(format!("--dhcp-leasefile={}", dir.join("site-leases").display()))
+            .arg(format!("--pid-file={}", dir.join("site-dnsmasq.pid").display()))
+            .arg("--log-dhcp")
+            .arg(format!("--log-facility={}", dir.join("site-dnsmasq.log").display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the site's dnsmasq"),
+    );
+    let relay = Proc(
+        router
+            .command(Path::new("dnsmasq"))
+            .args(["--no-daemon", "--port=0"])
+            .args([&format!("--dhcp-relay={ROUTED_GATEWAY},{SITE_DHCP_IP}"), &format!("--dhcp-relay={ROUTED_GATEWAY},{SERVER_IP}")])
+            .args(["--enable-ra", "--dhcp-range=fd98::,ra-only,64"])
+            .arg(format!("--pid-file={}", dir.join("relay.pid").display()))
+            .arg(format!("--log-facility={}", dir.join("relay.log").display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the relay"),
+    );
+    RoutedSite { relay, site_dhcp, router, server, site }
+}

@@ -15,9 +15,13 @@
 //! `group always` loads unconditionally; `group PATTERN...` loads when one
 //! of the machine's device modaliases (`/sys/bus/*/devices/*/modalias`)
 //! matches one of the patterns (the module aliases of the group's driver,
-//! shell globs as modprobe matches them). A module path may appear in
-//! several groups; it is loaded once. Lines before the first header belong
-//! to an `always` group, so a plain list of paths is a valid list.
+//! shell globs as modprobe matches them). Within a group the modules are
+//! in dependency order; groups are independent of each other, so
+//! pxeroot-init may load several `always` groups at once. A module path may
+//! appear in several groups; it is loaded once, and a group that needs a
+//! module another group is loading waits for it. Lines before the first
+//! header belong to an `always` group, so a plain list of paths is a valid
+//! list.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write;

@@ -3,7 +3,9 @@
 //!
 //! Keys (unknown ones are the kernel's or the real init's business):
 //! - `pxeroot.server=IP[:PORT]` (required), `pxeroot.export=NAME` (default:
-//!   the MAC of the boot interface), `pxeroot.attach=ioctl|netlink`,
+//!   the MAC of the boot interface), `pxeroot.attach=netlink|ioctl`
+//!   (default netlink: the ioctl attach loses the root's last writes under
+//!   systemd's shutdown),
 //!   `pxeroot.timeout=SECONDS` (NBD request timeout),
 //!   `pxeroot.reconnect=SECONDS` (netlink: how long I/O waits for a
 //!   reconnect), `pxeroot.partition=N` (the root is partition N of the
@@ -145,7 +147,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
     let mut s = Settings {
         server: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT),
         export: None,
-        attach: Attach::Ioctl,
+        attach: Attach::Netlink,
         timeout: DEFAULT_TIMEOUT,
         reconnect: DEFAULT_RECONNECT,
         debug: false,
@@ -245,7 +247,7 @@ mod tests {
         let s = parse("quiet pxeroot.server=192.168.1.5").unwrap();
         assert_eq!(s.server.port(), DEFAULT_PORT);
         assert_eq!(s.net, NetConfig::Dhcp { device: None });
-        assert_eq!((s.attach, s.fstype.as_str(), s.init.as_str()), (Attach::Ioctl, "ext4", "/sbin/init"));
+        assert_eq!((s.attach, s.fstype.as_str(), s.init.as_str()), (Attach::Netlink, "ext4", "/sbin/init"));
         assert_eq!(parse("pxeroot.server=1.2.3.4 ip=dhcp").unwrap().net, NetConfig::Dhcp { device: None });
         assert_eq!(parse("pxeroot.server=1.2.3.4 ip=:::::eth1:dhcp").unwrap().net, NetConfig::Dhcp { device: Some("eth1".into()) });
     }

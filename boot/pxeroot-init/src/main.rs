@@ -113,30 +113,41 @@ fn boot(con: &Console) -> Result<(), String> {
     if settings.debug {
         con.say(format_args!("settings: {settings:?}"));
     }
-    let mut modules = Modules::open(&text)?;
-    let drivers = con.step("load NIC drivers", || modules.load_drivers())?;
-    if modules.fallback > 0 {
-        con.say(format_args!(
-            "no network interface from the driver groups that matched a device: loaded the {} others too",
-            modules.fallback
-        ));
-    }
-    con.say(format_args!("{drivers} driver modules loaded ({} driver groups without a device skipped)", modules.skipped));
-    let (iface, mac) = con.step("find the boot interface", || find_interface(con, &settings))?;
-    con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
-    let export = settings.export.clone().unwrap_or_else(|| mac_text(&mac));
-    // The network comes up and the NBD handshake runs while nbd and the
-    // filesystem's modules load: under TCG that overlaps 0.3 s of module
-    // loading with the carrier wait and the server's round trips.
-    let (net, rest) = std::thread::scope(|scope| {
-        let net = scope.spawn(|| -> Result<_, String> {
-            con.step(&format!("configure {iface}"), || configure_net(con, &settings, &iface, mac))?;
-            Ok(connect_with_retry(con, &settings, &export))
+    let modules = Modules::open(&text, settings.debug)?;
+    // With a second CPU, the root's modules (nbd, the filesystem) load from
+    // /init's start beside the NIC drivers, one thread per group; with one
+    // CPU they load after the drivers, beside the network's round trips, so
+    // the network comes up as early as it can.
+    let parallel = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    let (export, net, rest) = std::thread::scope(|scope| -> Result<_, String> {
+        let early = parallel.then(|| scope.spawn(|| con.step("load the root's modules", || modules.load_rest(con, true))));
+        let drivers = con.step("load NIC drivers", || modules.load_drivers(con))?;
+        if drivers.fallback > 0 {
+            con.say(format_args!(
+                "no network interface from the driver groups that matched a device: loaded the {} others too",
+                drivers.fallback
+            ));
+        }
+        con.say(format_args!("{} driver modules loaded ({} driver groups without a device skipped)", drivers.loaded, drivers.skipped));
+        let (iface, mac) = con.step("find the boot interface", || find_interface(con, &settings))?;
+        con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
+        let export = settings.export.clone().unwrap_or_else(|| mac_text(&mac));
+        // The network comes up and the NBD handshake runs while the root's
+        // modules load: under TCG that overlaps 0.3 s of module loading
+        // with the carrier wait and the server's round trips.
+        let (settings, name) = (&settings, export.clone());
+        let net = scope.spawn(move || -> Result<_, String> {
+            con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
+            Ok(connect_with_retry(con, settings, &name))
         });
-        let rest = con.step("load the root's modules", || modules.load_rest());
-        (net.join(), rest)
-    });
-    con.say(format_args!("{} modules loaded", drivers + rest?));
+        let rest = match early {
+            Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
+            None => con.step("load the root's modules", || modules.load_rest(con, false)),
+        };
+        Ok((export, net.join(), rest))
+    })?;
+    rest?;
+    con.say(format_args!("{} modules loaded", modules.loaded()));
     let (sock, info) = net.map_err(|_| "the network thread panicked".to_string())??;
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
     match settings.attach {
@@ -185,13 +196,17 @@ fn mount_early() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The module list's groups and what has been loaded of them. Drivers
-/// first (`load_drivers`), so the network can come up while the rest
-/// (`load_rest`: nbd, the filesystem) loads.
-struct Modules {
-    groups: Vec<modlist::Group>,
-    loaded: std::collections::HashSet<String>,
-    cmdline: String,
+/// How far one module file got, shared by the threads that load modules.
+enum Load {
+    Loading,
+    Done,
+    Failed(String),
+}
+
+/// What `load_drivers` did.
+struct Drivers {
+    /// Modules it loaded.
+    loaded: usize,
     /// Driver groups left unloaded: no device matched.
     skipped: usize,
     /// Driver groups loaded although no device matched, because none of
@@ -199,26 +214,78 @@ struct Modules {
     fallback: usize,
 }
 
+/// The module list's groups and how far each module got. Drivers first
+/// (`load_drivers`), so the network can come up while the rest
+/// (`load_rest`: nbd, the filesystem) loads; with several CPUs the rest
+/// loads beside the drivers too.
+struct Modules {
+    groups: Vec<modlist::Group>,
+    state: std::sync::Mutex<std::collections::HashMap<String, Load>>,
+    changed: std::sync::Condvar,
+    cmdline: String,
+    /// `pxeroot.debug`: print each module's load time.
+    debug: bool,
+}
+
 impl Modules {
-    fn open(cmdline: &str) -> Result<Modules, String> {
+    fn open(cmdline: &str, debug: bool) -> Result<Modules, String> {
         let groups = match std::fs::read_to_string(MODULE_LIST) {
             Ok(text) => modlist::parse(&text).map_err(|e| format!("{MODULE_LIST}: {e}"))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("reading {MODULE_LIST}: {e}")),
         };
-        Ok(Modules { groups, loaded: Default::default(), cmdline: cmdline.to_string(), skipped: 0, fallback: 0 })
+        Ok(Modules { groups, state: Default::default(), changed: Default::default(), cmdline: cmdline.to_string(), debug })
     }
 
-    fn load_group(&mut self, i: usize) -> Result<(), String> {
-        for m in &self.groups[i].modules {
-            if self.loaded.insert(m.path.clone()) {
-                let f = std::fs::File::open(&m.path).map_err(|e| format!("opening module {}: {e}", m.path))?;
-                let params = modlist::params_for(m, &self.cmdline);
-                sys::finit_module(&f, &params)
-                    .map_err(|e| format!("loading module {} ({params}): {e} (is it built for this kernel?)", m.path))?;
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Load>> {
+        // A poisoned lock only means another loading thread panicked: the
+        // map itself is still whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Load one module unless it is loaded; if another thread is loading
+    /// it, wait for that. True when this call loaded it.
+    fn load(&self, con: &Console, m: &modlist::Module) -> Result<bool, String> {
+        let mut state = self.lock();
+        loop {
+            match state.get(&m.path) {
+                None => break,
+                Some(Load::Done) => return Ok(false),
+                Some(Load::Failed(e)) => return Err(e.clone()),
+                Some(Load::Loading) => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
             }
         }
-        Ok(())
+        state.insert(m.path.clone(), Load::Loading);
+        drop(state);
+        let params = modlist::params_for(m, &self.cmdline);
+        let started = Instant::now();
+        let result = std::fs::File::open(&m.path).map_err(|e| format!("opening module {}: {e}", m.path)).and_then(|f| {
+            sys::finit_module(&f, &params).map_err(|e| format!("loading module {} ({params}): {e} (is it built for this kernel?)", m.path))
+        });
+        if self.debug {
+            con.say(format_args!("finit_module {}: {:.3} s", m.path, started.elapsed().as_secs_f64()));
+        }
+        let done = match &result {
+            Ok(()) => Load::Done,
+            Err(e) => Load::Failed(e.clone()),
+        };
+        self.lock().insert(m.path.clone(), done);
+        self.changed.notify_all();
+        result.map(|()| true)
+    }
+
+    /// Load a group's modules in order; how many this call loaded.
+    fn load_group(&self, con: &Console, i: usize) -> Result<usize, String> {
+        let mut n = 0;
+        for m in &self.groups[i].modules {
+            n += usize::from(self.load(con, m)?);
+        }
+        Ok(n)
+    }
+
+    /// Modules loaded so far, by any thread.
+    fn loaded(&self) -> usize {
+        self.lock().values().filter(|l| matches!(l, Load::Done)).count()
     }
 
     /// Each driver group whose device is there, checked when the group's
@@ -226,8 +293,8 @@ impl Modules {
     /// registered its devices). If that leaves the machine without a
     /// network interface, load the skipped groups too: an alias this code
     /// misreads must cost time, not the boot.
-    fn load_drivers(&mut self) -> Result<usize, String> {
-        let before = self.loaded.len();
+    fn load_drivers(&self, con: &Console) -> Result<Drivers, String> {
+        let mut done = Drivers { loaded: 0, skipped: 0, fallback: 0 };
         let (mut aliases, mut stale, mut waiting) = (Vec::new(), true, Vec::new());
         let buses = modlist::buses(&self.groups);
         for i in 0..self.groups.len() {
@@ -239,31 +306,35 @@ impl Modules {
                 stale = false;
             }
             if modlist::wanted(&self.groups[i], &aliases) {
-                self.load_group(i)?;
+                done.loaded += self.load_group(con, i)?;
                 stale = true;
             } else {
                 waiting.push(i);
             }
         }
-        self.skipped = waiting.len();
-        if self.skipped > 0 && interfaces().map_or(true, |n| n.is_empty()) {
+        done.skipped = waiting.len();
+        if done.skipped > 0 && interfaces().map_or(true, |n| n.is_empty()) {
             for i in waiting {
-                self.load_group(i)?;
+                done.loaded += self.load_group(con, i)?;
             }
-            self.fallback = std::mem::take(&mut self.skipped);
+            done.fallback = std::mem::take(&mut done.skipped);
         }
-        Ok(self.loaded.len() - before)
+        Ok(done)
     }
 
-    /// The groups that always load.
-    fn load_rest(&mut self) -> Result<usize, String> {
-        let before = self.loaded.len();
-        for i in 0..self.groups.len() {
-            if self.groups[i].when.is_empty() {
-                self.load_group(i)?;
-            }
+    /// The groups that always load: one after the other, or with
+    /// `parallel` each on a thread of its own (a module two groups share
+    /// loads once, the second group waiting for it). How many modules this
+    /// call loaded.
+    fn load_rest(&self, con: &Console, parallel: bool) -> Result<usize, String> {
+        let always: Vec<usize> = (0..self.groups.len()).filter(|&i| self.groups[i].when.is_empty()).collect();
+        if !parallel || always.len() < 2 {
+            return always.into_iter().map(|i| self.load_group(con, i)).sum();
         }
-        Ok(self.loaded.len() - before)
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = always.into_iter().map(|i| scope.spawn(move || self.load_group(con, i))).collect();
+            threads.into_iter().map(|t| t.join().map_err(|_| "a module thread panicked".to_string())?).sum()
+        })
     }
 
     /// Every module file the list names, loaded or not.
