@@ -876,6 +876,43 @@ fn test_uefi_http_boot_fetches_ipxe_efi_from_pxeroot_over_http() {
     assert!(server_log.contains("boot script requested"), "{server_log}");
 }
 
+/// UEFI HTTP boot with the URL from DHCP: the boot entry holds an empty
+/// URI, as OVMF's own "UEFI HTTPv4" entries do, so OVMF's HTTP boot driver
+/// sends a DHCP DISCOVER with vendor class `HTTPClient` and boots the URL
+/// in pxeroot's offer.
+#[test]
+fn test_uefi_http_boot_takes_the_url_from_pxeroots_offer() {
+    let python = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python3"));
+    assert!(python.exists(), "{} missing: run tests/run-all (it installs virt-firmware)", python.display());
+    let d = tempfile::tempdir().unwrap();
+    let my_vars = d.path().join("vars.fd");
+    let (lan, _srv, _server, log_path, args) = uefi_setup(d.path(), "uoffer", &my_vars);
+    run(Command::new(python).arg("-c").arg(EMPTY_URI_BOOT_ENTRY).arg(OVMF_VARS).arg(&my_vars));
+    let (lines, exited) = run_qemu_nic(&lan, &args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("Start HTTP Boot over IPv4"), "OVMF did not start HTTP boot:\n{console}");
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI HTTP boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
+    // The URL came from pxeroot's offer to an HTTPClient DISCOVER.
+    assert!(server_log.contains(&format!("offered=Some(\"http://{SERVER_IP}")), "no HTTP URL offered:\n{server_log}");
+    assert!(server_log.contains("arch=Some(16)"), "{server_log}");
+    assert!(server_log.contains("HTTP transfer finished") && server_log.contains("file=/ipxe.efi"), "{server_log}");
+    assert!(server_log.contains("boot script requested"), "{server_log}");
+}
+
+/// virt-firmware's library (tests/setup-host.sh installs it): copy the
+/// varstore argv[1] to argv[2] with a BootNext entry whose device path is
+/// an empty URI node.
+const EMPTY_URI_BOOT_ENTRY: &str = "import sys
+from virt.firmware.efi import devpath
+from virt.firmware.varstore import autodetect
+store = autodetect.open_varstore(sys.argv[1])
+vl = store.get_varlist()
+vl.set_boot_entry(0x99, 'HTTP boot, URL from DHCP', devpath.DevicePath.uri(''))
+vl.set_boot_next(0x99)
+store.write_varstore(sys.argv[2], vl)
+";
+
 /// Writes the client's own MAC into /marker, then disconnects and powers off.
 const WHO_INIT: &str = "#!/bin/busybox sh\n\
     me=$(/bin/busybox cat /sys/class/net/eth0/address)\n\

@@ -153,10 +153,6 @@ fn client_class(req: &Message, ctx: &Context) -> Option<ClientClass> {
     }
 }
 
-fn is_pxe_client(req: &Message) -> bool {
-    vendor_class(req).starts_with(b"PXEClient")
-}
-
 /// The UEFI strategy for this request's vendor class.
 fn uefi_strategy(req: &Message, ctx: &Context) -> UefiStrategy {
     let c = vendor_class(req);
@@ -225,9 +221,29 @@ fn reply_to(req: &Message, kind: MessageType, server: Ipv4Addr, yiaddr: Ipv4Addr
     r
 }
 
+/// `name` cut to at most MAX_BOOT_FILE bytes, at a character boundary.
+fn boot_file_name(name: &str) -> String {
+    let mut end = name.len().min(MAX_BOOT_FILE);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+/// UEFI HTTP boot: option 60 `HTTPClient` and a URL as the file (a name
+/// without a scheme is under pxeroot's HTTP base).
+fn add_http_boot(r: &mut Message, ctx: &Context, file: String) -> String {
+    let url = if file.contains("://") { file } else { format!("{}/{}", ctx.http_base.unwrap_or_default(), file) };
+    let name = boot_file_name(&url);
+    r.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+    r.opts_mut().insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
+    r.set_fname_str(&name);
+    name
+}
+
 /// Put the boot information into a reply: `file`, options 60, 97, 66, 67, 43.
 fn add_boot(r: &mut Message, req: &Message, server: Ipv4Addr, file: &str) -> String {
-    let name = file[..file.len().min(MAX_BOOT_FILE)].to_string();
+    let name = boot_file_name(file);
     let o = r.opts_mut();
     o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
     if let Some(DhcpOption::ClientMachineIdentifier(id)) = req.opts().get(OptionCode::ClientMachineIdentifier) {
@@ -252,13 +268,8 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
     };
     let Boot { file, arch: arch_code, arch_kind: arch, ipxe } = boot_for(req, mac, ctx)?;
     if class == ClientClass::Http {
-        // UEFI HTTP boot: option 60 `HTTPClient` and a URL as the file.
         let mut r = reply_to(req, reply_kind, ctx.server, Ipv4Addr::UNSPECIFIED);
-        let url = if file.contains("://") { file } else { format!("{}/{}", ctx.http_base.unwrap_or_default(), file) };
-        let name = url[..url.len().min(MAX_BOOT_FILE)].to_string();
-        r.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
-        r.opts_mut().insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
-        r.set_fname_str(&name);
+        let name = add_http_boot(&mut r, ctx, file);
         return Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered: Some(name) }));
     }
     // Strategy (b): UEFI firmware gets a bare offer and the file on 4011.
@@ -348,10 +359,13 @@ pub fn decide_full(
         o.insert(DhcpOption::DomainNameServer(net.dns.clone()));
     }
     let mut seen = Seen { mac, kind, arch: None, ipxe: false, offered: None };
-    if is_pxe_client(req) {
-        if let Ok(boot) = boot_for(req, mac, ctx) {
-            seen.arch = boot.arch;
-            seen.ipxe = boot.ipxe;
+    let class = client_class(req, ctx);
+    if let (Some(class), Ok(boot)) = (class, boot_for(req, mac, ctx)) {
+        seen.arch = boot.arch;
+        seen.ipxe = boot.ipxe;
+        if class == ClientClass::Http {
+            seen.offered = Some(add_http_boot(&mut r, ctx, boot.file));
+        } else {
             seen.offered = Some(add_boot(&mut r, req, ctx.server, &boot.file));
             r.opts_mut().insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
                 OptionCode::Unknown(OPT_IPXE_ENCAP),
@@ -372,11 +386,16 @@ mod tests {
     use super::*;
     use dhcproto::{Decodable, Decoder};
 
-    fn fixture(name: &str) -> Vec<Message> {
+    pub(super) fn fixture(name: &str) -> Vec<Message> {
         pcap::fixture_payloads(name).iter().filter_map(|(_, p)| Message::decode(&mut Decoder::new(p)).ok()).collect()
     }
 
-    fn ctx<'a>(files: &'a BootFiles, uefi: UefiStrategy, may: &'a dyn Fn(Mac) -> bool, url: &'a dyn Fn(Mac) -> String) -> Context<'a> {
+    pub(super) fn ctx<'a>(
+        files: &'a BootFiles,
+        uefi: UefiStrategy,
+        may: &'a dyn Fn(Mac) -> bool,
+        url: &'a dyn Fn(Mac) -> String,
+    ) -> Context<'a> {
         Context {
             server: Ipv4Addr::new(10, 99, 0, 1),
             files,
@@ -389,7 +408,7 @@ mod tests {
         }
     }
 
-    fn opt_bytes(m: &Message, code: OptionCode) -> Option<Vec<u8>> {
+    pub(super) fn opt_bytes(m: &Message, code: OptionCode) -> Option<Vec<u8>> {
         match m.opts().get(code)? {
             DhcpOption::BootfileName(b)
             | DhcpOption::ClassIdentifier(b)
@@ -534,6 +553,7 @@ mod tests {
 
 #[cfg(test)]
 mod full_tests {
+    use super::tests::{ctx, fixture, opt_bytes};
     use super::*;
     use crate::dhcp::leases::LeaseTable;
     use std::collections::BTreeMap;
@@ -583,5 +603,37 @@ mod full_tests {
         steal.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
         let (nak, _) = decide_full(&steal, &ctx, &net, &mut leases, 1).unwrap().unwrap();
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+        assert!(nak.flags().broadcast(), "a NAK through a relay must be broadcast");
+    }
+
+    /// Full mode answers a UEFI HTTP boot client with an address and the
+    /// URL, as proxy mode does, when pxeroot serves HTTP.
+    #[test]
+    fn test_full_mode_gives_http_boot_clients_a_url() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![] };
+        let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
+        let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
+        req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
+        req.opts_mut().insert(DhcpOption::ClientSystemArchitecture(dhcproto::v4::Architecture::Unknown(16)));
+        let (offer, seen) = decide_full(&req, &c, &net, &mut leases, 0).unwrap().unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
+        assert_eq!(opt_bytes(&offer, OptionCode::ClassIdentifier).unwrap(), b"HTTPClient");
+        assert_eq!(seen.offered.as_deref(), Some("http://10.99.0.1:80/ipxe.efi"));
+        assert_eq!(seen.arch, Some(16));
+        // Without HTTP served: an address only.
+        c.http_base = None;
+        let (offer, seen) = decide_full(&req, &c, &net, &mut leases, 0).unwrap().unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
+        assert_eq!(seen.offered, None);
+    }
+
+    #[test]
+    fn test_boot_file_names_are_cut_at_a_character_boundary() {
+        let long = format!("{}é", "a".repeat(MAX_BOOT_FILE - 1));
+        assert_eq!(boot_file_name(&long), "a".repeat(MAX_BOOT_FILE - 1));
+        assert_eq!(boot_file_name("ipxe.efi"), "ipxe.efi");
     }
 }
