@@ -701,7 +701,7 @@ fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
     boot_dir(d.path());
-    let net = routed_site("relay", d.path());
+    let net = routed_site("relay", d.path(), true);
     let cfg = d.path().join("pxeroot.toml");
     std::fs::write(
         &cfg,
@@ -740,6 +740,41 @@ fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
     run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{STEM}.qcow2"))).arg(&flat));
     let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
     assert!(marker.contains("written by the diskless client"), "{marker}");
+}
+
+/// Full mode behind a relay: pxeroot is the only DHCP server, on another
+/// subnet; its pool is the client segment's, so it answers the relayed
+/// requests with an address there and the segment's router.
+#[test]
+fn test_full_mode_serves_a_routed_segment_through_a_relay() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    boot_dir(d.path());
+    let net = routed_site("frelay", d.path(), false);
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\npool_start = \"10.98.0.100\"\npool_end = \"10.98.0.110\"\n\
+             netmask = \"255.255.255.0\"\nrouter = \"{ROUTED_GATEWAY}\"\n[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\n\
+             initrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n[clients.\"{MAC}\"]\nimage = \"root\"\n",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log_path = d.path().join("pxeroot.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = Proc(net.server.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (lines, exited) =
+        run_qemu(&net.router, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL") || l.contains("No bootable device"));
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
+    assert!(console.contains("net0: 10.98.0.100/255.255.255.0 gw 10.98.0.1"), "{console}");
+    assert!(server_log.contains(&format!("relay=Some({ROUTED_GATEWAY})")) && server_log.contains("reply=Ack"), "{server_log}");
 }
 
 #[test]

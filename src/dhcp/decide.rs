@@ -121,6 +121,9 @@ pub enum Ignored {
     WrongMessage,
     UnknownArch(u16),
     NotAllowed(Mac),
+    /// Full mode: relayed from a subnet (the relay's giaddr) that the pool
+    /// is not on; an address from the pool would be useless there.
+    OtherSubnet(Ipv4Addr),
 }
 
 /// The client's MAC, if the request is an Ethernet BOOTREQUEST.
@@ -312,6 +315,13 @@ pub fn decide_full(
 ) -> Result<Option<(Message, Seen)>, Ignored> {
     let mac = client_mac(req)?;
     let kind = req.opts().msg_type().ok_or(Ignored::WrongMessage)?;
+    // Behind a relay, the client is on the relay's subnet: serve it only
+    // if the pool is on that subnet too.
+    let relay = u32::from(req.giaddr());
+    let mask = u32::from(net.netmask);
+    if relay != 0 && relay & mask != u32::from(leases.first()) & mask {
+        return Err(Ignored::OtherSubnet(req.giaddr()));
+    }
     let requested = match req.opts().get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
         _ => None,
@@ -628,6 +638,23 @@ mod full_tests {
         let (offer, seen) = decide_full(&req, &c, &net, &mut leases, 0).unwrap().unwrap();
         assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
         assert_eq!(seen.offered, None);
+    }
+
+    /// Behind a relay on the pool's subnet: served, the reply for the
+    /// relay; from another subnet: ignored.
+    #[test]
+    fn test_full_mode_serves_a_relayed_subnet_only_if_the_pool_is_on_it() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 98, 0, 1)), dns: vec![] };
+        let mut leases = LeaseTable::new(Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 200), 3600, BTreeMap::new());
+        let mut req = discover([0x52, 0x54, 0, 0, 0, 1], true);
+        req.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
+        let (offer, _) = decide_full(&req, &c, &net, &mut leases, 0).unwrap().unwrap();
+        assert_eq!((offer.yiaddr(), offer.giaddr()), (Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 1)));
+        req.set_giaddr(Ipv4Addr::new(10, 97, 0, 1));
+        assert_eq!(decide_full(&req, &c, &net, &mut leases, 0).unwrap_err(), Ignored::OtherSubnet(Ipv4Addr::new(10, 97, 0, 1)));
     }
 
     #[test]

@@ -71,6 +71,11 @@ impl LeaseTable {
         self.reservations.iter().any(|(m, a)| *a == ip && *m != mac)
     }
 
+    /// The pool's first address.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.first)
+    }
+
     /// Changes since creation that `save` would record: compare before and
     /// after a packet to know whether to write the table.
     pub fn generation(&self) -> u64 {

@@ -117,13 +117,13 @@ pub fn site_dnsmasq(lan: &Netns, dir: &Path) -> Proc {
 /// segment of its own) and to the boot server (SERVER_IP, its own segment
 /// too), and routes between the three. The router also sends IPv6 router
 /// advertisements on the client segment, as a site router does (iPXE
-/// otherwise waits for IPv6 autoconfiguration). Returns (router, boot
-/// server, site DHCP server); the relay and the site's server run until
-/// their `Proc`s drop.
+/// otherwise waits for IPv6 autoconfiguration). Without `with_site_dhcp`
+/// the relay forwards to the boot server only (pxeroot in full mode). The
+/// relay and the site's server run until their `Proc`s drop.
 pub struct RoutedSite {
     // Fields drop in order: the daemons before their namespaces.
     pub relay: Proc,
-    pub site_dhcp: Proc,
+    pub site_dhcp: Option<Proc>,
     pub router: Netns,
     pub server: Netns,
     pub site: Netns,
@@ -133,7 +133,7 @@ pub struct RoutedSite {
 pub const ROUTED_GATEWAY: &str = "10.98.0.1";
 const SITE_DHCP_IP: &str = "10.96.0.1";
 
-pub fn routed_site(tag: &str, dir: &Path) -> RoutedSite {
+pub fn routed_site(tag: &str, dir: &Path, with_site_dhcp: bool) -> RoutedSite {
     let router = Netns::new(&format!("{tag}r"));
     let server = Netns::new(&format!("{tag}s"));
     let site = Netns::new(&format!("{tag}d"));
@@ -156,23 +156,29 @@ pub fn routed_site(tag: &str, dir: &Path) -> RoutedSite {
         ns.exec(&["ip", "route", "add", "default", "via", outer]);
     }
     router.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    let site_dhcp = Proc(
-        site.command(Path::new("dnsmasq"))
-            .args(["--no-daemon", "--port=0", "--interface=vsite0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
-            .args(["--dhcp-range=10.98.0.50,10.98.0.99,255.255.255.0,1h", &format!("--dhcp-option=3,{ROUTED_GATEWAY}")])
-            .arg(format!("--dhcp-leasefile={}", dir.join("site-leases").display()))
-            .arg(format!("--pid-file={}", dir.join("site-dnsmasq.pid").display()))
-            .arg("--log-dhcp")
-            .arg(format!("--log-facility={}", dir.join("site-dnsmasq.log").display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the site's dnsmasq"),
-    );
+    let site_dhcp = with_site_dhcp.then(|| {
+        Proc(
+            site.command(Path::new("dnsmasq"))
+                .args(["--no-daemon", "--port=0", "--interface=vsite0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
+                .args(["--dhcp-range=10.98.0.50,10.98.0.99,255.255.255.0,1h", &format!("--dhcp-option=3,{ROUTED_GATEWAY}")])
+                .arg(format!("--dhcp-leasefile={}", dir.join("site-leases").display()))
+                .arg(format!("--pid-file={}", dir.join("site-dnsmasq.pid").display()))
+                .arg("--log-dhcp")
+                .arg(format!("--log-facility={}", dir.join("site-dnsmasq.log").display()))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the site's dnsmasq"),
+        )
+    });
+    let mut relay_to = vec![format!("--dhcp-relay={ROUTED_GATEWAY},{SERVER_IP}")];
+    if with_site_dhcp {
+        relay_to.push(format!("--dhcp-relay={ROUTED_GATEWAY},{SITE_DHCP_IP}"));
+    }
     let relay = Proc(
         router
             .command(Path::new("dnsmasq"))
             .args(["--no-daemon", "--port=0"])
-            .args([&format!("--dhcp-relay={ROUTED_GATEWAY},{SITE_DHCP_IP}"), &format!("--dhcp-relay={ROUTED_GATEWAY},{SERVER_IP}")])
+            .args(&relay_to)
             .args(["--enable-ra", "--dhcp-range=fd98::,ra-only,64"])
             .arg(format!("--pid-file={}", dir.join("relay.pid").display()))
             .arg(format!("--log-facility={}", dir.join("relay.log").display()))
