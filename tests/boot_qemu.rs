@@ -319,36 +319,46 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
 /// Where the root filesystem starts in the partitioned test disk.
 const ROOT_PARTITION_OFFSET: u64 = 10 << 20;
 
+/// GPT partition types the tests use.
+const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+const DPS_ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
 /// A disk image with a partition table, as distribution images come: GPT,
 /// partition 1 a small EFI system partition (empty), partition 2 the test
 /// root from 10 MiB on.
 fn partitioned_disk(dir: &Path) -> PathBuf {
+    gpt_disk(dir, &[(LINUX_DATA_TYPE, None)])
+}
+
+/// A GPT disk: partition 1 a small EFI system partition (empty), then one
+/// copy of the test root per `(type, unique GUID)` in `roots`, partition 2
+/// from ROOT_PARTITION_OFFSET on, each next one after the last.
+fn gpt_disk(dir: &Path, roots: &[(&str, Option<&str>)]) -> PathBuf {
     use std::io::{Seek, SeekFrom, Write};
     require("sfdisk");
     let root = std::fs::read(root_image(dir)).unwrap();
     let disk = dir.join("disk.img");
+    let span = root.len() as u64 + (1 << 20);
     let f = std::fs::File::create(&disk).unwrap();
-    f.set_len(ROOT_PARTITION_OFFSET + root.len() as u64 + (1 << 20)).unwrap();
+    f.set_len(ROOT_PARTITION_OFFSET + span * roots.len() as u64).unwrap();
     drop(f);
+    let mut table = "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n".to_string();
+    for (i, (kind, uuid)) in roots.iter().enumerate() {
+        let start = ROOT_PARTITION_OFFSET + span * i as u64;
+        table += &format!("start={}, size={}, type={kind}", start / 512, root.len() / 512);
+        if let Some(u) = uuid {
+            table += &format!(", uuid={u}");
+        }
+        table.push('\n');
+    }
     let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().unwrap();
-    sfdisk
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            format!(
-                "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
-                 start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
-                ROOT_PARTITION_OFFSET / 512,
-                root.len() / 512
-            )
-            .as_bytes(),
-        )
-        .unwrap();
+    sfdisk.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
     assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
     let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET)).unwrap();
-    f.write_all(&root).unwrap();
+    for i in 0..roots.len() as u64 {
+        f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET + span * i)).unwrap();
+        f.write_all(&root).unwrap();
+    }
     disk
 }
 
@@ -394,6 +404,42 @@ fn test_root_on_a_partition_boots_and_a_wrong_setting_is_explained() {
         stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(format!("{}?offset={ROOT_PARTITION_OFFSET}", flat.display())));
     assert!(marker.contains("written by the diskless client"), "{marker}");
     assert_eq!(sha256(&disk), base_sum, "the base image changed");
+}
+
+/// With no `partition` set, pxeroot-init finds the root on a GPT disk by
+/// itself: the partition of the Discoverable Partitions root type (as
+/// systemd's gpt-auto does), or the one `root=PARTUUID=` names; a PARTUUID
+/// the disk lacks stops the boot with the disk's GUIDs.
+#[test]
+fn test_root_partition_found_by_its_gpt_type_or_partuuid() {
+    const DPS_ROOT: &str = "6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e01";
+    const OTHER: &str = "6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e02";
+    let d = tempfile::tempdir().unwrap();
+    let disk = gpt_disk(d.path(), &[(DPS_ROOT_X86_64_TYPE, Some(DPS_ROOT)), (LINUX_DATA_TYPE, Some(OTHER))]);
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("dps");
+    let state = d.path().join("state");
+    let _server = start_server(&ns, &disk, &state, &d.path().join("pxeroot.log"));
+    let boot_with_cmdline = |extra: &str| {
+        let (lines, exited) =
+            boot(&ns, &kernel, &initrd, &format!("{} {extra}", cmdline(SERVER_IP, MAC, "netlink")), |l| l.contains("FATAL"));
+        (lines.join("\n"), exited)
+    };
+    let (by_type, exited) = boot_with_cmdline("");
+    assert!(by_type.contains("root: partition 2, the GPT partition of the root type 4f68bce3-e8cd-4db1-96e7-fbcaf984b709"), "{by_type}");
+    assert!(by_type.contains("mount /dev/nbd0p2 (ext4)") && by_type.contains("PXEROOT-MARKER-DONE") && exited, "{by_type}");
+    let (by_uuid, exited) = boot_with_cmdline(&format!("root=PARTUUID={}", OTHER.to_uppercase()));
+    assert!(by_uuid.contains(&format!("root=PARTUUID={}: partition 3", OTHER.to_uppercase())), "{by_uuid}");
+    assert!(by_uuid.contains("mount /dev/nbd0p3 (ext4)") && by_uuid.contains("PXEROOT-MARKER-DONE") && exited, "{by_uuid}");
+    let (missing, _) = boot_with_cmdline("root=PARTUUID=00000000-0000-0000-0000-000000000001");
+    assert!(
+        missing.contains("no partition of /dev/nbd0 has that GUID")
+            && missing.contains(&format!("2 {DPS_ROOT}"))
+            && missing.contains(&format!("3 {OTHER}")),
+        "{missing}"
+    );
+    assert!(!missing.contains("Kernel panic"), "{missing}");
 }
 
 #[test]

@@ -13,7 +13,10 @@
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
-//! - `root=` is ignored (the root is the NBD device), `rootfstype=` (default
+//! - `root=PARTUUID=GUID` picks the root partition of a GPT disk by its
+//!   unique GUID; other `root=` forms are ignored (the root is the NBD
+//!   device, or with neither this nor `pxeroot.partition`, the GPT
+//!   partition of the Discoverable Partitions root type), `rootfstype=` (default
 //!   ext4), `rootflags=`, `ro`/`rw` (default rw), `init=` (default /sbin/init).
 
 use std::fmt;
@@ -61,6 +64,8 @@ pub struct Settings {
     pub debug: bool,
     /// The root filesystem's partition of /dev/nbd0; `None`: the whole disk.
     pub partition: Option<u32>,
+    /// `root=PARTUUID=`: the root partition's GPT unique GUID, as written.
+    pub root_partuuid: Option<String>,
     pub net: NetConfig,
     pub bootif: Option<[u8; 6]>,
     pub fstype: String,
@@ -152,6 +157,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         reconnect: DEFAULT_RECONNECT,
         debug: false,
         partition: None,
+        root_partuuid: None,
         net: NetConfig::Dhcp { device: None },
         bootif: None,
         fstype: "ext4".into(),
@@ -187,6 +193,20 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                         .ok_or_else(|| err("pxeroot.partition", value, "a partition number, 1 to 128"))?,
                 )
             }
+            "root" => {
+                if let Some(id) = value.strip_prefix("PARTUUID=") {
+                    // A GUID (GPT); MBR's "SSSSSSSS-PP" form has no GUID to match.
+                    let guid = id.len() == 36
+                        && id
+                            .bytes()
+                            .enumerate()
+                            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() });
+                    if !guid {
+                        return Err(err("root", value, "PARTUUID= and a GPT partition's GUID, 8-4-4-4-12 hex digits"));
+                    }
+                    s.root_partuuid = Some(id.to_string());
+                }
+            }
             "ip" => s.net = parse_ip(value)?,
             "BOOTIF" => s.bootif = Some(parse_bootif(value)?),
             "rootfstype" => s.fstype = value.to_string(),
@@ -204,6 +224,18 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_root_partuuid_is_a_guid_and_other_root_forms_are_ignored() {
+        let s = parse("pxeroot.server=1.2.3.4 root=PARTUUID=4F68BCE3-e8cd-4db1-96e7-fbcaf984b709").unwrap();
+        assert_eq!(s.root_partuuid.as_deref(), Some("4F68BCE3-e8cd-4db1-96e7-fbcaf984b709"));
+        for ignored in ["root=/dev/sda1", "root=UUID=0b1c2d3e-aaaa-bbbb-cccc-000000000000", "root=LABEL=root"] {
+            assert_eq!(parse(&format!("pxeroot.server=1.2.3.4 {ignored}")).unwrap().root_partuuid, None, "{ignored}");
+        }
+        for bad in ["PARTUUID=1234abcd-01", "PARTUUID=4f68bce3e8cd4db196e7fbcaf984b709", "PARTUUID=zf68bce3-e8cd-4db1-96e7-fbcaf984b709"] {
+            assert_eq!(parse(&format!("pxeroot.server=1.2.3.4 root={bad}")).unwrap_err().key, "root", "{bad}");
+        }
+    }
 
     #[test]
     fn test_partition_is_a_number_in_range() {

@@ -17,6 +17,7 @@
 
 mod cmdline;
 mod dhcp;
+mod gpt;
 mod nbd;
 mod nbdnl;
 mod netlink;
@@ -169,11 +170,15 @@ fn boot(con: &Console) -> Result<(), String> {
             let _ = std::fs::remove_file(path);
         }
     });
-    let device = root_device(&settings);
-    if let Some(n) = settings.partition {
+    let partition = match settings.partition {
+        Some(n) => Some(n),
+        None => find_root_partition(con, &settings)?,
+    };
+    let device = root_device(partition);
+    if let Some(n) = partition {
         con.step(&format!("find partition {n} ({device})"), || wait_for_partition(n))?;
     }
-    con.step(&format!("mount {device} ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings, &device))?;
+    con.step(&format!("mount {device} ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings, partition, &device))?;
     let _ = freeing.join();
     con.say(format_args!("switching root, exec {}", settings.init));
     let err = switch_root(&settings);
@@ -672,10 +677,51 @@ fn disconnect(device: &str, then: Option<sys::Finally>) -> i32 {
 }
 
 /// The root filesystem's device: the NBD disk, or one of its partitions.
-fn root_device(s: &Settings) -> String {
-    match s.partition {
+fn root_device(partition: Option<u32>) -> String {
+    match partition {
         Some(n) => format!("/dev/nbd0p{n}"),
         None => "/dev/nbd0".to_string(),
+    }
+}
+
+/// Bytes read from the disk's start to find a GPT header (at 512 or 4096).
+const GPT_HEAD: usize = 8192;
+
+/// Without `pxeroot.partition`: the partition `root=PARTUUID=` names, else
+/// the GPT partition of the Discoverable Partitions root type. `None`, the
+/// whole disk, when the disk has no GPT or (without PARTUUID) no such
+/// partition.
+fn find_root_partition(con: &Console, s: &Settings) -> Result<Option<u32>, String> {
+    use std::os::unix::fs::FileExt;
+    let disk = std::fs::File::open("/dev/nbd0").map_err(|e| format!("opening /dev/nbd0: {e}"))?;
+    let mut head = vec![0u8; GPT_HEAD];
+    disk.read_exact_at(&mut head, 0).map_err(|e| format!("reading /dev/nbd0's first {GPT_HEAD} bytes: {e}"))?;
+    let header = gpt::header(&head).map_err(|e| format!("/dev/nbd0: {e}"))?;
+    let Some(h) = header else {
+        return match &s.root_partuuid {
+            Some(id) => {
+                Err(format!("root=PARTUUID={id}: /dev/nbd0 has no GPT partition table (drop root= for a disk that is one filesystem)"))
+            }
+            None => Ok(None),
+        };
+    };
+    let mut entries = vec![0u8; h.entries_len()];
+    disk.read_exact_at(&mut entries, h.entries_at).map_err(|e| format!("reading /dev/nbd0's GPT entries: {e}"))?;
+    let parts = gpt::partitions(&h, &entries).map_err(|e| format!("/dev/nbd0: {e}"))?;
+    match (gpt::pick_root(&parts, s.root_partuuid.as_deref()), &s.root_partuuid) {
+        (Some(p), Some(id)) => {
+            con.say(format_args!("root=PARTUUID={id}: partition {}", p.number));
+            Ok(Some(p.number))
+        }
+        (Some(p), None) => {
+            con.say(format_args!("root: partition {}, the GPT partition of the root type {}", p.number, gpt::ROOT_TYPE));
+            Ok(Some(p.number))
+        }
+        (None, Some(id)) => {
+            let have: Vec<String> = parts.iter().map(|p| format!("{} {}", p.number, p.unique)).collect();
+            Err(format!("root=PARTUUID={id}: no partition of /dev/nbd0 has that GUID; it has {}", have.join(", ")))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -713,20 +759,22 @@ fn wait_for_partition(n: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn mount_root(s: &Settings, device: &str) -> Result<(), String> {
+fn mount_root(s: &Settings, partition: Option<u32>, device: &str) -> Result<(), String> {
     std::fs::create_dir_all(NEWROOT).map_err(|e| format!("mkdir {NEWROOT}: {e}"))?;
     let flags = if s.read_only { sys::MS_RDONLY } else { 0 };
     sys::mount(device, NEWROOT, &s.fstype, flags, &s.rootflags).map_err(|e| {
         // Opening the disk for the mount had the kernel read its partition
         // table: a disk image with partitions needs one named.
-        let found = if s.partition.is_none() { partitions() } else { Vec::new() };
+        let found = if partition.is_none() { partitions() } else { Vec::new() };
         if found.is_empty() {
             format!("{e} (is the {} module in the initramfs, and the image a {} filesystem?)", s.fstype, s.fstype)
         } else {
             format!(
                 "{e}: /dev/nbd0 holds a partition table (partitions {}), so the root is on one of them: \
-                 set the image's `partition` in pxeroot's config (pxeroot.partition=N on the kernel command line)",
-                list(&found)
+                 set the image's `partition` in pxeroot's config (pxeroot.partition=N on the kernel command line), \
+                 or root=PARTUUID=, or give the root partition the GPT root type {}",
+                list(&found),
+                gpt::ROOT_TYPE
             )
         }
     })
