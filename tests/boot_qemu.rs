@@ -442,6 +442,42 @@ fn test_root_partition_found_by_its_gpt_type_or_partuuid() {
     assert!(!missing.contains("Kernel panic"), "{missing}");
 }
 
+/// A module the kernel refuses (a truncated jbd2.ko) stops the boot with
+/// the module's name and the kernel's error, on one CPU and on two (where
+/// the filesystem's modules load on a thread of their own): no kernel
+/// panic, no hang.
+#[test]
+fn test_a_module_the_kernel_refuses_is_named_not_a_panic() {
+    use std::io::Write;
+    require("cpio");
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let good = initramfs(d.path());
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let archive = run(Command::new("zstd").args(["-d", "-c"]).arg(&good)).stdout;
+    let mut cpio = Command::new("cpio").args(["-idm", "--quiet"]).current_dir(&x).stdin(Stdio::piped()).spawn().unwrap();
+    cpio.stdin.take().unwrap().write_all(&archive).unwrap();
+    assert!(cpio.wait().unwrap().success());
+    let jbd2 = stdout(Command::new("find").arg(&x).args(["-name", "jbd2.ko"]));
+    let jbd2 = Path::new(jbd2.trim());
+    std::fs::OpenOptions::new().write(true).open(jbd2).unwrap().set_len(4096).unwrap();
+    let bad = d.path().join("bad.cpio");
+    run(Command::new("sh").arg("-c").arg(format!("find . | cpio -o -H newc --quiet > {}", bad.display())).current_dir(&x));
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("badmod");
+    let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));
+    for cpus in ["1", "2"] {
+        let (lines, _) = boot_with(&ns, &["-smp", cpus], &kernel, &bad, &cmdline(SERVER_IP, MAC, "netlink"), |l| l.contains("FATAL"));
+        let console = lines.join("\n");
+        assert!(
+            console.contains("FATAL: load the root's modules failed: loading module") && console.contains("/jbd2.ko: Exec format error"),
+            "{cpus} CPU(s):\n{console}"
+        );
+        assert!(!console.contains("Kernel panic"), "{cpus} CPU(s):\n{console}");
+    }
+}
+
 #[test]
 fn test_boot_wrong_server_or_export_retries_without_panic() {
     let d = tempfile::tempdir().unwrap();

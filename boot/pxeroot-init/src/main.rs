@@ -265,7 +265,10 @@ impl Modules {
         let params = modlist::params_for(m, &self.cmdline);
         let started = Instant::now();
         let result = std::fs::File::open(&m.path).map_err(|e| format!("opening module {}: {e}", m.path)).and_then(|f| {
-            sys::finit_module(&f, &params).map_err(|e| format!("loading module {} ({params}): {e} (is it built for this kernel?)", m.path))
+            sys::finit_module(&f, &params).map_err(|e| {
+                let with = if params.is_empty() { String::new() } else { format!(" with {params}") };
+                format!("loading module {}{with}: {e} (is it built for this kernel?)", m.path)
+            })
         });
         if self.debug {
             con.say(format_args!("finit_module {}: {:.3} s", m.path, started.elapsed().as_secs_f64()));
