@@ -4,12 +4,14 @@
 //! 1. mount /proc, /sys, devtmpfs on /dev (device nodes made if missing);
 //! 2. read its settings from the kernel command line (`cmdline.rs`);
 //! 3. load the kernel modules listed in `/etc/pxeroot/modules`, in the
-//!    dependency order `pxeroot initramfs` computed;
+//!    dependency order `pxeroot initramfs` computed (the NIC drivers whose
+//!    device is there; the root's groups beside them on a second CPU);
 //! 4. bring the boot interface up with its address and route;
 //! 5. connect to pxeroot and negotiate the export (retrying with backoff);
 //! 6. attach `/dev/nbd0` and leave a hardened process in NBD_DO_IT;
-//! 7. mount the root, move /proc, /sys, /dev into it, free the initramfs,
-//!    switch root and exec the real init.
+//! 7. mount the root (the whole disk, or a partition: `pxeroot.partition`,
+//!    `root=PARTUUID=`, or the GPT root type), move /proc, /sys, /dev into
+//!    it, free the initramfs, switch root and exec the real init.
 //!
 //! Every step prints one line with its duration. As PID 1 it must never
 //! exit or panic (either is a kernel panic): failures print what was tried
