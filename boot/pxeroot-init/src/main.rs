@@ -8,7 +8,8 @@
 //!    device is there; the root's groups beside them on a second CPU);
 //! 4. bring the boot interface up with its address and route;
 //! 5. connect to pxeroot and negotiate the export (retrying with backoff);
-//! 6. attach `/dev/nbd0` and leave a hardened process in NBD_DO_IT;
+//! 6. attach `/dev/nbd0`: over netlink (default; a monitor process
+//!    reconnects), or with the ioctls (a hardened process in NBD_DO_IT);
 //! 7. mount the root (the whole disk, or a partition: `pxeroot.partition`,
 //!    `root=PARTUUID=`, or the GPT root type), move /proc, /sys, /dev into
 //!    it, free the initramfs, switch root and exec the real init.
