@@ -83,10 +83,42 @@ pub fn serve(file: &Path) -> Result<()> {
     let listen = c.nbd_listen.clone();
     let mut registry =
         Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image).context("cannot open the configured images")?;
+    if let Some(pxe) = &c.pxe {
+        warn_unnamed_root_partitions(file, &registry, pxe);
+    }
     if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
         registry = registry.with_boot_events(c.require_boot_address);
     }
     run(registry, listen, c.pxe)
+}
+
+/// Warn about images whose clients would stop at boot: a GPT disk whose
+/// root partition nothing names (no `partition`, no `root=PARTUUID=` in the
+/// cmdline, no partition of the Discoverable Partitions root type, which
+/// pxeroot-init would take by itself).
+fn warn_unnamed_root_partitions(file: &Path, registry: &Registry, pxe: &crate::config::PxeConfig) {
+    for (name, boot) in &pxe.boot {
+        if boot.partition.is_some() || boot.cmdline.split_whitespace().any(|w| w.starts_with("root=PARTUUID=")) {
+            continue;
+        }
+        let Some(base) = registry.base(name) else { continue };
+        match base.gpt_partitions() {
+            Ok(Some(parts)) if gpt::pick_root(&parts, None).is_none() => {
+                let list: Vec<String> = parts.iter().map(|p| p.number.to_string()).collect();
+                tracing::warn!(
+                    config = %file.display(),
+                    image = %name,
+                    partitions = %list.join(", "),
+                    "images.{name} is a GPT disk and nothing names its root partition: its clients will stop at boot; \
+                     set `partition = N` (the root filesystem's; `fdisk -l` lists them), or root=PARTUUID= in its cmdline, \
+                     or give the root partition the GPT root type {}",
+                    gpt::ROOT_TYPE
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(image = %name, error = %e, "reading the image's partition table failed"),
+        }
+    }
 }
 
 /// `pxeroot nbd`: one base, one overlay per MAC-shaped export name.

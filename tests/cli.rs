@@ -93,3 +93,52 @@ fn test_shutdown_does_not_wait_forever_on_a_peer_that_stopped_reading() {
     assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
     drop(c);
 }
+
+/// `pxeroot serve` warns at start about an image whose clients would stop
+/// at boot: a GPT disk (sfdisk's) whose root partition nothing names. Not
+/// when `partition` or `root=PARTUUID=` names it, or a partition has the
+/// Discoverable Partitions root type (pxeroot-init takes that one).
+#[test]
+fn test_serve_warns_about_a_gpt_image_whose_root_partition_nothing_names() {
+    require("sfdisk");
+    const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+    const DPS_ROOT: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+    let cases = [
+        (LINUX_DATA, "", true),
+        (LINUX_DATA, "partition = 2\n", false),
+        (LINUX_DATA, "cmdline = \"console=ttyS0 root=PARTUUID=6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e01\"\n", false),
+        (DPS_ROOT, "", false),
+    ];
+    for (root_type, extra, warns) in cases {
+        let d = tempfile::tempdir().unwrap();
+        boot_files_fixture(d.path());
+        let disk = d.path().join("disk.img");
+        std::fs::File::create(&disk).unwrap().set_len(20 << 20).unwrap();
+        let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        let table = format!(
+            "label: gpt\nstart=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
+             start=10240, size=20480, type={root_type}, uuid=6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e01\n"
+        );
+        sfdisk.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
+        assert!(sfdisk.wait().unwrap().success());
+        let (port, tftp) = (free_port(), free_port());
+        let cfg = d.path().join("pxeroot.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n[pxe]\nserver_address = \"127.0.0.1\"\nboot_dir = \"boot\"\n\
+                 [tftp]\nlisten = \"127.0.0.1:{tftp}\"\n[http]\nenabled = false\n[images.cloud]\npath = \"disk.img\"\n\
+                 kernel = \"debian/vmlinuz\"\ninitrd = \"debian/initrd.zst\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let server = Server::with_config(&cfg, port, d.path());
+        let log = server.log_text();
+        let warned = log.contains("images.cloud is a GPT disk and nothing names its root partition");
+        assert_eq!(warned, warns, "{root_type} {extra:?}:\n{log}");
+        if warns {
+            assert!(log.contains("partitions=1, 2") && log.contains("set `partition = N`"), "{log}");
+        }
+        assert_eq!(server.stop(), 0);
+    }
+}

@@ -145,6 +145,12 @@ impl BaseImage {
         }
     }
 
+    /// The partitions of the GPT on this image (as the clients see the
+    /// disk), or `None` when it has none (one filesystem, or MBR only).
+    pub fn gpt_partitions(&self) -> Result<Option<Vec<gpt::Partition>>> {
+        Ok(gpt::read(|buf, off| self.read_beyond_end_as_zero(buf, off))?.ok().flatten())
+    }
+
     /// Like `read_at`, but bytes past the end of the image read as zeros (a
     /// backing file may be shorter than the image above it).
     pub fn read_beyond_end_as_zero(&self, buf: &mut [u8], off: u64) -> Result<()> {

@@ -213,6 +213,11 @@ impl Registry {
     /// Whether `peer` may open `mac`'s overlay: with boot addresses
     /// required, only from the address that client last booted from (kept
     /// in the state directory, so a reconnect after a restart still passes).
+    /// The base of image `name`, for checks at start.
+    pub fn base(&self, name: &str) -> Option<&BaseImage> {
+        self.images.get(name).map(|i| &*i.base)
+    }
+
     pub fn check_access(&self, mac: Mac, peer: std::net::IpAddr) -> std::result::Result<(), String> {
         if !self.require_boot_address {
             return Ok(());

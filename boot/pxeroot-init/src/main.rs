@@ -20,7 +20,6 @@
 
 mod cmdline;
 mod dhcp;
-mod gpt;
 mod nbd;
 mod nbdnl;
 mod netlink;
@@ -690,9 +689,6 @@ fn root_device(partition: Option<u32>) -> String {
     }
 }
 
-/// Bytes read from the disk's start to find a GPT header (at 512 or 4096).
-const GPT_HEAD: usize = 8192;
-
 /// Without `pxeroot.partition`: the partition `root=PARTUUID=` names, else
 /// the GPT partition of the Discoverable Partitions root type. `None`, the
 /// whole disk, when the disk has no GPT or (without PARTUUID) no such
@@ -700,10 +696,8 @@ const GPT_HEAD: usize = 8192;
 fn find_root_partition(con: &Console, s: &Settings) -> Result<Option<u32>, String> {
     use std::os::unix::fs::FileExt;
     let disk = std::fs::File::open("/dev/nbd0").map_err(|e| format!("opening /dev/nbd0: {e}"))?;
-    let mut head = vec![0u8; GPT_HEAD];
-    disk.read_exact_at(&mut head, 0).map_err(|e| format!("reading /dev/nbd0's first {GPT_HEAD} bytes: {e}"))?;
-    let header = gpt::header(&head).map_err(|e| format!("/dev/nbd0: {e}"))?;
-    let Some(h) = header else {
+    let table = gpt::read(|buf, off| disk.read_exact_at(buf, off)).map_err(|e| format!("reading /dev/nbd0's partition table: {e}"))?;
+    let Some(parts) = table.map_err(|e| format!("/dev/nbd0: {e}"))? else {
         return match &s.root_partuuid {
             Some(id) => {
                 Err(format!("root=PARTUUID={id}: /dev/nbd0 has no GPT partition table (drop root= for a disk that is one filesystem)"))
@@ -711,9 +705,6 @@ fn find_root_partition(con: &Console, s: &Settings) -> Result<Option<u32>, Strin
             None => Ok(None),
         };
     };
-    let mut entries = vec![0u8; h.entries_len()];
-    disk.read_exact_at(&mut entries, h.entries_at).map_err(|e| format!("reading /dev/nbd0's GPT entries: {e}"))?;
-    let parts = gpt::partitions(&h, &entries).map_err(|e| format!("/dev/nbd0: {e}"))?;
     match (gpt::pick_root(&parts, s.root_partuuid.as_deref()), &s.root_partuuid) {
         (Some(p), Some(id)) => {
             con.say(format_args!("root=PARTUUID={id}: partition {}", p.number));

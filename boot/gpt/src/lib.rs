@@ -2,8 +2,10 @@
 //! partitions out. pxeroot-init uses it to find the root partition when no
 //! `pxeroot.partition` is given: by `root=PARTUUID=` (a partition's unique
 //! GUID) or by the Discoverable Partitions Specification's root type for
-//! this architecture. The kernel validates the table itself (checksums)
-//! when it makes the partition devices; this reads only what picks one.
+//! this architecture; pxeroot checks its images with it at start. The
+//! kernel validates the table itself (checksums) when it makes the
+//! partition devices; this reads only what picks one.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -141,6 +143,25 @@ pub fn partitions(h: &Header, entries: &[u8]) -> Result<Vec<Partition>, GptError
     Ok(out)
 }
 
+/// Bytes of a disk's start that hold its GPT header for either sector size.
+pub const HEAD_BYTES: usize = 8192;
+
+/// Read a disk's partition table through `read_at(buf, offset)`, which
+/// fills `buf` with the disk's bytes at `offset`. The outer error is the
+/// reader's; inside, `Ok(None)` when the disk has no GPT.
+pub fn read<E>(mut read_at: impl FnMut(&mut [u8], u64) -> Result<(), E>) -> Result<Result<Option<Vec<Partition>>, GptError>, E> {
+    let mut head = vec![0u8; HEAD_BYTES];
+    read_at(&mut head, 0)?;
+    let h = match header(&head) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(Ok(None)),
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut entries = vec![0u8; h.entries_len()];
+    read_at(&mut entries, h.entries_at)?;
+    Ok(partitions(&h, &entries).map(Some))
+}
+
 /// The root partition among `parts`: the one whose unique GUID is
 /// `partuuid` (any case), else the first of the root type. `None` if
 /// `partuuid` matches none, or without it, if none has the root type.
@@ -200,6 +221,29 @@ mod tests {
         let d = disk(512, &[(LINUX_DATA, UNIQUE)]);
         let h = header(&d).unwrap().unwrap();
         assert_eq!(pick_root(&partitions(&h, &d[1024..]).unwrap(), None), None);
+    }
+
+    #[test]
+    fn test_read_goes_through_the_reader() {
+        let d = disk(512, &[(ROOT_TYPE, UNIQUE)]);
+        let mut offsets = Vec::new();
+        let parts = read(|buf: &mut [u8], off: u64| -> Result<(), ()> {
+            offsets.push((off, buf.len()));
+            let at = off as usize;
+            buf.copy_from_slice(&d[at..at + buf.len()]);
+            Ok(())
+        })
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(offsets, [(0, HEAD_BYTES), (1024, 16384)]);
+        let none = read(|buf: &mut [u8], _| -> Result<(), ()> {
+            buf.fill(0);
+            Ok(())
+        });
+        assert_eq!(none, Ok(Ok(None)));
+        assert_eq!(read(|_: &mut [u8], _| Err("io")), Err("io"));
     }
 
     #[test]
