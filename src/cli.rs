@@ -93,12 +93,13 @@ pub fn serve(file: &Path) -> Result<()> {
 }
 
 /// Warn about images whose clients would stop at boot: a GPT disk whose
-/// root partition nothing names (no `partition`, no `root=PARTUUID=` in the
-/// cmdline, no partition of the Discoverable Partitions root type, which
-/// pxeroot-init would take by itself).
+/// root partition nothing names (no `partition`, no `root=PARTUUID=`,
+/// `UUID=` or `LABEL=` in the cmdline, no partition of the Discoverable
+/// Partitions root type, which pxeroot-init would take by itself).
 fn warn_unnamed_root_partitions(file: &Path, registry: &Registry, pxe: &crate::config::PxeConfig) {
     for (name, boot) in &pxe.boot {
-        if boot.partition.is_some() || boot.cmdline.split_whitespace().any(|w| w.starts_with("root=PARTUUID=")) {
+        let names_root = |w: &str| ["root=PARTUUID=", "root=UUID=", "root=LABEL="].iter().any(|p| w.starts_with(p));
+        if boot.partition.is_some() || boot.cmdline.split_whitespace().any(names_root) {
             continue;
         }
         let Some(base) = registry.base(name) else { continue };
@@ -110,7 +111,7 @@ fn warn_unnamed_root_partitions(file: &Path, registry: &Registry, pxe: &crate::c
                     image = %name,
                     partitions = %list.join(", "),
                     "images.{name} is a GPT disk and nothing names its root partition: its clients will stop at boot; \
-                     set `partition = N` (the root filesystem's; `fdisk -l` lists them), or root=PARTUUID= in its cmdline, \
+                     set `partition = N` (the root filesystem's; `fdisk -l` lists them), or root=PARTUUID=/UUID=/LABEL= in its cmdline, \
                      or give the root partition the GPT root type {}",
                     gpt::ROOT_TYPE
                 );

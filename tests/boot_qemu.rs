@@ -327,25 +327,27 @@ const DPS_ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 /// partition 1 a small EFI system partition (empty), partition 2 the test
 /// root from 10 MiB on.
 fn partitioned_disk(dir: &Path) -> PathBuf {
-    gpt_disk(dir, &[(LINUX_DATA_TYPE, None)])
+    let root = root_image(dir);
+    gpt_disk(dir, &[(LINUX_DATA_TYPE, None, &root)])
 }
 
 /// A GPT disk: partition 1 a small EFI system partition (empty), then one
-/// copy of the test root per `(type, unique GUID)` in `roots`, partition 2
-/// from ROOT_PARTITION_OFFSET on, each next one after the last.
-fn gpt_disk(dir: &Path, roots: &[(&str, Option<&str>)]) -> PathBuf {
+/// partition per `(type, unique GUID, filesystem image)` in `roots` (all
+/// images the same size), partition 2 from ROOT_PARTITION_OFFSET on, each
+/// next one after the last.
+fn gpt_disk(dir: &Path, roots: &[(&str, Option<&str>, &Path)]) -> PathBuf {
     use std::io::{Seek, SeekFrom, Write};
     require("sfdisk");
-    let root = std::fs::read(root_image(dir)).unwrap();
+    let size = std::fs::metadata(roots[0].2).unwrap().len();
     let disk = dir.join("disk.img");
-    let span = root.len() as u64 + (1 << 20);
+    let span = size + (1 << 20);
     let f = std::fs::File::create(&disk).unwrap();
     f.set_len(ROOT_PARTITION_OFFSET + span * roots.len() as u64).unwrap();
     drop(f);
     let mut table = "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n".to_string();
-    for (i, (kind, uuid)) in roots.iter().enumerate() {
+    for (i, (kind, uuid, _)) in roots.iter().enumerate() {
         let start = ROOT_PARTITION_OFFSET + span * i as u64;
-        table += &format!("start={}, size={}, type={kind}", start / 512, root.len() / 512);
+        table += &format!("start={}, size={}, type={kind}", start / 512, size / 512);
         if let Some(u) = uuid {
             table += &format!(", uuid={u}");
         }
@@ -355,9 +357,9 @@ fn gpt_disk(dir: &Path, roots: &[(&str, Option<&str>)]) -> PathBuf {
     sfdisk.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
     assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
     let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    for i in 0..roots.len() as u64 {
-        f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET + span * i)).unwrap();
-        f.write_all(&root).unwrap();
+    for (i, (_, _, image)) in roots.iter().enumerate() {
+        f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET + span * i as u64)).unwrap();
+        f.write_all(&std::fs::read(image).unwrap()).unwrap();
     }
     disk
 }
@@ -408,14 +410,21 @@ fn test_root_on_a_partition_boots_and_a_wrong_setting_is_explained() {
 
 /// With no `partition` set, pxeroot-init finds the root on a GPT disk by
 /// itself: the partition of the Discoverable Partitions root type (as
-/// systemd's gpt-auto does), or the one `root=PARTUUID=` names; a PARTUUID
-/// the disk lacks stops the boot with the disk's GUIDs.
+/// systemd's gpt-auto does), or the one `root=PARTUUID=`, `root=UUID=` or
+/// `root=LABEL=` names; a PARTUUID or label the disk lacks stops the boot
+/// with what the disk has.
 #[test]
-fn test_root_partition_found_by_its_gpt_type_or_partuuid() {
+fn test_root_partition_found_by_gpt_type_partuuid_uuid_or_label() {
     const DPS_ROOT: &str = "6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e01";
     const OTHER: &str = "6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e02";
+    const FS_UUID: &str = "0b1c2d3e-aaaa-4bbb-8ccc-000000000042";
     let d = tempfile::tempdir().unwrap();
-    let disk = gpt_disk(d.path(), &[(DPS_ROOT_X86_64_TYPE, Some(DPS_ROOT)), (LINUX_DATA_TYPE, Some(OTHER))]);
+    let root = root_image(d.path());
+    // Partition 3: the same root with its own filesystem UUID and label.
+    let tuned = d.path().join("tuned.img");
+    std::fs::copy(&root, &tuned).unwrap();
+    run(Command::new("tune2fs").args(["-U", FS_UUID, "-L", "pxroot-test"]).arg(&tuned));
+    let disk = gpt_disk(d.path(), &[(DPS_ROOT_X86_64_TYPE, Some(DPS_ROOT), &root), (LINUX_DATA_TYPE, Some(OTHER), &tuned)]);
     let initrd = initramfs(d.path());
     let kernel = kernel_dir().join("vmlinuz");
     let ns = Netns::new("dps");
@@ -426,12 +435,18 @@ fn test_root_partition_found_by_its_gpt_type_or_partuuid() {
             boot(&ns, &kernel, &initrd, &format!("{} {extra}", cmdline(SERVER_IP, MAC, "netlink")), |l| l.contains("FATAL"));
         (lines.join("\n"), exited)
     };
-    let (by_type, exited) = boot_with_cmdline("");
-    assert!(by_type.contains("root: partition 2, the GPT partition of the root type 4f68bce3-e8cd-4db1-96e7-fbcaf984b709"), "{by_type}");
-    assert!(by_type.contains("mount /dev/nbd0p2 (ext4)") && by_type.contains("PXEROOT-MARKER-DONE") && exited, "{by_type}");
-    let (by_uuid, exited) = boot_with_cmdline(&format!("root=PARTUUID={}", OTHER.to_uppercase()));
-    assert!(by_uuid.contains(&format!("root=PARTUUID={}: partition 3", OTHER.to_uppercase())), "{by_uuid}");
-    assert!(by_uuid.contains("mount /dev/nbd0p3 (ext4)") && by_uuid.contains("PXEROOT-MARKER-DONE") && exited, "{by_uuid}");
+    let booted = |extra: &str, says: &str, partition: u32| {
+        let (console, exited) = boot_with_cmdline(extra);
+        assert!(console.contains(says), "{extra:?}: no {says:?}:\n{console}");
+        assert!(
+            console.contains(&format!("mount /dev/nbd0p{partition} (ext4)")) && console.contains("PXEROOT-MARKER-DONE") && exited,
+            "{extra:?}:\n{console}"
+        );
+    };
+    booted("", "root: partition 2, the GPT partition of the root type 4f68bce3-e8cd-4db1-96e7-fbcaf984b709", 2);
+    booted(&format!("root=PARTUUID={}", OTHER.to_uppercase()), &format!("root: partition 3, root=PARTUUID={OTHER}"), 3);
+    booted(&format!("root=UUID={FS_UUID}"), &format!("root: partition 3, root=UUID={FS_UUID} (ext4)"), 3);
+    booted("root=LABEL=pxroot-test", "root: partition 3, root=LABEL=pxroot-test (ext4)", 3);
     let (missing, _) = boot_with_cmdline("root=PARTUUID=00000000-0000-0000-0000-000000000001");
     assert!(
         missing.contains("no partition of /dev/nbd0 has that GUID")
@@ -439,43 +454,13 @@ fn test_root_partition_found_by_its_gpt_type_or_partuuid() {
             && missing.contains(&format!("3 {OTHER}")),
         "{missing}"
     );
-    assert!(!missing.contains("Kernel panic"), "{missing}");
-}
-
-/// A module the kernel refuses (a truncated jbd2.ko) stops the boot with
-/// the module's name and the kernel's error, on one CPU and on two (where
-/// the filesystem's modules load on a thread of their own): no kernel
-/// panic, no hang.
-#[test]
-fn test_a_module_the_kernel_refuses_is_named_not_a_panic() {
-    use std::io::Write;
-    require("cpio");
-    let d = tempfile::tempdir().unwrap();
-    let img = root_image(d.path());
-    let good = initramfs(d.path());
-    let x = d.path().join("x");
-    std::fs::create_dir(&x).unwrap();
-    let archive = run(Command::new("zstd").args(["-d", "-c"]).arg(&good)).stdout;
-    let mut cpio = Command::new("cpio").args(["-idm", "--quiet"]).current_dir(&x).stdin(Stdio::piped()).spawn().unwrap();
-    cpio.stdin.take().unwrap().write_all(&archive).unwrap();
-    assert!(cpio.wait().unwrap().success());
-    let jbd2 = stdout(Command::new("find").arg(&x).args(["-name", "jbd2.ko"]));
-    let jbd2 = Path::new(jbd2.trim());
-    std::fs::OpenOptions::new().write(true).open(jbd2).unwrap().set_len(4096).unwrap();
-    let bad = d.path().join("bad.cpio");
-    run(Command::new("sh").arg("-c").arg(format!("find . | cpio -o -H newc --quiet > {}", bad.display())).current_dir(&x));
-    let kernel = kernel_dir().join("vmlinuz");
-    let ns = Netns::new("badmod");
-    let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));
-    for cpus in ["1", "2"] {
-        let (lines, _) = boot_with(&ns, &["-smp", cpus], &kernel, &bad, &cmdline(SERVER_IP, MAC, "netlink"), |l| l.contains("FATAL"));
-        let console = lines.join("\n");
-        assert!(
-            console.contains("FATAL: load the root's modules failed: loading module") && console.contains("/jbd2.ko: Exec format error"),
-            "{cpus} CPU(s):\n{console}"
-        );
-        assert!(!console.contains("Kernel panic"), "{cpus} CPU(s):\n{console}");
-    }
+    let (no_label, _) = boot_with_cmdline("root=LABEL=nowhere");
+    assert!(
+        no_label.contains("root=LABEL=nowhere: no filesystem on /dev/nbd0 has it")
+            && no_label.contains(&format!("partition 3: ext4 UUID={FS_UUID} LABEL=\"pxroot-test\"")),
+        "{no_label}"
+    );
+    assert!(!missing.contains("Kernel panic") && !no_label.contains("Kernel panic"));
 }
 
 #[test]

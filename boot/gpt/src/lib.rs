@@ -7,6 +7,8 @@
 //! partition devices; this reads only what picks one.
 #![forbid(unsafe_code)]
 
+pub mod fsid;
+
 use std::fmt;
 
 /// The header's signature at the start of LBA 1.
@@ -50,6 +52,8 @@ impl fmt::Debug for Guid {
 /// Where the partition entries are, from the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The sector size the table is written for (its LBAs' unit).
+    pub sector: u64,
     /// Byte offset of the first entry on the disk.
     pub entries_at: u64,
     pub count: u32,
@@ -69,6 +73,8 @@ pub struct Partition {
     pub number: u32,
     pub type_guid: Guid,
     pub unique: Guid,
+    /// Byte offset of the partition's first sector on the disk.
+    pub start: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -119,7 +125,7 @@ pub fn header(head: &[u8]) -> Result<Option<Header>, GptError> {
         if !(MIN_ENTRY_SIZE..=MAX_ENTRY_SIZE).contains(&entry_size) || entry_size % 128 != 0 {
             return Err(GptError::EntrySize(entry_size));
         }
-        return Ok(Some(Header { entries_at: lba.saturating_mul(sector), count, entry_size }));
+        return Ok(Some(Header { sector, entries_at: lba.saturating_mul(sector), count, entry_size }));
     }
     Ok(None)
 }
@@ -138,7 +144,14 @@ pub fn partitions(h: &Header, entries: &[u8]) -> Result<Vec<Partition>, GptError
         }
         let mut u = [0u8; 16];
         u.copy_from_slice(&e[16..32]);
-        out.push(Partition { number: i as u32 + 1, type_guid: Guid(t), unique: Guid(u) });
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&e[32..40]);
+        out.push(Partition {
+            number: i as u32 + 1,
+            type_guid: Guid(t),
+            unique: Guid(u),
+            start: u64::from_le_bytes(first).saturating_mul(h.sector),
+        });
     }
     Ok(out)
 }
@@ -189,6 +202,7 @@ mod tests {
             let e = sector * 2 + i * 128;
             d[e..e + 16].copy_from_slice(&t.0);
             d[e + 16..e + 32].copy_from_slice(&u.0);
+            d[e + 32..e + 40].copy_from_slice(&(2048 * (i as u64 + 1)).to_le_bytes());
         }
         d
     }
@@ -212,6 +226,7 @@ mod tests {
             assert_eq!(h.entries_at, 2 * sector as u64);
             let parts = partitions(&h, &d[h.entries_at as usize..]).unwrap();
             assert_eq!(parts.iter().map(|p| p.number).collect::<Vec<_>>(), [1, 3], "the unused slot is skipped, numbers kept");
+            assert_eq!(parts[1].start, 3 * 2048 * sector as u64, "first LBA in the table's sector unit");
             assert_eq!(pick_root(&parts, None).map(|p| p.number), Some(3));
             assert_eq!(pick_root(&parts, Some("07070707-0707-0707-0707-070707070707")).map(|p| p.number), Some(1));
             assert_eq!(pick_root(&parts, Some("04030201-0605-0807-090A-0B0C0D0E0F10")).map(|p| p.number), Some(3));
@@ -286,7 +301,7 @@ mod tests {
         let mut d = disk(512, &[]);
         d[512 + 84..512 + 88].copy_from_slice(&100u32.to_le_bytes());
         assert_eq!(header(&d).unwrap_err(), GptError::EntrySize(100));
-        let h = Header { entries_at: 1024, count: 128, entry_size: 128 };
+        let h = Header { sector: 512, entries_at: 1024, count: 128, entry_size: 128 };
         assert_eq!(partitions(&h, &[0u8; 128]).unwrap_err(), GptError::Short { want: 16384, have: 128 });
     }
 }

@@ -13,9 +13,10 @@
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
-//! - `root=PARTUUID=GUID` picks the root partition of a GPT disk by its
-//!   unique GUID; other `root=` forms are ignored (the root is the NBD
-//!   device, or with neither this nor `pxeroot.partition`, the GPT
+//! - `root=PARTUUID=GUID` (a GPT partition's unique GUID), `root=UUID=`
+//!   or `root=LABEL=` (the filesystem's, on a GPT partition or the whole
+//!   disk) pick the root when `pxeroot.partition` does not; other `root=`
+//!   forms are ignored (the root is then the whole NBD device, or the GPT
 //!   partition of the Discoverable Partitions root type), `rootfstype=` (default
 //!   ext4), `rootflags=`, `ro`/`rw` (default rw), `init=` (default /sbin/init).
 
@@ -54,6 +55,27 @@ pub enum NetConfig {
     Dhcp { device: Option<String> },
 }
 
+/// `root=` forms pxeroot-init resolves on the NBD disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootRef {
+    /// A GPT partition's unique GUID, lowercase.
+    PartUuid(String),
+    /// A filesystem's UUID, lowercase.
+    Uuid(String),
+    /// A filesystem's label.
+    Label(String),
+}
+
+impl std::fmt::Display for RootRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootRef::PartUuid(id) => write!(f, "root=PARTUUID={id}"),
+            RootRef::Uuid(id) => write!(f, "root=UUID={id}"),
+            RootRef::Label(l) => write!(f, "root=LABEL={l}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub server: SocketAddrV4,
@@ -64,8 +86,9 @@ pub struct Settings {
     pub debug: bool,
     /// The root filesystem's partition of /dev/nbd0; `None`: the whole disk.
     pub partition: Option<u32>,
-    /// `root=PARTUUID=`: the root partition's GPT unique GUID, as written.
-    pub root_partuuid: Option<String>,
+    /// `root=PARTUUID=`, `UUID=` or `LABEL=`: which partition (or whole
+    /// disk) holds the root.
+    pub root: Option<RootRef>,
     pub net: NetConfig,
     pub bootif: Option<[u8; 6]>,
     pub fstype: String,
@@ -157,7 +180,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         reconnect: DEFAULT_RECONNECT,
         debug: false,
         partition: None,
-        root_partuuid: None,
+        root: None,
         net: NetConfig::Dhcp { device: None },
         bootif: None,
         fstype: "ext4".into(),
@@ -194,17 +217,29 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                 )
             }
             "root" => {
-                if let Some(id) = value.strip_prefix("PARTUUID=") {
-                    // A GUID (GPT); MBR's "SSSSSSSS-PP" form has no GUID to match.
-                    let guid = id.len() == 36
+                // A GUID's text form; MBR's "SSSSSSSS-PP" PARTUUID has no GUID to match.
+                let uuid = |id: &str| {
+                    id.len() == 36
                         && id
                             .bytes()
                             .enumerate()
-                            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() });
-                    if !guid {
+                            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+                };
+                if let Some(id) = value.strip_prefix("PARTUUID=") {
+                    if !uuid(id) {
                         return Err(err("root", value, "PARTUUID= and a GPT partition's GUID, 8-4-4-4-12 hex digits"));
                     }
-                    s.root_partuuid = Some(id.to_string());
+                    s.root = Some(RootRef::PartUuid(id.to_ascii_lowercase()));
+                } else if let Some(id) = value.strip_prefix("UUID=") {
+                    if !uuid(id) {
+                        return Err(err("root", value, "UUID= and the filesystem's UUID, 8-4-4-4-12 hex digits (blkid prints it)"));
+                    }
+                    s.root = Some(RootRef::Uuid(id.to_ascii_lowercase()));
+                } else if let Some(label) = value.strip_prefix("LABEL=") {
+                    if label.is_empty() {
+                        return Err(err("root", value, "LABEL= and the filesystem's label"));
+                    }
+                    s.root = Some(RootRef::Label(label.to_string()));
                 }
             }
             "ip" => s.net = parse_ip(value)?,
@@ -226,13 +261,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_root_partuuid_is_a_guid_and_other_root_forms_are_ignored() {
-        let s = parse("pxeroot.server=1.2.3.4 root=PARTUUID=4F68BCE3-e8cd-4db1-96e7-fbcaf984b709").unwrap();
-        assert_eq!(s.root_partuuid.as_deref(), Some("4F68BCE3-e8cd-4db1-96e7-fbcaf984b709"));
-        for ignored in ["root=/dev/sda1", "root=UUID=0b1c2d3e-aaaa-bbbb-cccc-000000000000", "root=LABEL=root"] {
-            assert_eq!(parse(&format!("pxeroot.server=1.2.3.4 {ignored}")).unwrap().root_partuuid, None, "{ignored}");
-        }
-        for bad in ["PARTUUID=1234abcd-01", "PARTUUID=4f68bce3e8cd4db196e7fbcaf984b709", "PARTUUID=zf68bce3-e8cd-4db1-96e7-fbcaf984b709"] {
+    fn test_root_by_partuuid_uuid_or_label_and_other_forms_ignored() {
+        let root = |arg: &str| parse(&format!("pxeroot.server=1.2.3.4 {arg}")).unwrap().root;
+        assert_eq!(
+            root("root=PARTUUID=4F68BCE3-e8cd-4db1-96e7-fbcaf984b709"),
+            Some(RootRef::PartUuid("4f68bce3-e8cd-4db1-96e7-fbcaf984b709".into()))
+        );
+        assert_eq!(
+            root("root=UUID=0B1C2D3E-aaaa-bbbb-cccc-000000000000"),
+            Some(RootRef::Uuid("0b1c2d3e-aaaa-bbbb-cccc-000000000000".into()))
+        );
+        assert_eq!(root("root=LABEL=cloudimg-rootfs"), Some(RootRef::Label("cloudimg-rootfs".into())));
+        assert_eq!(root("root=/dev/sda1"), None);
+        for bad in [
+            "PARTUUID=1234abcd-01",
+            "PARTUUID=4f68bce3e8cd4db196e7fbcaf984b709",
+            "PARTUUID=zf68bce3-e8cd-4db1-96e7-fbcaf984b709",
+            "UUID=0b1c",
+            "LABEL=",
+        ] {
             assert_eq!(parse(&format!("pxeroot.server=1.2.3.4 root={bad}")).unwrap_err().key, "root", "{bad}");
         }
     }

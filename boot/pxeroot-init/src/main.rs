@@ -32,7 +32,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cmdline::{Attach, NetConfig, Settings};
+use cmdline::{Attach, NetConfig, RootRef, Settings};
 use modlist::PATH as MODULE_LIST;
 
 /// Mount point of the new root inside the initramfs.
@@ -689,36 +689,61 @@ fn root_device(partition: Option<u32>) -> String {
     }
 }
 
-/// Without `pxeroot.partition`: the partition `root=PARTUUID=` names, else
-/// the GPT partition of the Discoverable Partitions root type. `None`, the
-/// whole disk, when the disk has no GPT or (without PARTUUID) no such
-/// partition.
+/// Without `pxeroot.partition`: the partition (or, `None`, the whole disk)
+/// that `root=PARTUUID=`, `root=UUID=` or `root=LABEL=` names; without
+/// those, the GPT partition of the Discoverable Partitions root type, else
+/// the whole disk.
 fn find_root_partition(con: &Console, s: &Settings) -> Result<Option<u32>, String> {
     use std::os::unix::fs::FileExt;
     let disk = std::fs::File::open("/dev/nbd0").map_err(|e| format!("opening /dev/nbd0: {e}"))?;
     let table = gpt::read(|buf, off| disk.read_exact_at(buf, off)).map_err(|e| format!("reading /dev/nbd0's partition table: {e}"))?;
-    let Some(parts) = table.map_err(|e| format!("/dev/nbd0: {e}"))? else {
-        return match &s.root_partuuid {
-            Some(id) => {
+    let parts = table.map_err(|e| format!("/dev/nbd0: {e}"))?.unwrap_or_default();
+    let by = |p: &gpt::Partition, why: &dyn Display| {
+        con.say(format_args!("root: partition {}, {why}", p.number));
+        Ok(Some(p.number))
+    };
+    match &s.root {
+        None => match gpt::pick_root(&parts, None) {
+            Some(p) => by(p, &format_args!("the GPT partition of the root type {}", gpt::ROOT_TYPE)),
+            None => Ok(None),
+        },
+        Some(RootRef::PartUuid(id)) => match gpt::pick_root(&parts, Some(id)) {
+            Some(p) => by(p, &format_args!("root=PARTUUID={id}")),
+            None if parts.is_empty() => {
                 Err(format!("root=PARTUUID={id}: /dev/nbd0 has no GPT partition table (drop root= for a disk that is one filesystem)"))
             }
-            None => Ok(None),
-        };
-    };
-    match (gpt::pick_root(&parts, s.root_partuuid.as_deref()), &s.root_partuuid) {
-        (Some(p), Some(id)) => {
-            con.say(format_args!("root=PARTUUID={id}: partition {}", p.number));
-            Ok(Some(p.number))
+            None => {
+                let have: Vec<String> = parts.iter().map(|p| format!("{} {}", p.number, p.unique)).collect();
+                Err(format!("root=PARTUUID={id}: no partition of /dev/nbd0 has that GUID; it has {}", have.join(", ")))
+            }
+        },
+        Some(wanted) => {
+            // The whole disk (one filesystem), then each GPT partition.
+            let candidates = std::iter::once((None, 0)).chain(parts.iter().map(|p| (Some(p.number), p.start)));
+            let mut found = Vec::new();
+            for (number, start) in candidates {
+                let mut head = vec![0u8; gpt::fsid::SUPERBLOCK_BYTES];
+                // A partition too small for every superblock offset read
+                // here holds none of these filesystems.
+                if disk.read_exact_at(&mut head, start).is_err() {
+                    continue;
+                }
+                let Some(fs) = gpt::fsid::identify(&head) else { continue };
+                let place = number.map_or("the whole disk".to_string(), |n| format!("partition {n}"));
+                let hit = match wanted {
+                    RootRef::Uuid(u) => fs.uuid == *u,
+                    RootRef::Label(l) => fs.label == *l,
+                    RootRef::PartUuid(_) => false,
+                };
+                if hit {
+                    con.say(format_args!("root: {place}, {wanted} ({})", fs.kind));
+                    return Ok(number);
+                }
+                found.push(format!("{place}: {} UUID={} LABEL={:?}", fs.kind, fs.uuid, fs.label));
+            }
+            let found = if found.is_empty() { "no ext2/3/4, XFS or btrfs filesystem".to_string() } else { found.join("; ") };
+            Err(format!("{wanted}: no filesystem on /dev/nbd0 has it; found {found}"))
         }
-        (Some(p), None) => {
-            con.say(format_args!("root: partition {}, the GPT partition of the root type {}", p.number, gpt::ROOT_TYPE));
-            Ok(Some(p.number))
-        }
-        (None, Some(id)) => {
-            let have: Vec<String> = parts.iter().map(|p| format!("{} {}", p.number, p.unique)).collect();
-            Err(format!("root=PARTUUID={id}: no partition of /dev/nbd0 has that GUID; it has {}", have.join(", ")))
-        }
-        (None, None) => Ok(None),
     }
 }
 
@@ -769,7 +794,7 @@ fn mount_root(s: &Settings, partition: Option<u32>, device: &str) -> Result<(), 
             format!(
                 "{e}: /dev/nbd0 holds a partition table (partitions {}), so the root is on one of them: \
                  set the image's `partition` in pxeroot's config (pxeroot.partition=N on the kernel command line), \
-                 or root=PARTUUID=, or give the root partition the GPT root type {}",
+                 or root=PARTUUID=|UUID=|LABEL=, or give the root partition the GPT root type {}",
                 list(&found),
                 gpt::ROOT_TYPE
             )
