@@ -1,5 +1,5 @@
 //! GPT partition tables, read-only and pure: bytes of the disk's start in,
-//! partitions out. pxeroot-init uses it to find the root partition when no
+//! partitions out (and in `fsid`, filesystem UUIDs and labels). pxeroot-init uses it to find the root partition when no
 //! `pxeroot.partition` is given: by `root=PARTUUID=` (a partition's unique
 //! GUID) or by the Discoverable Partitions Specification's root type for
 //! this architecture; pxeroot checks its images with it at start. The

@@ -24,6 +24,7 @@ mod nbd;
 mod nbdnl;
 mod netlink;
 mod sys;
+mod tcpstate;
 
 use std::fmt::Display;
 use std::io::Write;
@@ -51,6 +52,9 @@ const DISCONNECT_NAME: &str = "pxeroot-disconnect";
 const CARRIER_WAIT: Duration = Duration::from_secs(10);
 /// Backoff between attempts to reach the server: doubles up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long pxeroot-disconnect waits for the server to close the NBD
+/// connection after the DISC before it powers off anyway.
+const DISC_WAIT: Duration = Duration::from_secs(2);
 /// How long the root's partition may take to appear once the kernel reads
 /// the partition table (milliseconds under TCG).
 const PARTITION_WAIT: Duration = Duration::from_secs(5);
@@ -666,6 +670,16 @@ fn disconnect(device: &str, then: Option<sys::Finally>) -> i32 {
     };
     match sys::ioctl_arg(dev.as_raw_fd(), nbd::NBD_DISCONNECT, 0) {
         Ok(_) => {
+            // The kernel has queued the DISC; powering off at once can drop
+            // it (seen under QEMU). Wait, boundedly, until the server has
+            // closed the connection: it closes after reading the DISC.
+            let server = std::fs::read_to_string("/proc/cmdline").ok().and_then(|c| cmdline::parse(&c).ok()).map(|s| s.server);
+            if let Some(server) = server {
+                let deadline = Instant::now() + DISC_WAIT;
+                while std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| tcpstate::open_to(&t, server)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             println!("pxeroot-disconnect: {device} disconnected");
             if let Some(how) = then {
                 let e = sys::reboot(how);
