@@ -180,6 +180,14 @@ fn run_qemu_as(
     }
 }
 
+/// `/marker` in the filesystem of `overlay` (a client's qcow2), read
+/// through a raw copy in `dir`.
+fn overlay_marker(dir: &Path, overlay: &Path) -> String {
+    let flat = dir.join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(overlay).arg(&flat));
+    stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat))
+}
+
 fn cmdline(server: &str, export: &str, attach: &str) -> String {
     format!(
         "console=ttyS0 panic=-1 loglevel=4 pxeroot.server={server} pxeroot.export={export} pxeroot.attach={attach} \
@@ -232,9 +240,7 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
     let log = std::fs::read_to_string(d.path().join("pxeroot.log")).unwrap_or_default();
     assert!(log.contains("client sent DISC"), "the server never saw DISC:\n{log}");
     // The marker written by the guest is in its overlay.
-    let flat = d.path().join("flat.img");
-    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(state.join(format!("{STEM}.qcow2"))).arg(&flat));
-    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+    let marker = overlay_marker(d.path(), &state.join(format!("{STEM}.qcow2")));
     assert!(marker.contains("written by the diskless client"), "{marker}");
     // ... and not in the base.
     let base_marker = Command::new("debugfs").args(["-R", "cat /marker"]).arg(&img).output().unwrap();
@@ -750,10 +756,39 @@ image = "root"
     }
     // This config attaches with the ioctls: the server says what that costs.
     assert!(server_log.contains("pxe.attach = \"ioctl\": a systemd root loses its last writes"), "{server_log}");
-    let flat = d.path().join("flat.img");
-    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{STEM}.qcow2"))).arg(&flat));
-    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+    let marker = overlay_marker(d.path(), &d.path().join("state").join(format!("{STEM}.qcow2")));
     assert!(marker.contains("written by the diskless client"), "{marker}");
+}
+
+/// One PXE boot of the client behind the router of `routed_site` (with the
+/// site's DHCP server or without), pxeroot serving with `dhcp` as its
+/// `[dhcp]` table. Returns the console, whether the guest powered off, and
+/// pxeroot's log; the site and the server are gone when it returns.
+fn relayed_boot(dir: &Path, tag: &str, with_site_dhcp: bool, dhcp: &str) -> (String, bool, String) {
+    require("dnsmasq");
+    let img = root_image(dir);
+    boot_dir(dir);
+    let net = routed_site(tag, dir, with_site_dhcp);
+    let cfg = dir.join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
+             [dhcp]\ninterface = \"vsrv0\"\n{dhcp}[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\n\
+             initrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n[clients.\"{MAC}\"]\nimage = \"root\"\n",
+            img.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.join("pxeroot.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let server = Proc(net.server.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (lines, exited) =
+        run_qemu(&net.router, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL") || l.contains("No bootable device"));
+    drop(server);
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    (console, exited, std::fs::read_to_string(&log_path).unwrap_or_default())
 }
 
 /// A routed site: the client's segment is behind a router that relays
@@ -764,30 +799,8 @@ image = "root"
 /// kernel and initramfs and attaches its root across the router.
 #[test]
 fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
-    require("dnsmasq");
     let d = tempfile::tempdir().unwrap();
-    let img = root_image(d.path());
-    boot_dir(d.path());
-    let net = routed_site("relay", d.path(), true);
-    let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
-             [dhcp]\nmode = \"proxy\"\ninterface = \"vsrv0\"\n[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\n\
-             initrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n[clients.\"{MAC}\"]\nimage = \"root\"\n",
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log_path = d.path().join("pxeroot.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _server = Proc(net.server.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
-    let (lines, exited) =
-        run_qemu(&net.router, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL") || l.contains("No bootable device"));
-    let console = lines.join("\n");
-    eprintln!("{console}");
-    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let (console, exited, server_log) = relayed_boot(d.path(), "relay", true, "mode = \"proxy\"\n");
     let site_log = std::fs::read_to_string(d.path().join("site-dnsmasq.log")).unwrap_or_default();
     assert!(
         console.contains("PXEROOT-MARKER-DONE") && exited,
@@ -803,9 +816,7 @@ fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
     for event in ["new boot", "NBD session opened", "client sent DISC"] {
         assert!(server_log.contains(event), "no {event:?} in the server log:\n{server_log}");
     }
-    let flat = d.path().join("flat.img");
-    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(d.path().join("state").join(format!("{STEM}.qcow2"))).arg(&flat));
-    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+    let marker = overlay_marker(d.path(), &d.path().join("state").join(format!("{STEM}.qcow2")));
     assert!(marker.contains("written by the diskless client"), "{marker}");
 }
 
@@ -814,31 +825,11 @@ fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
 /// requests with an address there and the segment's router.
 #[test]
 fn test_full_mode_serves_a_routed_segment_through_a_relay() {
-    require("dnsmasq");
     let d = tempfile::tempdir().unwrap();
-    let img = root_image(d.path());
-    boot_dir(d.path());
-    let net = routed_site("frelay", d.path(), false);
-    let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
-             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\npool_start = \"10.98.0.100\"\npool_end = \"10.98.0.110\"\n\
-             netmask = \"255.255.255.0\"\nrouter = \"{ROUTED_GATEWAY}\"\n[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\n\
-             initrd = \"initrd.zst\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n[clients.\"{MAC}\"]\nimage = \"root\"\n",
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log_path = d.path().join("pxeroot.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _server = Proc(net.server.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
-    let (lines, exited) =
-        run_qemu(&net.router, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL") || l.contains("No bootable device"));
-    let console = lines.join("\n");
-    eprintln!("{console}");
-    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let dhcp = format!(
+        "mode = \"full\"\npool_start = \"10.98.0.100\"\npool_end = \"10.98.0.110\"\nnetmask = \"255.255.255.0\"\nrouter = \"{ROUTED_GATEWAY}\"\n"
+    );
+    let (console, exited, server_log) = relayed_boot(d.path(), "frelay", false, &dhcp);
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
     assert!(console.contains("net0: 10.98.0.100/255.255.255.0 gw 10.98.0.1"), "{console}");
     assert!(server_log.contains(&format!("relay=Some({ROUTED_GATEWAY})")) && server_log.contains("reply=Ack"), "{server_log}");
@@ -1060,12 +1051,7 @@ fn test_three_clients_at_once_each_sees_only_its_own_writes() {
     eprintln!("three clients at once: all powered off after {:.1} s", t.elapsed().as_secs_f64());
     drop(server);
     for mac in macs {
-        let flat = d.path().join("flat.img");
-        run(Command::new("qemu-img")
-            .args(["convert", "-U", "-O", "raw"])
-            .arg(d.path().join("state").join(format!("{}.qcow2", mac.replace(':', "-"))))
-            .arg(&flat));
-        let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
+        let marker = overlay_marker(d.path(), &d.path().join("state").join(format!("{}.qcow2", mac.replace(':', "-"))));
         assert!(marker.contains(&format!("written by {mac}")), "{mac}'s overlay holds {marker:?}");
     }
     assert_eq!(sha256(&img), before, "the base image changed");
