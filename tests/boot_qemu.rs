@@ -105,6 +105,19 @@ fn boot_with(
     cmdline: &str,
     stop_when: impl FnMut(&str) -> bool,
 ) -> (Vec<String>, bool) {
+    boot_with_nic(ns, extra, "virtio-net-pci", kernel, initrd, cmdline, stop_when)
+}
+
+/// `boot_with`, the client's NIC a QEMU `-device` of its own.
+fn boot_with_nic(
+    ns: &Netns,
+    extra: &[&str],
+    nic: &str,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    stop_when: impl FnMut(&str) -> bool,
+) -> (Vec<String>, bool) {
     let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
     args.extend([
         "-kernel".into(),
@@ -114,7 +127,7 @@ fn boot_with(
         "-append".into(),
         cmdline.into(),
     ]);
-    run_qemu(ns, &args, stop_when)
+    run_qemu_nic(ns, &args, nic, stop_when)
 }
 
 /// Run QEMU (TCG, serial console on stdout, virtio-net on tap0) with `args`.
@@ -627,7 +640,8 @@ fn test_boot_netlink_survives_a_daemon_restart_mid_io() {
 
 /// No `ip=`: pxeroot-init asks the segment's DHCP server. The client has
 /// two CPUs, so the root's modules load beside the NIC drivers (the
-/// debug lines time each module).
+/// debug lines time each module), and a modern-only virtio-net device
+/// (PCI 1af4:1041, no legacy interface), which its driver group names.
 #[test]
 fn test_boot_without_ip_uses_dhcp_on_two_cpus() {
     require("dnsmasq");
@@ -650,14 +664,16 @@ fn test_boot_without_ip_uses_dhcp_on_two_cpus() {
             .unwrap(),
     );
     let cmd = format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} pxeroot.debug BOOTIF=01-{}", MAC.replace(':', "-"));
-    let (lines, exited) = boot_with(&ns, &["-smp", "2"], &kernel, &initrd, &cmd, |l| l.contains("FATAL"));
+    let nic = "virtio-net-pci,disable-legacy=on";
+    let (lines, exited) = boot_with_nic(&ns, &["-smp", "2"], nic, &kernel, &initrd, &cmd, |l| l.contains("FATAL"));
     let console = lines.join("\n");
     eprintln!("{console}");
-    // nbd, the first of the root's modules, loaded while the NIC drivers
-    // were still loading (with one CPU it loads after them).
+    // The filesystem's modules, the first of the root's, loaded while the
+    // NIC drivers were still loading (with one CPU they load after them).
     let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}:\n{console}"));
-    assert!(at("/nbd.ko: ") < at("load NIC drivers: ok"), "the root's modules waited for the drivers:\n{console}");
-    assert!(at("/virtio_pci.ko: ") < at("load NIC drivers: ok"), "{console}");
+    assert!(at("/jbd2.ko: ") < at("load NIC drivers: ok"), "the root's modules waited for the drivers:\n{console}");
+    assert!(at("/virtio_net.ko: ") < at("/virtio_pci.ko: ") && at("/virtio_pci.ko: ") < at("load NIC drivers: ok"), "{console}");
+    assert!(!console.contains("no network interface from the driver groups"), "the modern device's group did not match:\n{console}");
     assert!(console.contains("DHCP on eth0: 10.99.0."), "{console}");
     assert!(console.contains("gateway Some(10.99.0.1)"), "{console}");
     // Export defaulted to the boot interface's MAC.
