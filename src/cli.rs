@@ -92,10 +92,11 @@ pub fn serve(file: &Path) -> Result<()> {
     run(registry, listen, c.pxe)
 }
 
-/// Warn about images whose clients would stop at boot: a GPT disk whose
-/// root partition nothing names (no `partition`, no `root=PARTUUID=`,
-/// `UUID=` or `LABEL=` in the cmdline, no partition of the Discoverable
-/// Partitions root type, which pxeroot-init would take by itself).
+/// Warn about images whose clients would stop at boot: a partitioned disk
+/// (GPT or MBR) whose root partition nothing names (no `partition`, no
+/// `root=PARTUUID=`, `UUID=` or `LABEL=` in the cmdline, no GPT partition
+/// of the Discoverable Partitions root type, which pxeroot-init would take
+/// by itself).
 fn warn_unnamed_root_partitions(file: &Path, registry: &Registry, pxe: &crate::config::PxeConfig) {
     for (name, boot) in &pxe.boot {
         let names_root = |w: &str| ["root=PARTUUID=", "root=UUID=", "root=LABEL="].iter().any(|p| w.starts_with(p));
@@ -103,17 +104,21 @@ fn warn_unnamed_root_partitions(file: &Path, registry: &Registry, pxe: &crate::c
             continue;
         }
         let Some(base) = registry.base(name) else { continue };
-        match base.gpt_partitions() {
-            Ok(Some(parts)) if gpt::pick_root(&parts, None).is_none() => {
+        match base.partitions() {
+            Ok(Some(parts)) if !parts.is_empty() && gpt::pick_root(&parts, None).is_none() => {
                 let list: Vec<String> = parts.iter().map(|p| p.number.to_string()).collect();
+                let table = parts[0].table();
+                let or_type = if table == "GPT" {
+                    format!(", or give the root partition the GPT root type {}", gpt::ROOT_TYPE)
+                } else {
+                    String::new()
+                };
                 tracing::warn!(
                     config = %file.display(),
                     image = %name,
                     partitions = %list.join(", "),
-                    "images.{name} is a GPT disk and nothing names its root partition: its clients will stop at boot; \
-                     set `partition = N` (the root filesystem's; `fdisk -l` lists them), or root=PARTUUID=/UUID=/LABEL= in its cmdline, \
-                     or give the root partition the GPT root type {}",
-                    gpt::ROOT_TYPE
+                    "images.{name} is a {table} disk and nothing names its root partition: its clients will stop at boot; \
+                     set `partition = N` (the root filesystem's; `fdisk -l` lists them), or root=PARTUUID=/UUID=/LABEL= in its cmdline{or_type}"
                 );
             }
             Ok(_) => {}

@@ -468,7 +468,7 @@ fn test_root_partition_found_by_gpt_type_partuuid_uuid_or_label() {
     booted("root=LABEL=pxroot-test", "root: partition 3, root=LABEL=pxroot-test (ext4)", 3);
     let (missing, _) = boot_with_cmdline("root=PARTUUID=00000000-0000-0000-0000-000000000001");
     assert!(
-        missing.contains("no partition of /dev/nbd0 has that GUID")
+        missing.contains("no partition of /dev/nbd0 has that PARTUUID; its GPT table has")
             && missing.contains(&format!("2 {DPS_ROOT}"))
             && missing.contains(&format!("3 {OTHER}")),
         "{missing}"
@@ -480,6 +480,106 @@ fn test_root_partition_found_by_gpt_type_partuuid_uuid_or_label() {
         "{no_label}"
     );
     assert!(!missing.contains("Kernel panic") && !no_label.contains("Kernel panic"));
+}
+
+/// An MBR disk as older images come: partition 1 a small FAT-typed
+/// primary (empty), partition 2 an extended one, and the root in logical
+/// partition 5 (its extended boot record just before it). The disk
+/// signature is `signature`.
+fn mbr_disk(dir: &Path, root: &Path, signature: u32) -> PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    require("sfdisk");
+    let size = std::fs::metadata(root).unwrap().len();
+    let disk = dir.join("mbr.img");
+    std::fs::File::create(&disk).unwrap().set_len(ROOT_PARTITION_OFFSET + size + (1 << 20)).unwrap();
+    let (ext, logical) = (ROOT_PARTITION_OFFSET / 512 - 2048, ROOT_PARTITION_OFFSET / 512);
+    let table = format!(
+        "label: dos\nlabel-id: 0x{signature:08x}\nstart=2048, size=16384, type=c\n\
+         start={ext}, size={}, type=5\nstart={logical}, size={}, type=83\n",
+        size / 512 + 2048,
+        size / 512
+    );
+    let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().unwrap();
+    sfdisk.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET)).unwrap();
+    f.write_all(&std::fs::read(root).unwrap()).unwrap();
+    disk
+}
+
+/// On an MBR disk pxeroot-init finds the root in a logical partition by
+/// the kernel's MBR PARTUUID (signature and number) or by the filesystem's
+/// label, and a PARTUUID the disk lacks is explained with the disk's.
+#[test]
+fn test_root_on_an_mbr_logical_partition_found_by_partuuid_or_label() {
+    let d = tempfile::tempdir().unwrap();
+    let root = root_image(d.path());
+    run(Command::new("tune2fs").args(["-L", "mbr-root"]).arg(&root));
+    let disk = mbr_disk(d.path(), &root, 0x5eed_0042);
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("mbr");
+    let _server = start_server(&ns, &disk, &d.path().join("state"), &d.path().join("pxeroot.log"));
+    let boot_cmd = |extra: &str| {
+        let (lines, exited) =
+            boot(&ns, &kernel, &initrd, &format!("{} {extra}", cmdline(SERVER_IP, MAC, "netlink")), |l| l.contains("FATAL"));
+        (lines.join("\n"), exited)
+    };
+    for (extra, says) in [
+        ("root=PARTUUID=5EED0042-05", "root: partition 5, root=PARTUUID=5eed0042-05"),
+        ("root=LABEL=mbr-root", "root: partition 5, root=LABEL=mbr-root (ext4)"),
+    ] {
+        let (console, exited) = boot_cmd(extra);
+        assert!(console.contains(says), "{extra}: no {says:?}:\n{console}");
+        assert!(console.contains("mount /dev/nbd0p5 (ext4)") && console.contains("PXEROOT-MARKER-DONE") && exited, "{extra}:\n{console}");
+    }
+    let (missing, _) = boot_cmd("root=PARTUUID=5eed0042-06");
+    assert!(missing.contains("no partition of /dev/nbd0 has that PARTUUID; its MBR table has 1 5eed0042-01, 5 5eed0042-05"), "{missing}");
+    assert!(!missing.contains("Kernel panic"), "{missing}");
+}
+
+/// A module the kernel refuses (a truncated jbd2.ko) stops the boot with
+/// the module's name and the kernel's error, on one CPU and on two (where
+/// the filesystem's modules load on a thread of their own): no kernel
+/// panic, no hang. Also with no DHCP server, where the network would retry
+/// forever: the failure is reported at once, not after the network.
+#[test]
+fn test_a_module_the_kernel_refuses_is_named_not_a_panic() {
+    use std::io::Write;
+    require("cpio");
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let good = initramfs(d.path());
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let archive = run(Command::new("zstd").args(["-d", "-c"]).arg(&good)).stdout;
+    let mut cpio = Command::new("cpio").args(["-idm", "--quiet"]).current_dir(&x).stdin(Stdio::piped()).spawn().unwrap();
+    cpio.stdin.take().unwrap().write_all(&archive).unwrap();
+    assert!(cpio.wait().unwrap().success());
+    let jbd2 = stdout(Command::new("find").arg(&x).args(["-name", "jbd2.ko"]));
+    let jbd2 = Path::new(jbd2.trim());
+    std::fs::OpenOptions::new().write(true).open(jbd2).unwrap().set_len(4096).unwrap();
+    let bad = d.path().join("bad.cpio");
+    run(Command::new("sh").arg("-c").arg(format!("find . | cpio -o -H newc --quiet > {}", bad.display())).current_dir(&x));
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("badmod");
+    let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));
+    let no_dhcp = format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} BOOTIF=01-{}", MAC.replace(':', "-"));
+    for (cpus, cmd) in
+        [("1", cmdline(SERVER_IP, MAC, "netlink")), ("2", cmdline(SERVER_IP, MAC, "netlink")), ("1", no_dhcp.clone()), ("2", no_dhcp)]
+    {
+        let (lines, _) = boot_with(&ns, &["-smp", cpus], &kernel, &bad, &cmd, |l| l.contains("FATAL"));
+        let console = lines.join("\n");
+        let what = format!("{cpus} CPU(s), {cmd}");
+        assert!(
+            console.contains("FATAL: load the root's modules failed: loading module") && console.contains("/jbd2.ko: Exec format error"),
+            "{what}:\n{console}"
+        );
+        assert!(!console.contains("Kernel panic"), "{what}:\n{console}");
+        // Reported within the first DHCP exchange's wait, not after it.
+        assert!(!console.contains("DHCP on eth0 failed"), "{what}:\n{console}");
+    }
 }
 
 #[test]

@@ -95,19 +95,23 @@ fn test_shutdown_does_not_wait_forever_on_a_peer_that_stopped_reading() {
 }
 
 /// `pxeroot serve` warns at start about an image whose clients would stop
-/// at boot: a GPT disk (sfdisk's) whose root partition nothing names. Not
-/// when `partition` or `root=PARTUUID=` names it, or a partition has the
-/// Discoverable Partitions root type (pxeroot-init takes that one).
+/// at boot: a GPT or MBR disk (sfdisk's) whose root partition nothing
+/// names. Not when `partition` or `root=PARTUUID=` names it, or a GPT
+/// partition has the Discoverable Partitions root type (pxeroot-init takes
+/// that one).
 #[test]
-fn test_serve_warns_about_a_gpt_image_whose_root_partition_nothing_names() {
+fn test_serve_warns_about_a_partitioned_image_whose_root_partition_nothing_names() {
     require("sfdisk");
     const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
     const DPS_ROOT: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+    const MBR: &str = "mbr";
     let cases = [
         (LINUX_DATA, "", true),
         (LINUX_DATA, "partition = 2\n", false),
         (LINUX_DATA, "cmdline = \"console=ttyS0 root=PARTUUID=6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e01\"\n", false),
         (DPS_ROOT, "", false),
+        (MBR, "", true),
+        (MBR, "cmdline = \"console=ttyS0 root=PARTUUID=1234abcd-02\"\n", false),
     ];
     for (root_type, extra, warns) in cases {
         let d = tempfile::tempdir().unwrap();
@@ -115,10 +119,14 @@ fn test_serve_warns_about_a_gpt_image_whose_root_partition_nothing_names() {
         let disk = d.path().join("disk.img");
         std::fs::File::create(&disk).unwrap().set_len(20 << 20).unwrap();
         let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(std::process::Stdio::piped()).spawn().unwrap();
-        let table = format!(
-            "label: gpt\nstart=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
-             start=10240, size=20480, type={root_type}, uuid=6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e01\n"
-        );
+        let table = if root_type == MBR {
+            "label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=8192, type=ef\nstart=10240, size=20480, type=83\n".to_string()
+        } else {
+            format!(
+                "label: gpt\nstart=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
+                 start=10240, size=20480, type={root_type}, uuid=6b2c1a4e-0d5f-4c7a-9e21-3f8b5c6d7e01\n"
+            )
+        };
         sfdisk.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
         assert!(sfdisk.wait().unwrap().success());
         let (port, tftp) = (free_port(), free_port());
@@ -134,10 +142,12 @@ fn test_serve_warns_about_a_gpt_image_whose_root_partition_nothing_names() {
         .unwrap();
         let server = Server::with_config(&cfg, port, d.path());
         let log = server.log_text();
-        let warned = log.contains("images.cloud is a GPT disk and nothing names its root partition");
+        let table = if root_type == MBR { "MBR" } else { "GPT" };
+        let warned = log.contains(&format!("images.cloud is a {table} disk and nothing names its root partition"));
         assert_eq!(warned, warns, "{root_type} {extra:?}:\n{log}");
         if warns {
             assert!(log.contains("partitions=1, 2") && log.contains("set `partition = N`"), "{log}");
+            assert_eq!(log.contains("GPT root type"), table == "GPT", "{log}");
         }
         assert_eq!(server.stop(), 0);
     }

@@ -145,9 +145,9 @@ impl BaseImage {
         }
     }
 
-    /// The partitions of the GPT on this image (as the clients see the
-    /// disk), or `None` when it has none (one filesystem, or MBR only).
-    pub fn gpt_partitions(&self) -> Result<Option<Vec<gpt::Partition>>> {
+    /// The partitions of the GPT or MBR table on this image (as the clients
+    /// see the disk), or `None` when it has none (one filesystem).
+    pub fn partitions(&self) -> Result<Option<Vec<gpt::Partition>>> {
         Ok(gpt::read(|buf, off| self.read_beyond_end_as_zero(buf, off))?.ok().flatten())
     }
 

@@ -1,13 +1,16 @@
-//! GPT partition tables, read-only and pure: bytes of the disk's start in,
-//! partitions out (and in `fsid`, filesystem UUIDs and labels). pxeroot-init uses it to find the root partition when no
-//! `pxeroot.partition` is given: by `root=PARTUUID=` (a partition's unique
-//! GUID) or by the Discoverable Partitions Specification's root type for
-//! this architecture; pxeroot checks its images with it at start. The
-//! kernel validates the table itself (checksums) when it makes the
-//! partition devices; this reads only what picks one.
+//! Partition tables, read-only and pure: bytes of the disk's start in,
+//! partitions out: GPT (here) and MBR (`mbr`), and in `fsid`, filesystem
+//! UUIDs and labels. pxeroot-init uses it to find the root partition when
+//! no `pxeroot.partition` is given: by `root=PARTUUID=` (a GPT partition's
+//! unique GUID, or an MBR disk's signature and partition number) or by the
+//! Discoverable Partitions Specification's root type for this
+//! architecture; pxeroot checks its images with it at start. The kernel
+//! validates the table itself (checksums) when it makes the partition
+//! devices; this reads only what picks one.
 #![forbid(unsafe_code)]
 
 pub mod fsid;
+pub mod mbr;
 
 use std::fmt;
 
@@ -67,14 +70,46 @@ impl Header {
     }
 }
 
+/// The table a partition is in, and what it says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Gpt {
+        type_guid: Guid,
+        unique: Guid,
+    },
+    /// `kind`: the entry's type byte; `signature`: the disk's.
+    Mbr {
+        kind: u8,
+        signature: u32,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
-    /// 1-based, as the kernel numbers /dev/nbd0pN.
+    /// 1-based, as the kernel numbers /dev/nbd0pN (MBR logical ones from 5).
     pub number: u32,
-    pub type_guid: Guid,
-    pub unique: Guid,
+    pub scheme: Scheme,
     /// Byte offset of the partition's first sector on the disk.
     pub start: u64,
+}
+
+impl Partition {
+    /// What the kernel matches `root=PARTUUID=` against: a GPT
+    /// partition's unique GUID, an MBR partition's `SSSSSSSS-NN`.
+    pub fn partuuid(&self) -> String {
+        match self.scheme {
+            Scheme::Gpt { unique, .. } => unique.to_string(),
+            Scheme::Mbr { signature, .. } => mbr::partuuid(signature, self.number),
+        }
+    }
+
+    /// "GPT" or "MBR".
+    pub fn table(&self) -> &'static str {
+        match self.scheme {
+            Scheme::Gpt { .. } => "GPT",
+            Scheme::Mbr { .. } => "MBR",
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -148,26 +183,28 @@ pub fn partitions(h: &Header, entries: &[u8]) -> Result<Vec<Partition>, GptError
         first.copy_from_slice(&e[32..40]);
         out.push(Partition {
             number: i as u32 + 1,
-            type_guid: Guid(t),
-            unique: Guid(u),
+            scheme: Scheme::Gpt { type_guid: Guid(t), unique: Guid(u) },
             start: u64::from_le_bytes(first).saturating_mul(h.sector),
         });
     }
     Ok(out)
 }
 
-/// Bytes of a disk's start that hold its GPT header for either sector size.
+/// Bytes of a disk's start that hold its GPT header for either sector size
+/// (and its MBR, the first 512).
 pub const HEAD_BYTES: usize = 8192;
 
 /// Read a disk's partition table through `read_at(buf, offset)`, which
-/// fills `buf` with the disk's bytes at `offset`. The outer error is the
-/// reader's; inside, `Ok(None)` when the disk has no GPT.
+/// fills `buf` with the disk's bytes at `offset`: a GPT, else an MBR with
+/// its logical partitions. The outer error is the reader's; inside,
+/// `Ok(None)` when the disk has neither. An extended boot record that
+/// cannot be read ends its chain, as in the kernel.
 pub fn read<E>(mut read_at: impl FnMut(&mut [u8], u64) -> Result<(), E>) -> Result<Result<Option<Vec<Partition>>, GptError>, E> {
     let mut head = vec![0u8; HEAD_BYTES];
     read_at(&mut head, 0)?;
     let h = match header(&head) {
         Ok(Some(h)) => h,
-        Ok(None) => return Ok(Ok(None)),
+        Ok(None) => return Ok(Ok(read_mbr(&head, read_at))),
         Err(e) => return Ok(Err(e)),
     };
     let mut entries = vec![0u8; h.entries_len()];
@@ -175,13 +212,44 @@ pub fn read<E>(mut read_at: impl FnMut(&mut [u8], u64) -> Result<(), E>) -> Resu
     Ok(partitions(&h, &entries).map(Some))
 }
 
-/// The root partition among `parts`: the one whose unique GUID is
-/// `partuuid` (any case), else the first of the root type. `None` if
+fn read_mbr<E>(head: &[u8], mut read_at: impl FnMut(&mut [u8], u64) -> Result<(), E>) -> Option<Vec<Partition>> {
+    let (signature, table) = mbr::primary(head)?;
+    let part =
+        |number, kind, lba: u64| Partition { number, scheme: Scheme::Mbr { kind, signature }, start: lba.saturating_mul(mbr::SECTOR) };
+    let mut out = Vec::new();
+    for (i, e) in table.iter().enumerate() {
+        if e.sectors != 0 && !e.is_extended() {
+            out.push(part(i as u32 + 1, e.kind, u64::from(e.lba)));
+        }
+    }
+    let mut number = mbr::FIRST_LOGICAL;
+    for ext in table.iter().filter(|e| e.sectors != 0 && e.is_extended()) {
+        let first = u64::from(ext.lba);
+        let (mut at, mut extent) = (first, u64::from(ext.sectors));
+        for _ in 0..mbr::MAX_EBRS {
+            let mut sector = [0u8; mbr::SECTOR as usize];
+            if read_at(&mut sector, at.saturating_mul(mbr::SECTOR)).is_err() {
+                break;
+            }
+            let Some(mbr::Ebr { logical, next }) = mbr::ebr(&sector, extent) else { break };
+            for (offset, _) in logical {
+                out.push(part(number, ext.kind, at.saturating_add(offset)));
+                number += 1;
+            }
+            let Some(next) = next else { break };
+            (at, extent) = (first.saturating_add(u64::from(next.lba)), u64::from(next.sectors));
+        }
+    }
+    Some(out)
+}
+
+/// The root partition among `parts`: the one whose PARTUUID is `partuuid`
+/// (any case), else the first GPT partition of the root type. `None` if
 /// `partuuid` matches none, or without it, if none has the root type.
 pub fn pick_root<'a>(parts: &'a [Partition], partuuid: Option<&str>) -> Option<&'a Partition> {
     match partuuid {
-        Some(want) => parts.iter().find(|p| p.unique.to_string().eq_ignore_ascii_case(want)),
-        None => parts.iter().find(|p| p.type_guid == ROOT_TYPE),
+        Some(want) => parts.iter().find(|p| p.partuuid().eq_ignore_ascii_case(want)),
+        None => parts.iter().find(|p| matches!(p.scheme, Scheme::Gpt { type_guid, .. } if type_guid == ROOT_TYPE)),
     }
 }
 
@@ -287,6 +355,78 @@ mod tests {
                 buf[..n].copy_from_slice(&d[start..start + n]);
                 Ok(())
             });
+        }
+    }
+
+    /// An MBR disk as bytes: sector 0 with `signature` and `primary`, and
+    /// more sectors `(lba, entries)` (extended boot records).
+    /// Entries as (type, first sector, sectors).
+    type Entries<'a> = &'a [(u8, u32, u32)];
+
+    fn mbr_disk(signature: u32, primary: Entries, ebrs: &[(u32, Entries)]) -> Vec<u8> {
+        let mut d = vec![0u8; 64 * 1024];
+        d[..512].copy_from_slice(&mbr::tests::sector(signature, primary));
+        for (lba, entries) in ebrs {
+            let at = *lba as usize * 512;
+            d[at..at + 512].copy_from_slice(&mbr::tests::sector(0, entries));
+        }
+        d
+    }
+
+    fn read_bytes(d: &[u8]) -> Option<Vec<Partition>> {
+        read(|buf: &mut [u8], off: u64| -> Result<(), ()> {
+            let at = usize::try_from(off).map_err(|_| ())?;
+            buf.copy_from_slice(d.get(at..at + buf.len()).ok_or(())?);
+            Ok(())
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn test_mbr_primary_and_logical_partitions_as_the_kernel_numbers_them() {
+        // 1: Linux; 2: extended (sectors 40-119) holding two logical
+        // partitions in a chain of two EBRs; 4: another Linux one.
+        let d = mbr_disk(
+            0xdead_beef,
+            &[(0x83, 2, 10), (0x05, 40, 80), (0, 0, 0), (0x83, 20, 10)],
+            &[(40, &[(0x83, 2, 10), (0x05, 20, 40)]), (60, &[(0x83, 4, 10)])],
+        );
+        let parts = read_bytes(&d).unwrap();
+        let got: Vec<(u32, u64, String)> = parts.iter().map(|p| (p.number, p.start / 512, p.partuuid())).collect();
+        assert_eq!(
+            got,
+            [(1, 2, "deadbeef-01".into()), (4, 20, "deadbeef-04".into()), (5, 42, "deadbeef-05".into()), (6, 64, "deadbeef-06".into())]
+        );
+        assert!(parts.iter().all(|p| p.table() == "MBR"));
+        assert_eq!(pick_root(&parts, Some("DEADBEEF-06")).map(|p| p.number), Some(6));
+        assert_eq!(pick_root(&parts, None), None, "MBR has no root type");
+        // A chain that points back at itself ends at the bound; one past
+        // the disk's end ends where the read fails.
+        let looped = mbr_disk(1, &[(0x05, 40, 80)], &[(40, &[(0x83, 2, 10), (0x05, 0, 80)])]);
+        assert_eq!(read_bytes(&looped).unwrap().len(), mbr::MAX_EBRS as usize);
+        let past = mbr_disk(1, &[(0x83, 2, 10), (0x0f, 1 << 30, 80)], &[]);
+        assert_eq!(read_bytes(&past).unwrap().len(), 1);
+        // A GPT's protective MBR is not read as MBR: the GPT is.
+        let gpt = disk(512, &[(ROOT_TYPE, UNIQUE)]);
+        assert_eq!(read_bytes(&gpt).unwrap()[0].table(), "GPT");
+    }
+
+    /// Damaged MBR tables and chains never panic either.
+    #[test]
+    fn test_damaged_mbr_never_panics() {
+        let good = mbr_disk(7, &[(0x83, 2, 10), (0x05, 40, 80)], &[(40, &[(0x83, 2, 10), (0x05, 20, 40)]), (60, &[(0x83, 4, 10)])]);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5000 {
+            let mut d = good.clone();
+            for _ in 0..4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = [446, 40 * 512 + 446, 60 * 512 + 446][(seed % 3) as usize] + (seed >> 8) as usize % 66;
+                d[at] = (seed >> 32) as u8;
+            }
+            let _ = read_bytes(&d);
         }
     }
 

@@ -13,9 +13,10 @@
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
-//! - `root=PARTUUID=GUID` (a GPT partition's unique GUID), `root=UUID=`
-//!   or `root=LABEL=` (the filesystem's, on a GPT partition or the whole
-//!   disk) pick the root when `pxeroot.partition` does not; other `root=`
+//! - `root=PARTUUID=` (a GPT partition's unique GUID, or an MBR disk's
+//!   `SSSSSSSS-NN`), `root=UUID=` or `root=LABEL=` (the filesystem's, on a
+//!   partition or the whole disk) pick the root when `pxeroot.partition`
+//!   does not; other `root=`
 //!   forms are ignored (the root is then the whole NBD device, or the GPT
 //!   partition of the Discoverable Partitions root type), `rootfstype=` (default
 //!   ext4), `rootflags=`, `ro`/`rw` (default rw), `init=` (default /sbin/init).
@@ -217,7 +218,11 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                 )
             }
             "root" => {
-                // A GUID's text form; MBR's "SSSSSSSS-PP" PARTUUID has no GUID to match.
+                // A GUID's text form, or (PARTUUID only) an MBR disk's
+                // signature and partition number, "SSSSSSSS-NN" in hex.
+                let mbr = |id: &str| {
+                    id.len() == 11 && id.bytes().enumerate().all(|(i, b)| if i == 8 { b == b'-' } else { b.is_ascii_hexdigit() })
+                };
                 let uuid = |id: &str| {
                     id.len() == 36
                         && id
@@ -226,8 +231,12 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                             .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
                 };
                 if let Some(id) = value.strip_prefix("PARTUUID=") {
-                    if !uuid(id) {
-                        return Err(err("root", value, "PARTUUID= and a GPT partition's GUID, 8-4-4-4-12 hex digits"));
+                    if !uuid(id) && !mbr(id) {
+                        return Err(err(
+                            "root",
+                            value,
+                            "PARTUUID= and a GPT partition's GUID (8-4-4-4-12 hex digits) or an MBR disk's signature and partition number (SSSSSSSS-NN)",
+                        ));
                     }
                     s.root = Some(RootRef::PartUuid(id.to_ascii_lowercase()));
                 } else if let Some(id) = value.strip_prefix("UUID=") {
@@ -272,9 +281,12 @@ mod tests {
             Some(RootRef::Uuid("0b1c2d3e-aaaa-bbbb-cccc-000000000000".into()))
         );
         assert_eq!(root("root=LABEL=cloudimg-rootfs"), Some(RootRef::Label("cloudimg-rootfs".into())));
+        assert_eq!(root("root=PARTUUID=1234ABCD-05"), Some(RootRef::PartUuid("1234abcd-05".into())));
         assert_eq!(root("root=/dev/sda1"), None);
         for bad in [
-            "PARTUUID=1234abcd-01",
+            "PARTUUID=1234abcd-1",
+            "PARTUUID=1234abcd_01",
+            "UUID=1234abcd-01",
             "PARTUUID=4f68bce3e8cd4db196e7fbcaf984b709",
             "PARTUUID=zf68bce3-e8cd-4db1-96e7-fbcaf984b709",
             "UUID=0b1c",

@@ -10,8 +10,9 @@
 //! 5. connect to pxeroot and negotiate the export (retrying with backoff);
 //! 6. attach `/dev/nbd0`: over netlink (default; a monitor process
 //!    reconnects), or with the ioctls (a hardened process in NBD_DO_IT);
-//! 7. mount the root (the whole disk, or a partition: `pxeroot.partition`,
-//!    `root=PARTUUID=`, or the GPT root type), move /proc, /sys, /dev into
+//! 7. mount the root (the whole disk, or a partition of a GPT or MBR
+//!    table: `pxeroot.partition`, `root=PARTUUID=|UUID=|LABEL=`, or the
+//!    GPT root type), move /proc, /sys, /dev into
 //!    it, free the initramfs, switch root and exec the real init.
 //!
 //! Every step prints one line with its duration. As PID 1 it must never
@@ -63,8 +64,19 @@ struct Console {
     start: Instant,
 }
 
+/// Set once a thread has given up: the console then stays quiet, so the
+/// FATAL message is the last thing on it, not scrolled away by another
+/// thread's retries.
+static GAVE_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Console {
     fn say(&self, msg: impl Display) {
+        if !GAVE_UP.load(std::sync::atomic::Ordering::Relaxed) {
+            self.print(msg);
+        }
+    }
+
+    fn print(&self, msg: impl Display) {
         let t = self.start.elapsed().as_secs_f64();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "pxeroot-init [{t:7.3}] {msg}");
@@ -85,8 +97,10 @@ impl Console {
 
     /// Nothing more can be tried: say so and stay alive.
     fn give_up(&self, msg: &str) -> ! {
-        self.say(format_args!("FATAL: {msg}"));
-        self.say("pxeroot-init cannot continue; the machine stays up so this message stays readable");
+        if !GAVE_UP.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.print(format_args!("FATAL: {msg}"));
+            self.print("pxeroot-init cannot continue; the machine stays up so this message stays readable");
+        }
         sys::halt_forever()
     }
 }
@@ -127,8 +141,12 @@ fn boot(con: &Console) -> Result<(), String> {
     // one CPU they load after the drivers, beside the network's round
     // trips, so the network comes up as early as it can.
     let spare = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
-    let (export, net, rest) = std::thread::scope(|scope| -> Result<_, String> {
-        let early = (spare > 0).then(|| scope.spawn(|| con.step("load the root's modules", || modules.load_rest(con, spare))));
+    let (export, net) = std::thread::scope(|scope| -> Result<_, String> {
+        // A module the kernel refuses ends the boot at once, whatever the
+        // network is doing (it may retry DHCP forever).
+        let load_rest =
+            |threads| con.step("load the root's modules", || modules.load_rest(con, threads)).unwrap_or_else(|e| con.give_up(&e));
+        let early = (spare > 0).then(|| scope.spawn(move || load_rest(spare)));
         let drivers = con.step("load NIC drivers", || modules.load_drivers(con))?;
         if drivers.fallback > 0 {
             con.say(format_args!(
@@ -148,13 +166,12 @@ fn boot(con: &Console) -> Result<(), String> {
             con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
             Ok(connect_with_retry(con, settings, &name))
         });
-        let rest = match early {
+        match early {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
-            None => con.step("load the root's modules", || modules.load_rest(con, 1)),
+            None => load_rest(1),
         };
-        Ok((export, net.join(), rest))
+        Ok((export, net.join()))
     })?;
-    rest?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
     let (sock, info) = net.map_err(|_| "the network thread panicked".to_string())??;
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
@@ -762,15 +779,19 @@ fn find_root_partition(con: &Console, s: &Settings) -> Result<Option<u32>, Strin
         Some(RootRef::PartUuid(id)) => match gpt::pick_root(&parts, Some(id)) {
             Some(p) => by(p, &format_args!("root=PARTUUID={id}")),
             None if parts.is_empty() => {
-                Err(format!("root=PARTUUID={id}: /dev/nbd0 has no GPT partition table (drop root= for a disk that is one filesystem)"))
+                Err(format!("root=PARTUUID={id}: /dev/nbd0 has no partition table (drop root= for a disk that is one filesystem)"))
             }
             None => {
-                let have: Vec<String> = parts.iter().map(|p| format!("{} {}", p.number, p.unique)).collect();
-                Err(format!("root=PARTUUID={id}: no partition of /dev/nbd0 has that GUID; it has {}", have.join(", ")))
+                let have: Vec<String> = parts.iter().map(|p| format!("{} {}", p.number, p.partuuid())).collect();
+                Err(format!(
+                    "root=PARTUUID={id}: no partition of /dev/nbd0 has that PARTUUID; its {} table has {}",
+                    parts[0].table(),
+                    have.join(", ")
+                ))
             }
         },
         Some(wanted) => {
-            // The whole disk (one filesystem), then each GPT partition.
+            // The whole disk (one filesystem), then each partition.
             let candidates = std::iter::once((None, 0)).chain(parts.iter().map(|p| (Some(p.number), p.start)));
             let mut found = Vec::new();
             for (number, start) in candidates {
