@@ -141,11 +141,16 @@ fn boot(con: &Console) -> Result<(), String> {
     // one CPU they load after the drivers, beside the network's round
     // trips, so the network comes up as early as it can.
     let spare = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
-    let (export, net) = std::thread::scope(|scope| -> Result<_, String> {
+    let netlink = settings.attach == Attach::Netlink;
+    let (export, net, genl) = std::thread::scope(|scope| -> Result<_, String> {
         // A module the kernel refuses ends the boot at once, whatever the
-        // network is doing (it may retry DHCP forever).
-        let load_rest =
-            |threads| con.step("load the root's modules", || modules.load_rest(con, threads)).unwrap_or_else(|e| con.give_up(&e));
+        // network is doing (it may retry DHCP forever). Once nbd is loaded
+        // its netlink family exists: open the attach's sockets here, beside
+        // the network, not after it.
+        let load_rest = |threads| {
+            con.step("load the root's modules", || modules.load_rest(con, threads)).unwrap_or_else(|e| con.give_up(&e));
+            netlink.then(NetlinkAttach::open)
+        };
         let early = (spare > 0).then(|| scope.spawn(move || load_rest(spare)));
         let drivers = con.step("load NIC drivers", || modules.load_drivers(con))?;
         if drivers.fallback > 0 {
@@ -166,33 +171,36 @@ fn boot(con: &Console) -> Result<(), String> {
             con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
             Ok(connect_with_retry(con, settings, &name))
         });
-        match early {
+        let genl = match early {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
             None => load_rest(1),
         };
-        Ok((export, net.join()))
+        Ok((export, net.join(), genl))
     })?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
     let (sock, info) = net.map_err(|_| "the network thread panicked".to_string())??;
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
-    match settings.attach {
-        Attach::Ioctl => {
+    let monitor = match genl {
+        Some(genl) => Some(con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, genl?, sock, info))?),
+        None => {
             con.step("attach /dev/nbd0 (ioctl)", || attach_ioctl(&settings, sock, info))?;
             // The kernel drops an NBD_DO_IT connection when its process is
             // stopped, and systemd's shutdown stops every process.
             con.say("ioctl attach: the root dies if @pxeroot-nbd is ever stopped (systemd's shutdown does): prefer pxeroot.attach=netlink");
+            None
         }
-        Attach::Netlink => con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, sock, info))?,
-    }
-    // The module files are no longer needed: free their memory on another
-    // thread while this one waits on the server for the mount (under TCG,
-    // deleting the initramfs's 6 MB took 17 ms on the critical path). Only
-    // after the attach: the attach forks a helper, and a fork is simplest
-    // from a process with one thread.
-    let freeing = std::thread::spawn(move || {
+    };
+    // On another thread while this one mounts the root (it waits on the
+    // server): start the netlink monitor (its spawn took 8 ms under TCG),
+    // then free the module files' memory (deleting the initramfs's 6 MB
+    // took 17 ms). Joined before the switch: an exec must not meet a
+    // spawn half done.
+    let after_attach = std::thread::spawn(move || {
+        let started = monitor.map_or(Ok(()), |m| spawn_helper("NBD monitor", &m.argv));
         for path in modules.files() {
             let _ = std::fs::remove_file(path);
         }
+        started
     });
     let partition = match settings.partition {
         Some(n) => Some(n),
@@ -203,7 +211,7 @@ fn boot(con: &Console) -> Result<(), String> {
         con.step(&format!("find partition {n} ({device})"), || wait_for_partition(n))?;
     }
     con.step(&format!("mount {device} ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings, partition, &device))?;
-    let _ = freeing.join();
+    after_attach.join().map_err(|_| "the thread after the attach panicked".to_string())??;
     con.say(format_args!("switching root, exec {}", settings.init));
     let err = switch_root(&settings);
     Err(format!("switch_root failed: {err}"))
@@ -643,19 +651,14 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
     Ok(())
 }
 
-/// Fork, and in the child exec this binary again as `KEEPER_ARGV0` with
-/// `args`: a helper that outlives switch_root (the fds it needs must be
-/// marked to survive exec first).
+/// Exec this binary again as `KEEPER_ARGV0` with `args` in a child: a
+/// helper that outlives switch_root (the fds it needs must be marked to
+/// survive exec first). std's spawn is safe beside other threads
+/// (posix_spawn, or a fork whose child only execs). The child is never
+/// waited for: it lives as long as the root, and the root's init inherits
+/// it.
 fn spawn_helper(what: &str, args: &[String]) -> Result<(), String> {
-    match sys::fork().map_err(|e| format!("fork: {e}"))? {
-        sys::Forked::Child => {
-            let err = std::process::Command::new("/init").arg0(KEEPER_ARGV0).args(args).exec();
-            // exec only returns on failure; this is the child, not PID 1.
-            eprintln!("pxeroot-init: cannot exec the {what}: {err}");
-            std::process::exit(1);
-        }
-        sys::Forked::Parent => Ok(()),
-    }
+    std::process::Command::new("/init").arg0(KEEPER_ARGV0).args(args).spawn().map(drop).map_err(|e| format!("starting the {what}: {e}"))
 }
 
 /// The keeper: `@pxeroot-nbd --keep-nbd-device FD`. Never returns while the
@@ -672,14 +675,41 @@ fn keep_nbd_device(args: &[String]) -> ! {
     std::process::exit(0)
 }
 
-/// CONNECT through netlink with a dead-connection timeout, and start the
-/// monitor that reconnects when the link dies.
-fn attach_netlink(s: &Settings, export: &str, sock: std::net::TcpStream, info: nbd::Export) -> Result<(), String> {
+/// The netlink attach's two sockets: one subscribed to the NBD family's
+/// events (the monitor's, subscribed before the connect so no LINK_DEAD is
+/// missed), one for the CONNECT.
+struct NetlinkAttach {
+    events: nbdnl::Genl,
+    cmd: nbdnl::Genl,
+}
+
+impl NetlinkAttach {
+    fn open() -> Result<NetlinkAttach, String> {
+        let events = nbdnl::Genl::open()?;
+        events.join_events()?;
+        Ok(NetlinkAttach { events, cmd: nbdnl::Genl::open()? })
+    }
+}
+
+/// The monitor to start once the device is attached: its arguments name
+/// the events socket, which it keeps open.
+struct Monitor {
+    argv: Vec<String>,
+    _events: nbdnl::Genl,
+}
+
+/// CONNECT through netlink with a dead-connection timeout; returns the
+/// monitor that reconnects when the link dies, to start.
+fn attach_netlink(
+    s: &Settings,
+    export: &str,
+    genl: NetlinkAttach,
+    sock: std::net::TcpStream,
+    info: nbd::Export,
+) -> Result<Monitor, String> {
     const INDEX: u32 = 0;
-    // Subscribe before connecting so no LINK_DEAD can be missed.
-    let events = nbdnl::Genl::open()?;
-    events.join_events()?;
-    nbdnl::Genl::open()?.connect(INDEX, &sock, info, s.timeout, s.reconnect)?;
+    let NetlinkAttach { events, mut cmd } = genl;
+    cmd.connect(INDEX, &sock, info, s.timeout, s.reconnect)?;
     let args = nbdnl::MonitorArgs {
         events_fd: events.raw_fd(),
         index: INDEX,
@@ -691,10 +721,7 @@ fn attach_netlink(s: &Settings, export: &str, sock: std::net::TcpStream, info: n
     sys::keep_across_exec(events.raw_fd()).map_err(|e| format!("fcntl: {e}"))?;
     let mut argv = vec![MONITOR_FLAG.to_string()];
     argv.extend(args.to_args());
-    spawn_helper("NBD monitor", &argv)?;
-    drop(sock);
-    drop(events);
-    Ok(())
+    Ok(Monitor { argv, _events: events })
 }
 
 /// The monitor: `@pxeroot-nbd --monitor FD INDEX SERVER EXPORT SIZE FLAGS`.

@@ -82,23 +82,6 @@ pub fn keep_across_exec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-pub enum Forked {
-    Parent,
-    Child,
-}
-
-/// fork(2). pxeroot-init is single-threaded when it forks (no runtime, no
-/// helper threads), so the child may run arbitrary code afterwards.
-pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the process has one thread at this point (pxeroot-init never starts threads), so no lock can be held by a thread that vanishes.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        _ => Ok(Forked::Parent),
-    }
-}
-
 /// Harden the process that keeps the root device alive: block every signal
 /// (a signal would tear down NBD_DO_IT), never swap, never OOM-kill, and
 /// mark it an I/O flusher so memory reclaim does not deadlock on it.
