@@ -539,6 +539,40 @@ fn test_root_on_an_mbr_logical_partition_found_by_partuuid_or_label() {
     assert!(!missing.contains("Kernel panic"), "{missing}");
 }
 
+/// A btrfs root with no `rootfstype=`: pxeroot-init reads the type from
+/// the root's superblock (btrfs's, at 64 KiB) and mounts it, with btrfs in
+/// the initramfs (`--modules btrfs`). The image is the test root's tree
+/// (copied out of its ext4 image with debugfs, no mount) packed by
+/// mkfs.btrfs.
+#[test]
+fn test_btrfs_root_mounts_by_its_superblock_without_rootfstype() {
+    require("mkfs.btrfs");
+    require("debugfs");
+    let d = tempfile::tempdir().unwrap();
+    let ext4 = root_image(d.path());
+    let tree = d.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    run(Command::new("debugfs").arg("-R").arg(format!("rdump / {}", tree.display())).arg(&ext4).stderr(Stdio::null()));
+    let img = d.path().join("btrfs.img");
+    std::fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
+    run(Command::new("mkfs.btrfs").args(["-q", "-L", "btrfs-root", "--rootdir"]).arg(&tree).arg(&img));
+    let initrd = d.path().join("initrd-btrfs.zst");
+    run(Command::new(bin())
+        .args(["initramfs", "--modules", "btrfs", "--nics", "virtio", "--kernel-modules"])
+        .arg(kernel_dir().join("modules"))
+        .arg("-o")
+        .arg(&initrd)
+        .arg("--init")
+        .arg(init_binary())
+        .stdout(Stdio::null()));
+    let ns = Netns::new("btrfs");
+    let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));
+    let (lines, exited) = boot(&ns, &kernel_dir().join("vmlinuz"), &initrd, &cmdline(SERVER_IP, MAC, "netlink"), |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    assert!(console.contains("mount /dev/nbd0 (btrfs) on /newroot: ok"), "{console}");
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
+}
+
 /// A module the kernel refuses (a truncated jbd2.ko) stops the boot with
 /// the module's name and the kernel's error, on one CPU and on two (where
 /// the filesystem's modules load on a thread of their own): no kernel

@@ -2,7 +2,7 @@
 # Debian 12 machine (apt packages, Rust), fetches the guest kernel and
 # builds the static pxeroot-init. Run from the repository's top directory.
 
-packages=(qemu-utils libnbd-bin nbdkit fio e2fsprogs cmake gcc pkg-config curl ca-certificates python3
+packages=(qemu-utils libnbd-bin nbdkit fio e2fsprogs btrfs-progs cmake gcc pkg-config curl ca-certificates python3
           qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static debootstrap python3-venv iproute2 cpio zstd xz-utils dnsmasq-base atftp)
 missing=()
 for p in "${packages[@]}"; do

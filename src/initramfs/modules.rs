@@ -151,6 +151,9 @@ pub struct ModuleTree {
     /// Module name -> file, relative to `dir`.
     files: BTreeMap<String, PathBuf>,
     builtin: BTreeSet<String>,
+    /// Aliases that built-in modules provide (modules.builtin.modinfo): a
+    /// soft dependency on one (btrfs's on `sha256`) needs no module.
+    builtin_aliases: BTreeSet<String>,
     /// From modules.dep / modules.softdep when present.
     dep_file: Option<HashMap<String, Vec<String>>>,
     softdep_file: HashMap<String, (Vec<String>, Vec<String>)>,
@@ -182,6 +185,14 @@ impl ModuleTree {
             Ok(t) => t.lines().filter_map(|l| module_name(Path::new(l.trim()))).collect(),
             Err(_) => BTreeSet::new(),
         };
+        // NUL-separated `module.key=value` records.
+        let builtin_aliases = std::fs::read(dir.join("modules.builtin.modinfo"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter_map(|rec| std::str::from_utf8(rec).ok()?.split_once(".alias=").map(|(_, a)| normalize(a)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let dep_file = read(dir.join("modules.dep")).ok().map(|t| {
             t.lines()
                 .filter_map(|l| {
@@ -202,7 +213,16 @@ impl ModuleTree {
                 }
             }
         }
-        Ok(ModuleTree { dir: dir.to_path_buf(), files, builtin, dep_file, softdep_file, aliases: None, infos: HashMap::new() })
+        Ok(ModuleTree {
+            dir: dir.to_path_buf(),
+            files,
+            builtin,
+            builtin_aliases,
+            dep_file,
+            softdep_file,
+            aliases: None,
+            infos: HashMap::new(),
+        })
     }
 
     pub fn file(&self, name: &str) -> Option<&Path> {
@@ -247,13 +267,16 @@ impl ModuleTree {
     }
 
     /// Resolve a name that may be an alias (e.g. `crc32c`) to a module.
-    /// Generic implementations win over CPU-specific ones: they always load.
+    /// Generic implementations win over CPU-specific ones: they always load
+    /// (sha256_ssse3 fails with ENODEV on a CPU without SSSE3, as QEMU's
+    /// default one). So does a built-in module that provides the alias:
+    /// then no module is needed (`Ok(None)`).
     pub fn resolve(&mut self, name: &str) -> Result<Option<String>, ModuleError> {
         let n = normalize(name);
         if self.files.contains_key(&n) {
             return Ok(Some(n));
         }
-        if self.builtin.contains(&n) {
+        if self.builtin.contains(&n) || self.builtin_aliases.contains(&n) {
             return Ok(None);
         }
         if self.aliases.is_none() {

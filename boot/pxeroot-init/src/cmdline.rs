@@ -18,8 +18,8 @@
 //!   partition or the whole disk) pick the root when `pxeroot.partition`
 //!   does not; other `root=`
 //!   forms are ignored (the root is then the whole NBD device, or the GPT
-//!   partition of the Discoverable Partitions root type), `rootfstype=` (default
-//!   ext4), `rootflags=`, `ro`/`rw` (default rw), `init=` (default /sbin/init).
+//!   partition of the Discoverable Partitions root type), `rootfstype=` (default:
+//!   the type the root's superblock names, else ext4), `rootflags=`, `ro`/`rw` (default rw), `init=` (default /sbin/init).
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -92,7 +92,9 @@ pub struct Settings {
     pub root: Option<RootRef>,
     pub net: NetConfig,
     pub bootif: Option<[u8; 6]>,
-    pub fstype: String,
+    /// `rootfstype=`; `None`: the type the root's superblock names
+    /// (ext2/3/4, XFS, btrfs), else ext4.
+    pub fstype: Option<String>,
     pub rootflags: String,
     pub read_only: bool,
     pub init: String,
@@ -184,7 +186,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         root: None,
         net: NetConfig::Dhcp { device: None },
         bootif: None,
-        fstype: "ext4".into(),
+        fstype: None,
         rootflags: String::new(),
         read_only: false,
         init: "/sbin/init".into(),
@@ -253,7 +255,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
             }
             "ip" => s.net = parse_ip(value)?,
             "BOOTIF" => s.bootif = Some(parse_bootif(value)?),
-            "rootfstype" => s.fstype = value.to_string(),
+            "rootfstype" => s.fstype = Some(value.to_string()),
             "rootflags" => s.rootflags = value.to_string(),
             "ro" => s.read_only = true,
             "rw" => s.read_only = false,
@@ -329,7 +331,7 @@ mod tests {
             })
         );
         assert_eq!(s.bootif, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
-        assert_eq!((s.fstype.as_str(), s.rootflags.as_str(), s.read_only, s.init.as_str()), ("xfs", "noatime", true, "/bin/sh"));
+        assert_eq!((s.fstype.as_deref(), s.rootflags.as_str(), s.read_only, s.init.as_str()), (Some("xfs"), "noatime", true, "/bin/sh"));
         assert_eq!((s.timeout, s.debug), (5, true));
     }
 
@@ -338,7 +340,7 @@ mod tests {
         let s = parse("quiet pxeroot.server=192.168.1.5").unwrap();
         assert_eq!(s.server.port(), DEFAULT_PORT);
         assert_eq!(s.net, NetConfig::Dhcp { device: None });
-        assert_eq!((s.attach, s.fstype.as_str(), s.init.as_str()), (Attach::Netlink, "ext4", "/sbin/init"));
+        assert_eq!((s.attach, s.fstype.as_deref(), s.init.as_str()), (Attach::Netlink, None, "/sbin/init"));
         assert_eq!(parse("pxeroot.server=1.2.3.4 ip=dhcp").unwrap().net, NetConfig::Dhcp { device: None });
         assert_eq!(parse("pxeroot.server=1.2.3.4 ip=:::::eth1:dhcp").unwrap().net, NetConfig::Dhcp { device: Some("eth1".into()) });
     }

@@ -210,7 +210,11 @@ fn boot(con: &Console) -> Result<(), String> {
     if let Some(n) = partition {
         con.step(&format!("find partition {n} ({device})"), || wait_for_partition(n))?;
     }
-    con.step(&format!("mount {device} ({}) on {NEWROOT}", settings.fstype), || mount_root(&settings, partition, &device))?;
+    let fstype = match &settings.fstype {
+        Some(t) => t.clone(),
+        None => root_fstype(&device).unwrap_or_else(|| DEFAULT_FSTYPE.to_string()),
+    };
+    con.step(&format!("mount {device} ({fstype}) on {NEWROOT}"), || mount_root(&settings, &fstype, partition, &device))?;
     after_attach.join().map_err(|_| "the thread after the attach panicked".to_string())??;
     con.say(format_args!("switching root, exec {}", settings.init));
     let err = switch_root(&settings);
@@ -881,15 +885,37 @@ fn wait_for_partition(n: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn mount_root(s: &Settings, partition: Option<u32>, device: &str) -> Result<(), String> {
+/// The root's filesystem type when `rootfstype=` names none and its
+/// superblock does not either.
+const DEFAULT_FSTYPE: &str = "ext4";
+/// Bytes read first when probing the root's superblock: ext2/3/4's (at
+/// 1 KiB) and XFS's (at 0) are in them, and the mount reads the same page.
+const FIRST_PROBE: usize = 4096;
+
+/// The filesystem type `device`'s superblock names (ext2/3/4 as "ext4",
+/// "xfs", "btrfs"), as the kernel would find by trying each: the first
+/// page, then, for btrfs, up to its superblock at 64 KiB.
+fn root_fstype(device: &str) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let dev = std::fs::File::open(device).ok()?;
+    let mut head = vec![0u8; gpt::fsid::SUPERBLOCK_BYTES];
+    dev.read_exact_at(&mut head[..FIRST_PROBE], 0).ok()?;
+    let found = gpt::fsid::identify(&head[..FIRST_PROBE]).or_else(|| {
+        dev.read_exact_at(&mut head[FIRST_PROBE..], FIRST_PROBE as u64).ok()?;
+        gpt::fsid::identify(&head)
+    });
+    found.map(|fs| fs.kind.to_string())
+}
+
+fn mount_root(s: &Settings, fstype: &str, partition: Option<u32>, device: &str) -> Result<(), String> {
     std::fs::create_dir_all(NEWROOT).map_err(|e| format!("mkdir {NEWROOT}: {e}"))?;
     let flags = if s.read_only { sys::MS_RDONLY } else { 0 };
-    sys::mount(device, NEWROOT, &s.fstype, flags, &s.rootflags).map_err(|e| {
+    sys::mount(device, NEWROOT, fstype, flags, &s.rootflags).map_err(|e| {
         // Opening the disk for the mount had the kernel read its partition
         // table: a disk image with partitions needs one named.
         let found = if partition.is_none() { partitions() } else { Vec::new() };
         if found.is_empty() {
-            format!("{e} (is the {} module in the initramfs, and the image a {} filesystem?)", s.fstype, s.fstype)
+            format!("{e} (is the {fstype} module in the initramfs (pxeroot initramfs --modules), and the image a {fstype} filesystem?)")
         } else {
             format!(
                 "{e}: /dev/nbd0 holds a partition table (partitions {}), so the root is on one of them: \
