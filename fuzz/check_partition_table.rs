@@ -8,10 +8,7 @@
 /// probing of the disk and of every partition start never panics.
 pub fn check_partition_table(data: &[u8]) {
     let zero_past_end = |buf: &mut [u8], off: u64| -> Result<(), ()> {
-        buf.fill(0);
-        let start = usize::try_from(off).unwrap_or(usize::MAX).min(data.len());
-        let n = (data.len() - start).min(buf.len());
-        buf[..n].copy_from_slice(&data[start..start + n]);
+        read_zero_past_end(data, buf, off);
         Ok(())
     };
     let error_past_end = |buf: &mut [u8], off: u64| -> Result<(), ()> {
@@ -23,7 +20,7 @@ pub fn check_partition_table(data: &[u8]) {
     let _ = gpt::fsid::identify(data);
     for parts in [gpt::read(zero_past_end), gpt::read(error_past_end)] {
         let Ok(Ok(Some(parts))) = parts else { continue };
-        let gpt_table = parts.first().map(|p| p.table() == "GPT").unwrap_or(false);
+        let gpt_table = parts.first().is_some_and(|p| matches!(p.scheme, gpt::Scheme::Gpt { .. }));
         let most = if gpt_table { gpt::MAX_ENTRIES as usize } else { 4 + 4 * gpt::mbr::MAX_EBRS as usize };
         assert!(parts.len() <= most, "{} partitions", parts.len());
         for p in &parts {
@@ -41,4 +38,13 @@ pub fn check_partition_table(data: &[u8]) {
         }
         let _ = gpt::pick_root(&parts, None);
     }
+}
+
+/// Fill `buf` with `data`'s bytes at `off`, zeros past its end, as the
+/// server reads a base shorter than its backing.
+pub fn read_zero_past_end(data: &[u8], buf: &mut [u8], off: u64) {
+    buf.fill(0);
+    let start = usize::try_from(off).unwrap_or(usize::MAX).min(data.len());
+    let n = (data.len() - start).min(buf.len());
+    buf[..n].copy_from_slice(&data[start..start + n]);
 }

@@ -108,7 +108,7 @@ fn warn_unnamed_root_partitions(file: &Path, registry: &Registry, pxe: &crate::c
             Ok(Some(parts)) if !parts.is_empty() && gpt::pick_root(&parts, None).is_none() => {
                 let list: Vec<String> = parts.iter().map(|p| p.number.to_string()).collect();
                 let table = parts[0].table();
-                let or_type = if table == "GPT" {
+                let or_type = if matches!(parts[0].scheme, gpt::Scheme::Gpt { .. }) {
                     format!(", or give the root partition the GPT root type {}", gpt::ROOT_TYPE)
                 } else {
                     String::new()

@@ -355,32 +355,37 @@ fn partitioned_disk(dir: &Path) -> PathBuf {
 /// images the same size), partition 2 from ROOT_PARTITION_OFFSET on, each
 /// next one after the last.
 fn gpt_disk(dir: &Path, roots: &[(&str, Option<&str>, &Path)]) -> PathBuf {
-    use std::io::{Seek, SeekFrom, Write};
-    require("sfdisk");
     let size = std::fs::metadata(roots[0].2).unwrap().len();
-    let disk = dir.join("disk.img");
     let span = size + (1 << 20);
-    let f = std::fs::File::create(&disk).unwrap();
-    f.set_len(ROOT_PARTITION_OFFSET + span * roots.len() as u64).unwrap();
-    drop(f);
     let mut table = "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n".to_string();
-    for (i, (kind, uuid, _)) in roots.iter().enumerate() {
+    let mut images = Vec::new();
+    for (i, (kind, uuid, image)) in roots.iter().enumerate() {
         let start = ROOT_PARTITION_OFFSET + span * i as u64;
         table += &format!("start={}, size={}, type={kind}", start / 512, size / 512);
         if let Some(u) = uuid {
             table += &format!(", uuid={u}");
         }
         table.push('\n');
+        images.push((start, *image));
     }
-    let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().unwrap();
-    sfdisk.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
+    sfdisk_disk(&dir.join("disk.img"), ROOT_PARTITION_OFFSET + span * roots.len() as u64, &table, &images)
+}
+
+/// A disk image of `len` bytes partitioned by sfdisk's `script`, with each
+/// `(offset, image)` written in at its offset.
+fn sfdisk_disk(disk: &Path, len: u64, script: &str, images: &[(u64, &Path)]) -> PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    require("sfdisk");
+    std::fs::File::create(disk).unwrap().set_len(len).unwrap();
+    let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(disk).stdin(Stdio::piped()).spawn().unwrap();
+    sfdisk.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
-    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    for (i, (_, _, image)) in roots.iter().enumerate() {
-        f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET + span * i as u64)).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    for (offset, image) in images {
+        f.seek(SeekFrom::Start(*offset)).unwrap();
         f.write_all(&std::fs::read(image).unwrap()).unwrap();
     }
-    disk
+    disk.to_path_buf()
 }
 
 /// A base with a partition table: `pxeroot.partition=2` boots the root on
@@ -487,11 +492,7 @@ fn test_root_partition_found_by_gpt_type_partuuid_uuid_or_label() {
 /// partition 5 (its extended boot record just before it). The disk
 /// signature is `signature`.
 fn mbr_disk(dir: &Path, root: &Path, signature: u32) -> PathBuf {
-    use std::io::{Seek, SeekFrom, Write};
-    require("sfdisk");
     let size = std::fs::metadata(root).unwrap().len();
-    let disk = dir.join("mbr.img");
-    std::fs::File::create(&disk).unwrap().set_len(ROOT_PARTITION_OFFSET + size + (1 << 20)).unwrap();
     let (ext, logical) = (ROOT_PARTITION_OFFSET / 512 - 2048, ROOT_PARTITION_OFFSET / 512);
     let table = format!(
         "label: dos\nlabel-id: 0x{signature:08x}\nstart=2048, size=16384, type=c\n\
@@ -499,13 +500,7 @@ fn mbr_disk(dir: &Path, root: &Path, signature: u32) -> PathBuf {
         size / 512 + 2048,
         size / 512
     );
-    let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().unwrap();
-    sfdisk.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
-    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
-    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    f.seek(SeekFrom::Start(ROOT_PARTITION_OFFSET)).unwrap();
-    f.write_all(&std::fs::read(root).unwrap()).unwrap();
-    disk
+    sfdisk_disk(&dir.join("mbr.img"), ROOT_PARTITION_OFFSET + size + (1 << 20), &table, &[(ROOT_PARTITION_OFFSET, root)])
 }
 
 /// On an MBR disk pxeroot-init finds the root in a logical partition by

@@ -218,12 +218,12 @@ fn read_mbr<E>(head: &[u8], mut read_at: impl FnMut(&mut [u8], u64) -> Result<()
         |number, kind, lba: u64| Partition { number, scheme: Scheme::Mbr { kind, signature }, start: lba.saturating_mul(mbr::SECTOR) };
     let mut out = Vec::new();
     for (i, e) in table.iter().enumerate() {
-        if e.sectors != 0 && !e.is_extended() {
+        if e.used() && !e.is_extended() {
             out.push(part(i as u32 + 1, e.kind, u64::from(e.lba)));
         }
     }
     let mut number = mbr::FIRST_LOGICAL;
-    for ext in table.iter().filter(|e| e.sectors != 0 && e.is_extended()) {
+    for ext in table.iter().filter(|e| e.used() && e.is_extended()) {
         let first = u64::from(ext.lba);
         let (mut at, mut extent) = (first, u64::from(ext.sectors));
         for _ in 0..mbr::MAX_EBRS {

@@ -35,7 +35,8 @@ impl Entry {
         matches!(self.kind, 0x05 | 0x0f | 0x85)
     }
 
-    fn used(&self) -> bool {
+    /// An entry with sectors; the kernel skips the others.
+    pub fn used(&self) -> bool {
         self.sectors != 0
     }
 }
