@@ -256,13 +256,14 @@ pub fn initramfs(
         println!("  (no {m} in this kernel: skipped)");
     }
     println!(
-        "{}: {} modules, init {} bytes, cpio {} bytes, written {} bytes ({:.2} MB)",
+        "{}: {} modules, init {} bytes, cpio {} bytes, written {} bytes ({:.2} MB, {})",
         output.display(),
         r.modules.len(),
         r.init_size,
         r.cpio_size,
         r.output_size,
-        r.output_size as f64 / 1e6
+        r.output_size as f64 / 1e6,
+        r.compression.name()
     );
     Ok(())
 }

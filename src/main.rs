@@ -64,7 +64,8 @@ enum Command {
         /// Fewer drivers make a smaller initramfs that unpacks faster.
         #[arg(long, value_enum, value_delimiter = ',')]
         nics: Vec<pxeroot::initramfs::Nic>,
-        #[arg(long, value_enum, default_value = "zstd")]
+        /// How to compress the archive (auto: the fastest the kernel unpacks).
+        #[arg(long, value_enum, default_value = "auto")]
         compress: pxeroot::initramfs::Compression,
         /// The static pxeroot-init binary (default: built by boot/pxeroot-init/build-static).
         #[arg(long)]

@@ -1,4 +1,4 @@
-//! `pxeroot initramfs` judged by cpio(1) and zstd(1): the archive lists and
+//! `pxeroot initramfs` judged by cpio(1), zstd(1) and lz4(1): the archive lists and
 //! unpacks byte-identically, the same input gives the same bytes, modules
 //! come in dependency order (soft dependencies included), and the sizes are
 //! printed for BENCHMARKS.md.
@@ -122,6 +122,64 @@ fn test_initramfs_lists_unpacks_identically_and_is_reproducible() {
     eprintln!("{}", zreport.lines().last().unwrap_or_default());
     assert!(zsize <= 1_500_000, "initramfs is {zsize} bytes, over the 1.5 MB target");
     assert!(report.contains("module nbd"), "{report}");
+    // The default for this kernel (its config beside the tree has
+    // CONFIG_RD_ZSTD=y) is zstd: the same bytes.
+    let auto = d.path().join("auto.img");
+    let areport = build_with(&auto, &[]);
+    assert!(areport.trim_end().ends_with(", zstd)"), "{areport}");
+    assert_eq!(std::fs::read(&auto).unwrap(), std::fs::read(&z).unwrap());
+    // LZ4's legacy frame, as lz4(1) reads it: the same archive.
+    require("lz4");
+    let l = d.path().join("a.lz4");
+    let lreport = build(&l, "lz4");
+    assert_eq!(std::fs::read(&l).unwrap()[..4], [0x02, 0x21, 0x4c, 0x18], "not LZ4's legacy frame");
+    let unl = run(Command::new("lz4").args(["-d", "-c", "-q"]).arg(&l)).stdout;
+    assert!(unl == std::fs::read(&raw).unwrap(), "lz4 -d gives another archive");
+    eprintln!("{}", lreport.lines().last().unwrap_or_default());
+}
+
+/// `--compress auto` reads the kernel's config where its package left it
+/// (`<root>/boot/config-<release>`): a kernel without CONFIG_RD_ZSTD gets
+/// gzip, and an explicit zstd is refused, naming the file and the key.
+#[test]
+fn test_initramfs_compression_follows_the_kernels_config() {
+    require("gzip");
+    require("cpio");
+    let d = tempfile::tempdir().unwrap();
+    let real = std::fs::canonicalize(kernel_modules()).unwrap();
+    let release = real.file_name().unwrap().to_str().unwrap().to_string();
+    let tree = d.path().join("root/lib/modules").join(&release);
+    std::fs::create_dir_all(&tree).unwrap();
+    for e in std::fs::read_dir(&real).unwrap() {
+        let e = e.unwrap();
+        std::os::unix::fs::symlink(e.path(), tree.join(e.file_name())).unwrap();
+    }
+    let config = d.path().join("root/boot").join(format!("config-{release}"));
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "CONFIG_RD_GZIP=y\nCONFIG_RD_LZ4=y\n# CONFIG_RD_ZSTD is not set\n").unwrap();
+    let out = d.path().join("i.img");
+    let build = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["initramfs", "--kernel-modules"])
+            .arg(&tree)
+            .arg("-o")
+            .arg(&out)
+            .args(["--nics", "virtio"])
+            .args(extra)
+            .arg("--init")
+            .arg(init_binary())
+            .output()
+            .unwrap()
+    };
+    let auto = build(&[]);
+    let report = String::from_utf8_lossy(&auto.stdout);
+    assert!(auto.status.success() && report.trim_end().ends_with(", gzip)"), "{report}");
+    let list = stdout(Command::new("sh").arg("-c").arg(format!("gzip -dc {} | cpio -t --quiet", out.display())));
+    assert!(list.lines().any(|l| l.ends_with("/kernel/fs/ext4/ext4.ko")), "{list}");
+    let refused = build(&["--compress", "zstd"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "zstd was not refused");
+    assert!(err.contains(&config.display().to_string()) && err.contains("CONFIG_RD_ZSTD=y") && err.contains("--compress auto"), "{err}");
 }
 
 /// `--nics` carries only the chosen NIC drivers, each still in a group of

@@ -4,11 +4,14 @@
 //! dependencies in load order (`modules.rs`), packed as newc cpio
 //! (`cpio.rs`) and compressed. Same input, same bytes.
 
+pub mod compress;
 pub mod cpio;
 pub mod modules;
 
 use std::path::{Path, PathBuf};
 
+use compress::CompressError;
+pub use compress::Compression;
 use cpio::Entry;
 use modules::{ModuleError, ModuleTree};
 
@@ -75,16 +78,6 @@ impl Nic {
 /// attaches add devices on demand, and `nbd.nbds_max=N` restores more.
 pub const MODULE_PARAMS: &[(&str, &str)] = &[("nbd", "nbds_max=1")];
 pub use modlist::PATH as MODULE_LIST;
-/// zstd level: the kernel unpacks any level at the same speed.
-const ZSTD_LEVEL: i32 = 19;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Compression {
-    Zstd,
-    Gzip,
-    None,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
     #[error(transparent)]
@@ -101,8 +94,8 @@ pub enum InitramfsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("compression failed")]
-    Compress(#[source] std::io::Error),
+    #[error(transparent)]
+    Compress(#[from] CompressError),
 }
 
 pub struct Options {
@@ -119,6 +112,8 @@ pub struct Options {
 
 /// What went in, for the report.
 pub struct Report {
+    /// The compression used (`Auto` resolved).
+    pub compression: Compression,
     pub modules: Vec<(String, u64)>,
     pub skipped: Vec<String>,
     pub init_size: u64,
@@ -131,6 +126,8 @@ fn release_of(dir: &Path) -> String {
 }
 
 pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
+    let release = release_of(&opts.modules_dir);
+    let compression = compress::choose(opts.compression, &compress::Kernel::of(&opts.modules_dir, &release))?;
     let init = std::fs::read(&opts.init).map_err(|source| InitramfsError::Init { path: opts.init.clone(), source })?;
     let mut tree = ModuleTree::open(&opts.modules_dir)?;
     let mut wanted = Vec::new();
@@ -176,7 +173,6 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
         plan.push((when, modules::order(&found, &mut tree)?));
     }
 
-    let release = release_of(&opts.modules_dir);
     let mut entries = vec![
         Entry::Dir { path: "/dev".into(), mode: 0o755 },
         Entry::Node { path: "/dev/console".into(), kind: cpio::S_IFCHR, mode: 0o600, major: 5, minor: 1 },
@@ -232,18 +228,10 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
     entries.extend(files);
     entries.push(Entry::File { path: MODULE_LIST.into(), mode: 0o644, data: modlist::render(&groups).into_bytes() });
     let archive = cpio::write(&entries);
-    let out = match opts.compression {
-        Compression::None => archive.clone(),
-        Compression::Zstd => zstd::stream::encode_all(&archive[..], ZSTD_LEVEL).map_err(InitramfsError::Compress)?,
-        Compression::Gzip => {
-            use std::io::Write;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            e.write_all(&archive).map_err(InitramfsError::Compress)?;
-            e.finish().map_err(InitramfsError::Compress)?
-        }
-    };
+    let out = compress::compress(&archive, compression)?;
     std::fs::write(&opts.output, &out).map_err(|source| InitramfsError::Write { path: opts.output.clone(), source })?;
     Ok(Report {
+        compression,
         modules: report_modules,
         skipped,
         init_size: init.len() as u64,
