@@ -574,6 +574,72 @@ fn test_btrfs_root_mounts_by_its_superblock_without_rootfstype() {
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
 }
 
+/// The default initramfs unpacked into `dir`/x, changed by `edit`, and
+/// packed again as an uncompressed cpio in `dir`.
+fn edited_initramfs(dir: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
+    use std::io::Write;
+    require("cpio");
+    let good = initramfs(dir);
+    let x = dir.join("x");
+    std::fs::create_dir(&x).unwrap();
+    let archive = run(Command::new("zstd").args(["-d", "-c"]).arg(&good)).stdout;
+    let mut cpio = Command::new("cpio").args(["-idm", "--quiet"]).current_dir(&x).stdin(Stdio::piped()).spawn().unwrap();
+    cpio.stdin.take().unwrap().write_all(&archive).unwrap();
+    assert!(cpio.wait().unwrap().success());
+    edit(&x);
+    let out = dir.join("edited.cpio");
+    run(Command::new("sh").arg("-c").arg(format!("find . | cpio -o -H newc --quiet > {}", out.display())).current_dir(&x));
+    std::fs::remove_dir_all(&x).unwrap();
+    out
+}
+
+/// Cut module `file` under `x` to 4 KiB, which the kernel refuses (ENOEXEC),
+/// as it refuses a module built for a CPU feature the machine lacks
+/// (ENODEV); its path in the initramfs.
+fn truncate_module(x: &Path, file: &str) -> String {
+    let found = stdout(Command::new("find").arg(x).args(["-name", file]));
+    let module = Path::new(found.trim());
+    std::fs::OpenOptions::new().write(true).open(module).unwrap().set_len(4096).unwrap();
+    format!("/{}", module.strip_prefix(x).unwrap().display())
+}
+
+/// A module in the list marked optional (`?`, what the builder writes for
+/// a module only soft dependencies brought in, as ext4's crc32c_generic)
+/// that the kernel refuses is named and skipped, as modprobe skips a soft
+/// dependency: the rest of its group loads and the root boots. (ext4 on
+/// 6.1 cannot mount without crc32c whatever its features, so the refused
+/// module here is an extra one.)
+#[test]
+fn test_an_optional_module_the_kernel_refuses_is_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let bad = edited_initramfs(d.path(), |x| {
+        let list_path = x.join("etc/pxeroot/modules");
+        let list = std::fs::read_to_string(&list_path).unwrap();
+        assert!(list.lines().any(|l| l.starts_with('?') && l.ends_with("/crc32c_generic.ko")), "crc32c not optional:\n{list}");
+        // A copy of crc16.ko, refused, listed as optional before ext4.
+        let crc16 = stdout(Command::new("find").arg(x).args(["-name", "crc16.ko"]));
+        std::fs::copy(crc16.trim(), Path::new(crc16.trim()).with_file_name("refused_extra.ko")).unwrap();
+        let path = truncate_module(x, "refused_extra.ko");
+        let edited: String =
+            list.lines().map(|l| if l.ends_with("/ext4.ko") { format!("?{path}\n{l}\n") } else { format!("{l}\n") }).collect();
+        assert_ne!(edited, list);
+        std::fs::write(&list_path, edited).unwrap();
+    });
+    let ns = Netns::new("optmod");
+    let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));
+    for cpus in ["1", "2"] {
+        let (lines, exited) =
+            boot_with(&ns, &["-smp", cpus], &kernel_dir().join("vmlinuz"), &bad, &cmdline(SERVER_IP, MAC, "netlink"), |l| {
+                l.contains("FATAL")
+            });
+        let console = lines.join("\n");
+        let what = format!("{cpus} CPU(s)");
+        assert!(console.contains("/refused_extra.ko: Exec format error") && console.contains("going on without it"), "{what}:\n{console}");
+        assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{what}:\n{console}");
+    }
+}
+
 /// A module the kernel refuses (a truncated jbd2.ko) stops the boot with
 /// the module's name and the kernel's error, on one CPU and on two (where
 /// the filesystem's modules load on a thread of their own): no kernel
@@ -581,22 +647,11 @@ fn test_btrfs_root_mounts_by_its_superblock_without_rootfstype() {
 /// forever: the failure is reported at once, not after the network.
 #[test]
 fn test_a_module_the_kernel_refuses_is_named_not_a_panic() {
-    use std::io::Write;
-    require("cpio");
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
-    let good = initramfs(d.path());
-    let x = d.path().join("x");
-    std::fs::create_dir(&x).unwrap();
-    let archive = run(Command::new("zstd").args(["-d", "-c"]).arg(&good)).stdout;
-    let mut cpio = Command::new("cpio").args(["-idm", "--quiet"]).current_dir(&x).stdin(Stdio::piped()).spawn().unwrap();
-    cpio.stdin.take().unwrap().write_all(&archive).unwrap();
-    assert!(cpio.wait().unwrap().success());
-    let jbd2 = stdout(Command::new("find").arg(&x).args(["-name", "jbd2.ko"]));
-    let jbd2 = Path::new(jbd2.trim());
-    std::fs::OpenOptions::new().write(true).open(jbd2).unwrap().set_len(4096).unwrap();
-    let bad = d.path().join("bad.cpio");
-    run(Command::new("sh").arg("-c").arg(format!("find . | cpio -o -H newc --quiet > {}", bad.display())).current_dir(&x));
+    let bad = edited_initramfs(d.path(), |x| {
+        truncate_module(x, "jbd2.ko");
+    });
     let kernel = kernel_dir().join("vmlinuz");
     let ns = Netns::new("badmod");
     let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));

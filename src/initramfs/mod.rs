@@ -121,7 +121,10 @@ pub struct Report {
     pub output_size: u64,
 }
 
+/// The kernel release a module tree is for: its directory's name, through
+/// symlinks (`target/guest-kernel/modules` -> .../lib/modules/6.1.0-56-amd64).
 fn release_of(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "unknown".into())
 }
 
@@ -144,9 +147,12 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
     // first (pxeroot-init loads these groups side by side on a machine with
     // several CPUs), then one per NIC driver that loads only when a device
     // matches the driver's aliases.
-    let mut plan: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    // Per group: its patterns, its load order, and the modules of that
+    // order it needs (the rest came in through soft dependencies only).
+    let mut plan: Vec<(Vec<String>, Vec<String>, std::collections::BTreeSet<String>)> = Vec::new();
     for r in &wanted {
-        plan.push((Vec::new(), modules::order(std::slice::from_ref(r), &mut tree)?));
+        let roots = std::slice::from_ref(r);
+        plan.push((Vec::new(), modules::order(roots, &mut tree)?, modules::required(roots, &mut tree)?));
     }
     let nics = if opts.nics.is_empty() { Nic::ALL } else { &opts.nics[..] };
     for g in nics.iter().flat_map(|n| n.groups()) {
@@ -170,7 +176,7 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
             Some(w) => w.iter().map(|s| s.to_string()).collect(),
             None => tree.aliases(last)?,
         };
-        plan.push((when, modules::order(&found, &mut tree)?));
+        plan.push((when, modules::order(&found, &mut tree)?, modules::required(&found, &mut tree)?));
     }
 
     let mut entries = vec![
@@ -190,7 +196,7 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
     let mut report_modules = Vec::new();
     let mut files = Vec::new();
     let mut paths = std::collections::HashMap::new();
-    for (when, order) in plan {
+    for (when, order, required) in plan {
         let mut group = modlist::Group { when, modules: Vec::new() };
         for m in &order {
             let Some(rel) = tree.file(m).map(Path::to_path_buf) else { continue };
@@ -217,7 +223,7 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
                 paths.insert(m.clone(), path);
             }
             let params = MODULE_PARAMS.iter().filter(|(name, _)| name == m).map(|(_, p)| p.to_string()).collect();
-            group.modules.push(modlist::Module { path: paths[m].clone(), params });
+            group.modules.push(modlist::Module { path: paths[m].clone(), params, optional: !required.contains(m) });
         }
         if !group.modules.is_empty() {
             groups.push(group);

@@ -335,6 +335,22 @@ impl DepSource for ModuleTree {
     }
 }
 
+/// The modules `wanted` cannot load without: themselves and their hard
+/// dependencies, transitively. What [`order`] adds beyond these came in
+/// only through soft dependencies, which modprobe lets fail.
+pub fn required(wanted: &[String], src: &mut impl DepSource) -> Result<BTreeSet<String>, ModuleError> {
+    let (mut out, mut todo) = (BTreeSet::new(), wanted.to_vec());
+    while let Some(m) = todo.pop() {
+        if !out.insert(m.clone()) {
+            continue;
+        }
+        if let Some((hard, _, _)) = src.deps_of(&m)? {
+            todo.extend(hard);
+        }
+    }
+    Ok(out)
+}
+
 /// Load order for `wanted`: each module after its hard dependencies and
 /// soft pre-dependencies, and before its soft post-dependencies.
 pub fn order(wanted: &[String], src: &mut impl DepSource) -> Result<Vec<String>, ModuleError> {
@@ -409,6 +425,10 @@ mod tests {
         assert!(pos("crc32c_generic") < pos("ext4"), "soft pre-dependency must load first: {got:?}");
         assert!(pos("jbd2") < pos("ext4"));
         assert_eq!(got.len(), 10);
+        // Only soft dependencies brought in crc32c_generic and extra_post.
+        let need = required(&["virtio_net".into(), "ext4".into()], &mut f).unwrap();
+        let optional: Vec<&String> = got.iter().filter(|m| !need.contains(*m)).collect();
+        assert_eq!(optional, ["extra_post", "crc32c_generic"]);
     }
 
     #[test]

@@ -22,6 +22,12 @@
 //! module another group is loading waits for it. Lines before the first
 //! header belong to an `always` group, so a plain list of paths is a valid
 //! list.
+//!
+//! A `?` before a path ([`OPTIONAL`]) marks a module only soft
+//! dependencies brought in (`softdep` in modules.softdep or `.modinfo`):
+//! as modprobe does, pxeroot-init says it failed and goes on without it
+//! (a CPU-specific module refused with ENODEV must not stop the boot).
+//! The rest of its group still loads.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write;
@@ -33,11 +39,17 @@ pub const PATH: &str = "/etc/pxeroot/modules";
 /// PCI ids).
 pub const MAX_LIST_BYTES: usize = 1 << 20;
 
+/// Marks a module whose failure to load is not fatal.
+pub const OPTIONAL: char = '?';
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
     pub path: String,
     /// Parameters as `finit_module` takes them: `key=value` words.
     pub params: Vec<String>,
+    /// Only soft dependencies need it: a failure to load it is reported,
+    /// not fatal.
+    pub optional: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +87,9 @@ pub fn render(groups: &[Group]) -> String {
             let _ = writeln!(out, "group {}", g.when.join(" "));
         }
         for m in &g.modules {
+            if m.optional {
+                out.push(OPTIONAL);
+            }
             out.push_str(&m.path);
             for p in &m.params {
                 out.push(' ');
@@ -111,7 +126,11 @@ pub fn parse(text: &str) -> Result<Vec<Group>, ListError> {
             groups.push(Group { when: Vec::new(), modules: Vec::new() });
         }
         if let Some(g) = groups.last_mut() {
-            g.modules.push(Module { path: first.to_string(), params: words.map(str::to_string).collect() });
+            let (path, optional) = match first.strip_prefix(OPTIONAL) {
+                Some(p) => (p, true),
+                None => (first, false),
+            };
+            g.modules.push(Module { path: path.to_string(), params: words.map(str::to_string).collect(), optional });
         }
     }
     Ok(groups)
@@ -281,12 +300,16 @@ mod tests {
     #[test]
     fn render_then_parse_is_the_identity() {
         let groups = vec![
-            Group { when: vec![], modules: vec![Module { path: "/m/nbd.ko".into(), params: vec!["nbds_max=1".into()] }] },
+            Group { when: vec![], modules: vec![Module { path: "/m/nbd.ko".into(), params: vec!["nbds_max=1".into()], optional: false }] },
             Group {
                 when: vec!["pci:v00001AF4d*".into(), "pci:v00001B36d*".into()],
-                modules: vec![Module { path: "/m/virtio.ko".into(), params: vec![] }],
+                modules: vec![
+                    Module { path: "/m/crc32c_intel.ko".into(), params: vec![], optional: true },
+                    Module { path: "/m/virtio.ko".into(), params: vec![], optional: false },
+                ],
             },
         ];
+        assert!(render(&groups).contains("\n?/m/crc32c_intel.ko\n"), "{}", render(&groups));
         assert_eq!(parse(&render(&groups)).unwrap(), groups);
     }
 
@@ -295,7 +318,7 @@ mod tests {
         let g = parse("# old format\n/m/a.ko\n\n/m/b.ko x=1\n").unwrap();
         assert_eq!(g.len(), 1);
         assert!(g[0].when.is_empty());
-        assert_eq!(g[0].modules[1], Module { path: "/m/b.ko".into(), params: vec!["x=1".into()] });
+        assert_eq!(g[0].modules[1], Module { path: "/m/b.ko".into(), params: vec!["x=1".into()], optional: false });
     }
 
     #[test]
@@ -314,10 +337,10 @@ mod tests {
 
     #[test]
     fn command_line_parameters_override_the_list() {
-        let m = Module { path: "/lib/modules/x/kernel/drivers/block/nbd.ko".into(), params: vec!["nbds_max=1".into()] };
+        let m = Module { path: "/lib/modules/x/kernel/drivers/block/nbd.ko".into(), params: vec!["nbds_max=1".into()], optional: false };
         assert_eq!(params_for(&m, "quiet"), "nbds_max=1");
         assert_eq!(params_for(&m, "quiet nbd.nbds_max=8 nbd.max_part=2 nbdx.a=1 ext4.b=2"), "nbds_max=8 max_part=2");
-        let dash = Module { path: "/m/i2c-algo-bit.ko".into(), params: vec![] };
+        let dash = Module { path: "/m/i2c-algo-bit.ko".into(), params: vec![], optional: false };
         assert_eq!(params_for(&dash, "i2c_algo_bit.bit_test=1"), "bit_test=1");
         assert_eq!(module_name("/m/virtio_net.ko.zst").as_deref(), Some("virtio_net"));
         assert_eq!(module_name("/m/modules.dep"), None);

@@ -285,13 +285,16 @@ impl Modules {
     }
 
     /// Load one module unless it is loaded; if another thread is loading
-    /// it, wait for that. True when this call loaded it.
+    /// it, wait for that. True when this call loaded it. An optional
+    /// module's failure is said and taken as not loaded.
     fn load(&self, con: &Console, m: &modlist::Module) -> Result<bool, String> {
         let mut state = self.lock();
         loop {
             match state.get(&m.path) {
                 None => break,
                 Some(Load::Done) => return Ok(false),
+                // Reported by the thread that tried it.
+                Some(Load::Failed(_)) if m.optional => return Ok(false),
                 Some(Load::Failed(e)) => return Err(e.clone()),
                 Some(Load::Loading) => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
             }
@@ -315,7 +318,17 @@ impl Modules {
         };
         self.lock().insert(m.path.clone(), done);
         self.changed.notify_all();
-        result.map(|()| true)
+        match result {
+            Ok(()) => Ok(true),
+            // As modprobe does for a soft dependency: a CPU-specific module
+            // the kernel refuses (ENODEV) must not stop the boot; what
+            // wanted it fails later, and says why, if it truly needed it.
+            Err(e) if m.optional => {
+                con.say(format_args!("{e}; only soft dependencies want it: going on without it"));
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Load a group's modules in order; how many this call loaded.
@@ -915,7 +928,10 @@ fn mount_root(s: &Settings, fstype: &str, partition: Option<u32>, device: &str) 
         // table: a disk image with partitions needs one named.
         let found = if partition.is_none() { partitions() } else { Vec::new() };
         if found.is_empty() {
-            format!("{e} (is the {fstype} module in the initramfs (pxeroot initramfs --modules), and the image a {fstype} filesystem?)")
+            format!(
+                "{e} (the kernel's message above, if any, says why; is the {fstype} module in the initramfs \
+                 (pxeroot initramfs --modules), and the image a {fstype} filesystem?)"
+            )
         } else {
             format!(
                 "{e}: /dev/nbd0 holds a partition table (partitions {}), so the root is on one of them: \
