@@ -188,7 +188,27 @@ fn test_qcow2_bases_compressed_zero_and_backing_chain() {
     run(Command::new("qemu-img").args(["convert", "-O", "qcow2", "-o", "compat=0.10"]).arg(p("src.raw")).arg(p("v2.qcow2")));
     run(Command::new("qemu-img").args(["create", "-f", "qcow2", "-F", "qcow2", "-b", "deflate.qcow2"]).arg(p("top.qcow2")));
     run(Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -z 0 131072", "-c", "write -P 0x99 6291456 100000"]).arg(p("top.qcow2")));
-    for img in ["deflate.qcow2", "zstd.qcow2", "v2.qcow2", "top.qcow2"] {
+    // Extended L2 entries (32 subclusters of 2 KiB per 64 KiB cluster):
+    // compressed whole, and over a raw backing file with allocated, zero
+    // and backing subclusters side by side in one cluster.
+    run(Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2", "-o", "extended_l2=on"]).arg(p("src.raw")).arg(p("extl2c.qcow2")));
+    run(Command::new("qemu-img")
+        .args(["create", "-f", "qcow2", "-o", "extended_l2=on", "-F", "raw", "-b", "src.raw"])
+        .arg(p("extl2.qcow2")));
+    let extl2_writes: [(u64, u64, Option<u8>); 4] =
+        [(4096, 4096, Some(0x5a)), (69632, 8192, None), (4194304 + 2048, 2048, Some(0x77)), (7340032 + 1000, 200000, Some(0x33))];
+    let mut io = Command::new("qemu-io");
+    io.args(["-f", "qcow2"]);
+    for (off, len, fill) in extl2_writes {
+        io.arg("-c").arg(match fill {
+            Some(b) => format!("write -P {b} {off} {len}"),
+            None => format!("write -z {off} {len}"),
+        });
+    }
+    run(io.arg(p("extl2.qcow2")));
+    let map = stdout(Command::new("qemu-img").args(["map", "--output=json"]).arg(p("extl2.qcow2")));
+    assert!(map.contains("\"zero\": true, \"data\": false"), "no zero subclusters to read: {map}");
+    for img in ["deflate.qcow2", "zstd.qcow2", "v2.qcow2", "top.qcow2", "extl2c.qcow2", "extl2.qcow2"] {
         let s = Server::adhoc(&p(img), &p(&format!("state-{img}")), &["--name", "base"]);
         // The read-only export of the base equals what qemu reads from it.
         let out = stdout(Command::new("qemu-img").args(["compare", "-f", "qcow2", "-F", "raw"]).arg(p(img)).arg(s.uri("base")));
@@ -204,6 +224,11 @@ fn test_qcow2_bases_compressed_zero_and_backing_chain() {
             if img == "top.qcow2" {
                 want[..131072].fill(0);
                 want[6291456..6391456].fill(0x99);
+            }
+            if img == "extl2.qcow2" {
+                for (off, len, fill) in extl2_writes {
+                    want[off as usize..(off + len) as usize].fill(fill.unwrap_or(0));
+                }
             }
             let mut c = Client::connect(s.port, "base").unwrap();
             for i in 0..400u64 {

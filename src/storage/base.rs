@@ -37,6 +37,17 @@ enum Kind {
     Qcow2(Box<Qcow2Base>),
 }
 
+impl Qcow2Base {
+    /// What one map covers: a cluster, or with extended L2 a subcluster.
+    fn map_bits(&self) -> u32 {
+        if self.header.incompatible & qcow2::INCOMPAT_EXTENDED_L2 != 0 {
+            self.header.cluster_bits - qcow2::SUBCLUSTER_SHIFT
+        } else {
+            self.header.cluster_bits
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Qcow2Base {
     header: Header,
@@ -94,7 +105,7 @@ impl BaseImage {
         if header.incompatible & (qcow2::INCOMPAT_DIRTY | qcow2::INCOMPAT_CORRUPT) != 0 {
             return Err(StorageError::Unclean { path: path.to_path_buf() });
         }
-        let l1_count = Header::l1_entries_for(header.size, header.cluster_bits) as usize;
+        let l1_count = header.l1_entries() as usize;
         let mut raw = vec![0u8; l1_count * 8];
         file.read_exact_at(&mut raw, header.l1_table_offset).map_err(|e| StorageError::io("read L1", path, header.l1_table_offset, e))?;
         let l1: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
@@ -182,34 +193,51 @@ impl BaseImage {
             path: &self.path,
             file: &self.file,
             cluster_bits: q.header.cluster_bits,
+            map_bits: q.map_bits(),
             compression: q.header.compression,
             backing: q.backing.as_ref(),
             cache: Some(&q.decompressed),
         }
     }
 
-    /// Cluster maps for every cluster that `[off, off + len)` touches.
+    /// Maps for every cluster (subcluster, with extended L2 entries) that
+    /// `[off, off + len)` touches.
     fn maps(&self, q: &Qcow2Base, off: u64, len: u64) -> Result<Vec<ClusterMap>> {
         if len == 0 {
             return Ok(Vec::new());
         }
         let bits = q.header.cluster_bits;
-        let first = off >> bits;
-        let last = (off + len - 1) >> bits;
+        let unit = q.map_bits();
+        let (first, last) = (off >> unit, (off + len - 1) >> unit);
         let per_l2 = q.header.l2_entries();
-        (first..=last)
-            .map(|c| {
-                let l1i = (c / per_l2) as usize;
-                let entry = match q.l1.get(l1i) {
-                    Some(&e) if e & qcow2::OFFSET_MASK != 0 => {
-                        let table = self.l2_table(q, l1i, e & qcow2::OFFSET_MASK)?;
-                        table[(c % per_l2) as usize]
+        let extended = q.header.incompatible & qcow2::INCOMPAT_EXTENDED_L2 != 0;
+        let format = |source| StorageError::Format { path: self.path.clone(), source };
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        for c in (first >> (bits - unit))..=(last >> (bits - unit)) {
+            let l1i = (c / per_l2) as usize;
+            // The entry's words: one, or two with extended L2 (the
+            // standard entry, then the subcluster bitmap).
+            let (entry, bitmap) = match q.l1.get(l1i) {
+                Some(&e) if e & qcow2::OFFSET_MASK != 0 => {
+                    let table = self.l2_table(q, l1i, e & qcow2::OFFSET_MASK)?;
+                    let i = (c % per_l2) as usize;
+                    if extended {
+                        (table[2 * i], table[2 * i + 1])
+                    } else {
+                        (table[i], 0)
                     }
-                    _ => 0,
-                };
-                qcow2::decode_l2(entry, bits, q.header.version).map_err(|source| StorageError::Format { path: self.path.clone(), source })
-            })
-            .collect()
+                }
+                _ => (0, 0),
+            };
+            if extended {
+                let subs = qcow2::decode_extended_l2(entry, bitmap, bits).map_err(format)?;
+                let base = c << (bits - unit);
+                out.extend((0..subs.len() as u64).filter(|s| (first..=last).contains(&(base + s))).map(|s| subs[s as usize]));
+            } else {
+                out.push(qcow2::decode_l2(entry, bits, q.header.version).map_err(format)?);
+            }
+        }
+        Ok(out)
     }
 
     fn l2_table<'a>(&self, q: &'a Qcow2Base, l1i: usize, at: u64) -> Result<&'a [u64]> {

@@ -21,6 +21,9 @@ pub(crate) struct MappedImage<'a> {
     pub path: &'a Path,
     pub file: &'a File,
     pub cluster_bits: u32,
+    /// The size of what one map covers: the cluster, or with extended L2
+    /// entries the subcluster (`cluster_bits - 5`).
+    pub map_bits: u32,
     pub compression: Compression,
     pub backing: Option<&'a BaseImage>,
     /// Where decompressed clusters are kept (a compressed base's); `None`
@@ -94,14 +97,14 @@ enum Run {
 
 impl MappedImage<'_> {
     /// Fill `buf` with the guest bytes at `off`. `maps[i]` is the map of
-    /// cluster `(off >> cluster_bits) + i`.
+    /// cluster (or subcluster) `(off >> map_bits) + i`.
     pub fn read(&self, maps: &[ClusterMap], buf: &mut [u8], off: u64) -> Result<()> {
-        let cs = 1u64 << self.cluster_bits;
-        let first = off >> self.cluster_bits;
+        let cs = 1u64 << self.map_bits;
+        let first = off >> self.map_bits;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = off + done as u64;
-            let idx = ((pos >> self.cluster_bits) - first) as usize;
+            let idx = ((pos >> self.map_bits) - first) as usize;
             let in_cluster = pos & (cs - 1);
             let run = match maps[idx] {
                 ClusterMap::Data(h) => Run::Host(h + in_cluster),
@@ -140,7 +143,9 @@ impl MappedImage<'_> {
                         Some(cache) => cache.get(host, || self.decompress(host, clen))?,
                         None => self.decompress(host, clen)?.into(),
                     };
-                    out.copy_from_slice(&cluster[in_cluster as usize..in_cluster as usize + out.len()]);
+                    // Compressed whole: the offset in the cluster, not the subcluster.
+                    let at = (pos & ((1u64 << self.cluster_bits) - 1)) as usize;
+                    out.copy_from_slice(&cluster[at..at + out.len()]);
                 }
             }
             done += len as usize;
@@ -150,7 +155,7 @@ impl MappedImage<'_> {
 
     /// Block status over the clusters in `maps`, for `[off, off + len)`.
     pub fn extents(&self, maps: &[ClusterMap], off: u64, len: u64) -> Result<Vec<Extent>> {
-        let cs = 1u64 << self.cluster_bits;
+        let cs = 1u64 << self.map_bits;
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = off;
         let end = off + len;

@@ -320,6 +320,7 @@ impl Overlay {
             path: &self.path,
             file: &self.file,
             cluster_bits: OVERLAY_CLUSTER_BITS,
+            map_bits: OVERLAY_CLUSTER_BITS,
             compression: Compression::Deflate,
             backing: Some(&self.base),
             // pxeroot never writes compressed clusters (an overlay holding

@@ -29,6 +29,12 @@ pub const OFLAG_ZERO: u64 = 1;
 /// Host offset bits 9..55 of L1 and standard L2 entries.
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
+/// Subclusters per cluster with extended L2 entries (one bit each in the
+/// entry's allocation and zero bitmaps).
+pub const SUBCLUSTERS: usize = 32;
+pub const SUBCLUSTER_SHIFT: u32 = 5;
+/// Extended L2 needs clusters of 16 KiB or more (subclusters of 512 B).
+pub const MIN_EXTENDED_CLUSTER_BITS: u32 = 14;
 /// Cluster sizes a qcow2 image may use: 512 B .. 2 MiB (spec: 9 ..= 21).
 pub const MIN_CLUSTER_BITS: u32 = 9;
 pub const MAX_CLUSTER_BITS: u32 = 21;
@@ -115,7 +121,12 @@ impl Header {
         let entry = if self.incompatible & INCOMPAT_EXTENDED_L2 != 0 { 16 } else { 8 };
         self.cluster_size() / entry
     }
-    /// L1 entries needed to map `size`.
+    /// L1 entries needed to map this image's size (extended L2 entries
+    /// halve what one L2 table maps).
+    pub fn l1_entries(&self) -> u64 {
+        self.size.div_ceil(self.cluster_size() * self.l2_entries())
+    }
+    /// L1 entries needed to map `size` with standard (8-byte) L2 entries.
     pub fn l1_entries_for(size: u64, cluster_bits: u32) -> u64 {
         let per_l2 = (1u64 << cluster_bits) * ((1u64 << cluster_bits) / 8);
         size.div_ceil(per_l2)
@@ -187,9 +198,15 @@ impl Header {
             if h.refcount_order > 6 {
                 return Err(FormatError::Field { field: "refcount_order", value: h.refcount_order as u64 });
             }
-            let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE;
+            let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
             if h.incompatible & !known != 0 {
                 return Err(FormatError::Incompatible { bits: h.incompatible & !known });
+            }
+            if h.incompatible & INCOMPAT_EXTENDED_L2 != 0 && h.cluster_bits < MIN_EXTENDED_CLUSTER_BITS {
+                return Err(FormatError::Field { field: "cluster_bits (extended L2)", value: h.cluster_bits as u64 });
+            }
+            if (h.l1_size as u64) < h.l1_entries() {
+                return Err(FormatError::Field { field: "l1_size", value: h.l1_size as u64 });
             }
             if h.incompatible & INCOMPAT_COMPRESSION_TYPE != 0 {
                 if h.header_length < 105 {
@@ -285,6 +302,43 @@ pub fn decode_l2(entry: u64, cluster_bits: u32, version: u32) -> Result<ClusterM
         (h, true) => ClusterMap::ZeroAlloc(h),
         (h, false) => ClusterMap::Data(h),
     })
+}
+
+/// Decode an extended (16-byte) L2 entry, `entry` then `bitmap`, into the
+/// maps of the cluster's [`SUBCLUSTERS`] subclusters (`Data` hosts point at
+/// each subcluster). Bitmap bits 0-31: the subcluster is allocated (data
+/// at the cluster's host offset); bits 32-63: it reads as zeros; neither:
+/// from the backing file. A compressed cluster is compressed whole, with a
+/// bitmap of zero.
+pub fn decode_extended_l2(entry: u64, bitmap: u64, cluster_bits: u32) -> Result<[ClusterMap; SUBCLUSTERS], FormatError> {
+    if entry & OFLAG_COMPRESSED != 0 {
+        if bitmap != 0 {
+            return Err(FormatError::L2Entry { entry, reason: "a compressed cluster with a subcluster bitmap" });
+        }
+        return Ok([decode_l2(entry, cluster_bits, 3)?; SUBCLUSTERS]);
+    }
+    if entry & OFLAG_ZERO != 0 {
+        return Err(FormatError::L2Entry { entry, reason: "bit 0 is reserved with extended L2 entries" });
+    }
+    let (alloc, zero) = (bitmap as u32, (bitmap >> 32) as u32);
+    if alloc & zero != 0 {
+        return Err(FormatError::L2Entry { entry, reason: "a subcluster both allocated and zero" });
+    }
+    let host = match decode_l2(entry, cluster_bits, 3)? {
+        ClusterMap::Data(h) => Some(h),
+        _ if alloc != 0 => return Err(FormatError::L2Entry { entry, reason: "allocated subclusters in a cluster with no host offset" }),
+        _ => None,
+    };
+    let sub_bits = cluster_bits - SUBCLUSTER_SHIFT;
+    let mut out = [ClusterMap::Unallocated; SUBCLUSTERS];
+    for (i, m) in out.iter_mut().enumerate() {
+        if alloc & (1 << i) != 0 {
+            *m = ClusterMap::Data(host.unwrap_or_default() + ((i as u64) << sub_bits));
+        } else if zero & (1 << i) != 0 {
+            *m = ClusterMap::Zero;
+        }
+    }
+    Ok(out)
 }
 
 /// Encode an L2 entry for a cluster of ours (refcount 1, so COPIED).
@@ -424,6 +478,26 @@ mod tests {
         // 64 KiB clusters: x = 54; 3 additional sectors, host 0x10100.
         let e = OFLAG_COMPRESSED | (3u64 << 54) | 0x10100;
         assert_eq!(decode_l2(e, 16, 3).unwrap(), ClusterMap::Compressed { host: 0x10100, len: 4 * 512 - 256 });
+    }
+
+    #[test]
+    fn test_decode_extended_l2() {
+        // 64 KiB clusters: 2 KiB subclusters.
+        let host = OFLAG_COPIED | 0x30000;
+        let m = decode_extended_l2(host, 0b101 | (0b10u64 << 32), 16).unwrap();
+        assert_eq!(m[0], ClusterMap::Data(0x30000));
+        assert_eq!(m[1], ClusterMap::Zero);
+        assert_eq!(m[2], ClusterMap::Data(0x30000 + 2 * 2048));
+        assert!(m[3..].iter().all(|x| *x == ClusterMap::Unallocated));
+        // No host cluster: only zero and backing subclusters.
+        let m = decode_extended_l2(0, 0xffff_ffffu64 << 32, 16).unwrap();
+        assert!(m.iter().all(|x| *x == ClusterMap::Zero));
+        assert!(decode_extended_l2(0, 1, 16).is_err(), "allocated without a host cluster");
+        assert!(decode_extended_l2(host, 1 | (1u64 << 32), 16).is_err(), "allocated and zero");
+        assert!(decode_extended_l2(host | 1, 1, 16).is_err(), "reserved bit 0");
+        let c = OFLAG_COMPRESSED | (3u64 << 54) | 0x10100;
+        assert!(decode_extended_l2(c, 0, 16).unwrap().iter().all(|x| *x == ClusterMap::Compressed { host: 0x10100, len: 4 * 512 - 256 }));
+        assert!(decode_extended_l2(c, 1, 16).is_err());
     }
 
     #[test]
