@@ -40,7 +40,7 @@ enum Kind {
 impl Qcow2Base {
     /// What one map covers: a cluster, or with extended L2 a subcluster.
     fn map_bits(&self) -> u32 {
-        if self.header.incompatible & qcow2::INCOMPAT_EXTENDED_L2 != 0 {
+        if self.header.extended_l2() {
             self.header.cluster_bits - qcow2::SUBCLUSTER_SHIFT
         } else {
             self.header.cluster_bits
@@ -210,7 +210,7 @@ impl BaseImage {
         let unit = q.map_bits();
         let (first, last) = (off >> unit, (off + len - 1) >> unit);
         let per_l2 = q.header.l2_entries();
-        let extended = q.header.incompatible & qcow2::INCOMPAT_EXTENDED_L2 != 0;
+        let extended = q.header.extended_l2();
         let format = |source| StorageError::Format { path: self.path.clone(), source };
         let mut out = Vec::with_capacity((last - first + 1) as usize);
         for c in (first >> (bits - unit))..=(last >> (bits - unit)) {

@@ -29,10 +29,10 @@ pub const OFLAG_ZERO: u64 = 1;
 /// Host offset bits 9..55 of L1 and standard L2 entries.
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
-/// Subclusters per cluster with extended L2 entries (one bit each in the
-/// entry's allocation and zero bitmaps).
-pub const SUBCLUSTERS: usize = 32;
+/// Subclusters per cluster with extended L2 entries, 32 (one bit each in
+/// the entry's allocation and zero bitmaps).
 pub const SUBCLUSTER_SHIFT: u32 = 5;
+pub const SUBCLUSTERS: usize = 1 << SUBCLUSTER_SHIFT;
 /// Extended L2 needs clusters of 16 KiB or more (subclusters of 512 B).
 pub const MIN_EXTENDED_CLUSTER_BITS: u32 = 14;
 /// Cluster sizes a qcow2 image may use: 512 B .. 2 MiB (spec: 9 ..= 21).
@@ -116,9 +116,13 @@ impl Header {
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
+    /// Whether L2 entries are extended (16 bytes, with subclusters).
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible & INCOMPAT_EXTENDED_L2 != 0
+    }
     /// Entries per L2 table (16-byte entries with extended L2).
     pub fn l2_entries(&self) -> u64 {
-        let entry = if self.incompatible & INCOMPAT_EXTENDED_L2 != 0 { 16 } else { 8 };
+        let entry = if self.extended_l2() { 16 } else { 8 };
         self.cluster_size() / entry
     }
     /// L1 entries needed to map this image's size (extended L2 entries
@@ -202,7 +206,7 @@ impl Header {
             if h.incompatible & !known != 0 {
                 return Err(FormatError::Incompatible { bits: h.incompatible & !known });
             }
-            if h.incompatible & INCOMPAT_EXTENDED_L2 != 0 && h.cluster_bits < MIN_EXTENDED_CLUSTER_BITS {
+            if h.extended_l2() && h.cluster_bits < MIN_EXTENDED_CLUSTER_BITS {
                 return Err(FormatError::Field { field: "cluster_bits (extended L2)", value: h.cluster_bits as u64 });
             }
             if (h.l1_size as u64) < h.l1_entries() {
