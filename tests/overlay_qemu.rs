@@ -229,6 +229,14 @@ fn test_qcow2_bases_compressed_zero_and_backing_chain() {
                 for (off, len, fill) in extl2_writes {
                     want[off as usize..(off + len) as usize].fill(fill.unwrap_or(0));
                 }
+                // Block status at subcluster grain: the 8 KiB of zero
+                // subclusters between data read from the raw backing file.
+                require("nbdinfo");
+                let map = stdout(Command::new("nbdinfo").arg("--map").arg(s.uri("base")));
+                let row = |l: &str| l.split_whitespace().take(2).map(|w| w.parse::<u64>().unwrap_or(u64::MAX)).collect::<Vec<_>>();
+                assert!(map.lines().any(|l| row(l) == [69632, 8192] && l.contains("hole,zero")), "{map}");
+                let total: u64 = map.lines().map(|l| row(l)[1]).sum();
+                assert_eq!(total, SIZE as u64, "{map}");
             }
             let mut c = Client::connect(s.port, "base").unwrap();
             for i in 0..400u64 {
