@@ -78,19 +78,19 @@ fn initramfs(dir: &Path) -> PathBuf {
     initramfs_compressed(dir, "auto")
 }
 
+/// `pxeroot initramfs` from the guest kernel's modules into `out`, with
+/// `args`, and the static pxeroot-init.
+fn initramfs_command(out: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["initramfs", "--kernel-modules"]).arg(kernel_dir().join("modules")).arg("-o").arg(out).args(args);
+    c.arg("--init").arg(init_binary());
+    c
+}
+
 /// The default initramfs, compressed as `compress` (`--compress`).
 fn initramfs_compressed(dir: &Path, compress: &str) -> PathBuf {
     let out = dir.join("initrd.img");
-    let report = stdout(
-        Command::new(bin())
-            .args(["initramfs", "--kernel-modules"])
-            .arg(kernel_dir().join("modules"))
-            .arg("-o")
-            .arg(&out)
-            .args(["--compress", compress])
-            .arg("--init")
-            .arg(init_binary()),
-    );
+    let report = stdout(&mut initramfs_command(&out, &["--compress", compress]));
     let size_line = report.lines().last().unwrap_or_default().to_string();
     eprintln!("{size_line}");
     out
@@ -558,14 +558,7 @@ fn test_btrfs_root_mounts_by_its_superblock_without_rootfstype() {
     std::fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
     run(Command::new("mkfs.btrfs").args(["-q", "-L", "btrfs-root", "--rootdir"]).arg(&tree).arg(&img));
     let initrd = d.path().join("initrd-btrfs.zst");
-    run(Command::new(bin())
-        .args(["initramfs", "--modules", "btrfs", "--nics", "virtio", "--kernel-modules"])
-        .arg(kernel_dir().join("modules"))
-        .arg("-o")
-        .arg(&initrd)
-        .arg("--init")
-        .arg(init_binary())
-        .stdout(Stdio::null()));
+    run(initramfs_command(&initrd, &["--modules", "btrfs", "--nics", "virtio"]).stdout(Stdio::null()));
     let ns = Netns::new("btrfs");
     let _server = start_server(&ns, &img, &d.path().join("state"), &d.path().join("pxeroot.log"));
     let (lines, exited) = boot(&ns, &kernel_dir().join("vmlinuz"), &initrd, &cmdline(SERVER_IP, MAC, "netlink"), |l| l.contains("FATAL"));
@@ -711,14 +704,7 @@ fn test_boot_loads_skipped_driver_groups_when_no_interface_appears() {
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
     let raw = d.path().join("initrd.cpio");
-    run(Command::new(bin())
-        .args(["initramfs", "--compress", "none", "--kernel-modules"])
-        .arg(kernel_dir().join("modules"))
-        .arg("-o")
-        .arg(&raw)
-        .arg("--init")
-        .arg(init_binary())
-        .stdout(Stdio::null()));
+    run(initramfs_command(&raw, &["--compress", "none"]).stdout(Stdio::null()));
     let list = stdout(Command::new("cpio").args(["-i", "--quiet", "--to-stdout", "-F"]).arg(&raw).arg("etc/pxeroot/modules"));
     let mut lines: Vec<String> = list.lines().map(String::from).collect();
     let e1000 = lines.iter().position(|l| l.ends_with("/e1000.ko")).expect("e1000 in the module list");

@@ -26,16 +26,15 @@ fn build(out: &Path, compress: &str) -> String {
 }
 
 fn build_with(out: &Path, args: &[&str]) -> String {
-    stdout(
-        Command::new(bin())
-            .args(["initramfs", "--kernel-modules"])
-            .arg(kernel_modules())
-            .arg("-o")
-            .arg(out)
-            .args(args)
-            .arg("--init")
-            .arg(init_binary()),
-    )
+    stdout(&mut initramfs_command(&kernel_modules(), out, args))
+}
+
+/// `pxeroot initramfs` from the module tree `modules` into `out`, with
+/// `args`, and the static pxeroot-init.
+fn initramfs_command(modules: &Path, out: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["initramfs", "--kernel-modules"]).arg(modules).arg("-o").arg(out).args(args).arg("--init").arg(init_binary());
+    c
 }
 
 #[test]
@@ -158,19 +157,7 @@ fn test_initramfs_compression_follows_the_kernels_config() {
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(&config, "CONFIG_RD_GZIP=y\nCONFIG_RD_LZ4=y\n# CONFIG_RD_ZSTD is not set\n").unwrap();
     let out = d.path().join("i.img");
-    let build = |extra: &[&str]| {
-        Command::new(bin())
-            .args(["initramfs", "--kernel-modules"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&out)
-            .args(["--nics", "virtio"])
-            .args(extra)
-            .arg("--init")
-            .arg(init_binary())
-            .output()
-            .unwrap()
-    };
+    let build = |extra: &[&str]| initramfs_command(&tree, &out, &[&["--nics", "virtio"], extra].concat()).output().unwrap();
     let auto = build(&[]);
     let report = String::from_utf8_lossy(&auto.stdout);
     assert!(auto.status.success() && report.trim_end().ends_with(", gzip)"), "{report}");
@@ -224,16 +211,7 @@ fn test_initramfs_errors_are_clear() {
     let d = tempfile::tempdir().unwrap();
     // `pxeroot initramfs` with these arguments must fail: its stderr.
     let fails = |modules: &Path, extra: &[&str]| -> String {
-        let out = Command::new(bin())
-            .args(["initramfs", "--kernel-modules"])
-            .arg(modules)
-            .arg("-o")
-            .arg(d.path().join("x"))
-            .args(extra)
-            .arg("--init")
-            .arg(init_binary())
-            .output()
-            .unwrap();
+        let out = initramfs_command(modules, &d.path().join("x"), extra).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "{err}");
         err
@@ -285,16 +263,7 @@ fn test_initramfs_from_compressed_tree_with_modules_dep() {
     .unwrap();
     std::fs::write(tree.join("modules.softdep"), "# Soft dependencies\nsoftdep ext4 pre: crc32c_generic\n").unwrap();
     let out = d.path().join("i.cpio");
-    let report = stdout(
-        Command::new(bin())
-            .args(["initramfs", "--kernel-modules"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&out)
-            .args(["--compress", "none"])
-            .arg("--init")
-            .arg(init_binary()),
-    );
+    let report = stdout(&mut initramfs_command(&tree, &out, &["--compress", "none"]));
     assert!(report.contains("(no virtio_net in this kernel: skipped)"), "{report}");
     let x = d.path().join("x");
     std::fs::create_dir(&x).unwrap();

@@ -83,12 +83,11 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// From the module tree `/lib/modules/<release>` (or a symlink to
-    /// one): the version in `release`, and the config a kernel package
+    /// From the module tree `dir`, `/lib/modules/<release>` (symlinks
+    /// resolved): the version in `release`, and the config a kernel package
     /// installs as `<root>/boot/config-<release>`, or the one a build tree
     /// keeps (`build/.config`).
-    pub fn of(modules_dir: &Path, release: &str) -> Kernel {
-        let dir = std::fs::canonicalize(modules_dir).unwrap_or_else(|_| modules_dir.to_path_buf());
+    pub fn of(dir: &Path, release: &str) -> Kernel {
         let mut candidates = vec![dir.join("build/.config")];
         if let Some(root) = dir.parent().and_then(Path::parent).and_then(Path::parent) {
             candidates.insert(0, root.join(format!("boot/config-{release}")));
@@ -124,8 +123,7 @@ pub fn choose(wanted: Compression, kernel: &Kernel) -> Result<Compression, Compr
     let at_least = |v: (u32, u32)| kernel.version.is_none_or(|k| k >= v);
     let candidates = [(Compression::Zstd, at_least(ZSTD_FIRST)), (Compression::Gzip, true)];
     for (c, recent_enough) in candidates {
-        let key = c.config_key().unwrap_or_default();
-        if recent_enough && kernel.enables(key) != Some(false) {
+        if recent_enough && c.config_key().is_none_or(|key| kernel.enables(key) != Some(false)) {
             return Ok(c);
         }
     }

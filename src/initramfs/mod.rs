@@ -121,16 +121,17 @@ pub struct Report {
     pub output_size: u64,
 }
 
-/// The kernel release a module tree is for: its directory's name, through
-/// symlinks (`target/guest-kernel/modules` -> .../lib/modules/6.1.0-56-amd64).
+/// The kernel release a module tree is for: its directory's name (taken
+/// through symlinks by the caller: `target/guest-kernel/modules` ->
+/// .../lib/modules/6.1.0-56-amd64).
 fn release_of(dir: &Path) -> String {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "unknown".into())
 }
 
 pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
-    let release = release_of(&opts.modules_dir);
-    let compression = compress::choose(opts.compression, &compress::Kernel::of(&opts.modules_dir, &release))?;
+    let real_dir = std::fs::canonicalize(&opts.modules_dir).unwrap_or_else(|_| opts.modules_dir.clone());
+    let release = release_of(&real_dir);
+    let compression = compress::choose(opts.compression, &compress::Kernel::of(&real_dir, &release))?;
     let init = std::fs::read(&opts.init).map_err(|source| InitramfsError::Init { path: opts.init.clone(), source })?;
     let mut tree = ModuleTree::open(&opts.modules_dir)?;
     let mut wanted = Vec::new();
