@@ -145,14 +145,7 @@ fn run_qemu_nic(ns: &Netns, args: &[String], nic: &str, stop_when: impl FnMut(&s
     run_qemu_as(ns, args, nic, MAC, "tap0", stop_when)
 }
 
-fn run_qemu_as(
-    ns: &Netns,
-    args: &[String],
-    nic: &str,
-    mac: &str,
-    tap: &str,
-    mut stop_when: impl FnMut(&str) -> bool,
-) -> (Vec<String>, bool) {
+fn run_qemu_as(ns: &Netns, args: &[String], nic: &str, mac: &str, tap: &str, stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
     require("qemu-system-x86_64");
     let mut c = ns.command(Path::new("qemu-system-x86_64"));
     c.args(["-accel", "tcg", "-machine", "pc,graphics=off", "-m", "256", "-nodefaults", "-vga", "none", "-display", "none"])
@@ -160,10 +153,15 @@ fn run_qemu_as(
         .args(["-no-reboot", "-serial", "stdio"])
         .args(args)
         .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-        .args(["-device", &format!("{nic},netdev=n0,mac={mac}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null());
+        .args(["-device", &format!("{nic},netdev=n0,mac={mac}")]);
+    watch_qemu(c, stop_when)
+}
+
+/// Start QEMU (its serial console on stdout) and collect the console's
+/// lines, each stamped with the time since QEMU started, until QEMU exits
+/// (true) or a line makes `stop_when` true (false; QEMU is killed).
+fn watch_qemu(mut c: Command, mut stop_when: impl FnMut(&str) -> bool) -> (Vec<String>, bool) {
+    c.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
     let mut qemu = Proc(c.spawn().expect("start qemu"));
     let out = qemu.0.stdout.take().expect("qemu stdout");
     let (tx, rx) = mpsc::channel();
@@ -871,17 +869,17 @@ fn boot_dir_compressed(dir: &Path, compress: &str) -> PathBuf {
     boot
 }
 
-/// Start pxeroot in `srv` as the only DHCP server of the test LAN (full
-/// mode, router advertisements on) serving `img`; `clients` is the TOML of
-/// the client tables. Returns the process and its log's path.
-fn start_full_mode(dir: &Path, srv: &Netns, img: &Path, clients: &str) -> (Proc, PathBuf) {
+/// Start pxeroot in `ns` serving `img` as the image `root`: `[pxe]` at
+/// SERVER_IP plus the keys in `pxe`, `[dhcp]` on vsrv0 with the keys in
+/// `dhcp`, then `clients`, the TOML of the client tables. Returns the
+/// process and its log's path.
+fn serve(dir: &Path, ns: &Netns, img: &Path, pxe: &str, dhcp: &str, clients: &str) -> (Proc, PathBuf) {
     let cfg = dir.join("pxeroot.toml");
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
-             [dhcp]\nmode = \"full\"\ninterface = \"vsrv0\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\n\
-             pool_end = \"10.99.0.110\"\nnetmask = \"255.255.255.0\"\n[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.img\"\n\
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n{pxe}\
+             [dhcp]\ninterface = \"vsrv0\"\n{dhcp}[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.img\"\n\
              cmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n{clients}",
             img.display()
         ),
@@ -889,8 +887,26 @@ fn start_full_mode(dir: &Path, srv: &Netns, img: &Path, clients: &str) -> (Proc,
     .unwrap();
     let log_path = dir.join("pxeroot.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let p = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let p = Proc(ns.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
     (p, log_path)
+}
+
+/// The one client's table.
+fn the_client() -> String {
+    format!("[clients.\"{MAC}\"]\nimage = \"root\"\n")
+}
+
+/// Proxy DHCP beside the site's server, router advertisements on (no
+/// IPv6 router on the test LAN).
+const PROXY_DHCP: &str = "mode = \"proxy\"\nipv6_router_advertisements = true\n";
+
+/// Start pxeroot in `srv` as the only DHCP server of the test LAN (full
+/// mode, router advertisements on) serving `img`; `clients` is the TOML of
+/// the client tables. Returns the process and its log's path.
+fn start_full_mode(dir: &Path, srv: &Netns, img: &Path, clients: &str) -> (Proc, PathBuf) {
+    let dhcp = "mode = \"full\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
+                netmask = \"255.255.255.0\"\n";
+    serve(dir, srv, img, "", dhcp, clients)
 }
 
 #[test]
@@ -900,36 +916,7 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     let img = root_image(d.path());
     boot_dir(d.path());
     let (lan, srv) = lan_and_server("pxe");
-    let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"state_dir = "state"
-[nbd]
-listen = ["{SERVER_IP}:10809"]
-[pxe]
-server_address = "{SERVER_IP}"
-boot_dir = "boot"
-attach = "ioctl"
-[dhcp]
-mode = "proxy"
-interface = "vsrv0"
-ipv6_router_advertisements = true
-[images.root]
-path = "{}"
-kernel = "vmlinuz"
-initrd = "initrd.img"
-cmdline = "console=ttyS0 panic=-1 loglevel=4"
-[clients."{MAC}"]
-image = "root"
-"#,
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log_path = d.path().join("pxeroot.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _server = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (_server, log_path) = serve(d.path(), &srv, &img, "attach = \"ioctl\"\n", PROXY_DHCP, &the_client());
     let _dnsmasq = site_dnsmasq(&lan, d.path());
     let t = Instant::now();
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
@@ -966,20 +953,7 @@ fn relayed_boot(dir: &Path, tag: &str, with_site_dhcp: bool, dhcp: &str) -> (Str
     let img = root_image(dir);
     boot_dir(dir);
     let net = routed_site(tag, dir, with_site_dhcp);
-    let cfg = dir.join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"{SERVER_IP}:10809\"]\n[pxe]\nserver_address = \"{SERVER_IP}\"\nboot_dir = \"boot\"\n\
-             [dhcp]\ninterface = \"vsrv0\"\n{dhcp}[images.root]\npath = \"{}\"\nkernel = \"vmlinuz\"\n\
-             initrd = \"initrd.img\"\ncmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n[clients.\"{MAC}\"]\nimage = \"root\"\n",
-            img.display()
-        ),
-    )
-    .unwrap();
-    let log_path = dir.join("pxeroot.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let server = Proc(net.server.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
+    let (server, log_path) = serve(dir, &net.server, &img, "", dhcp, &the_client());
     let (lines, exited) =
         run_qemu(&net.router, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL") || l.contains("No bootable device"));
     drop(server);
@@ -1100,7 +1074,7 @@ fn uefi_setup(d: &Path, tag: &str, vars: &Path) -> (Netns, Netns, Proc, PathBuf,
     let boot = boot_dir(d);
     std::fs::copy(ipxe_efi, boot.join("ipxe.efi")).unwrap();
     let (lan, srv) = lan_and_server(tag);
-    let (server, log_path) = start_full_mode(d, &srv, &img, &format!("[clients.\"{MAC}\"]\nimage = \"root\"\n"));
+    let (server, log_path) = start_full_mode(d, &srv, &img, &the_client());
     let args = [
         "-machine".to_string(),
         "q35".into(),
@@ -1142,6 +1116,86 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
     );
     assert!(server_log.contains("file=ipxe.efi"), "ipxe.efi was not sent over TFTP:\n{server_log}");
     assert!(server_log.contains("boot script requested"), "{server_log}");
+}
+
+/// AAVMF (Debian's qemu-efi-aarch64): EDK2's ARM64 UEFI firmware, the same
+/// PXE code as OVMF's.
+const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+/// An AArch64 EFI application that prints "PXEROOT-EFI-MARKER aarch64"
+/// and powers the machine off (tests/fixtures/efi-marker).
+fn efi_marker() -> PathBuf {
+    let out = stdout(&mut Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/efi-marker/build")));
+    PathBuf::from(out.trim())
+}
+
+/// An ARM64 UEFI client (AAVMF's own PXE: option 93 is 11) beside the
+/// site's DHCP server: pxeroot's proxy answer names the ARM64 boot file,
+/// in its offer (`in-offer`) or in the ACK to the firmware's request on
+/// port 4011 (`via-4011`). The firmware fetches the file over TFTP and
+/// runs it: an AArch64 EFI application that prints a marker, where the
+/// x64 file would not even load.
+#[test]
+fn test_arm64_uefi_pxe_beside_dnsmasq_runs_the_arm64_boot_file() {
+    require("dnsmasq");
+    require("qemu-system-aarch64");
+    for p in [AAVMF_CODE, AAVMF_VARS] {
+        assert!(Path::new(p).exists(), "{p} missing: run tests/run-all (it installs qemu-efi-aarch64)");
+    }
+    let marker = efi_marker();
+    for (uefi, tag) in [("in-offer", "a64o"), ("via-4011", "a64v")] {
+        let d = tempfile::tempdir().unwrap();
+        let boot = d.path().join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        std::fs::copy(&marker, boot.join("ipxe-arm64.efi")).unwrap();
+        // The root image and the Linux boot files: configured, never reached.
+        let img = d.path().join("root.img");
+        make_raw_base(&img, 1 << 20, 1);
+        for f in ["vmlinuz", "initrd.img"] {
+            std::fs::write(boot.join(f), b"").unwrap();
+        }
+        let (lan, srv) = lan_and_server(tag);
+        let (_server, log_path) = serve(d.path(), &srv, &img, "", &format!("{PROXY_DHCP}uefi = \"{uefi}\"\n"), &the_client());
+        let _dnsmasq = site_dnsmasq(&lan, d.path());
+        let vars = d.path().join("vars.fd");
+        std::fs::copy(AAVMF_VARS, &vars).unwrap();
+        let mut qemu = lan.command(Path::new("qemu-system-aarch64"));
+        qemu.args(["-accel", "tcg", "-machine", "virt", "-cpu", "cortex-a57", "-m", "512", "-nodefaults", "-display", "none"])
+            .args(["-no-reboot", "-serial", "stdio"])
+            .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={AAVMF_CODE}")])
+            .args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())])
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            // No option ROM: the firmware's own PXE, not iPXE.
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC},romfile=")]);
+        let (lines, exited) = watch_qemu(qemu, |l| l.contains("PXE-E") || l.contains("Start PXE over IPv6"));
+        let console = lines.join("\n");
+        let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            console.contains("PXEROOT-EFI-MARKER aarch64") && exited,
+            "{uefi}: the ARM64 boot file did not run:\n{console}\n--- pxeroot log:\n{server_log}"
+        );
+        assert!(console.contains("NBP filename is ipxe-arm64.efi"), "{console}");
+        assert!(
+            server_log.contains("arch=Some(11)") && server_log.contains("offered=Some(\"ipxe-arm64.efi\")"),
+            "{uefi}: no ARM64 answer:\n{server_log}"
+        );
+        let answered = |request: &str, offered: &str| {
+            server_log.lines().any(|l| l.contains("DHCP: client answered") && l.contains(request) && l.contains(offered))
+        };
+        let file = "offered=Some(\"ipxe-arm64.efi\")";
+        match uefi {
+            "in-offer" => assert!(answered("request=Discover", file), "the offer did not name the file:\n{server_log}"),
+            _ => assert!(
+                answered("request=Discover", "offered=None") && answered("request=Request", file),
+                "not a bare offer, then the file in the ACK on port 4011:\n{server_log}"
+            ),
+        }
+        assert!(server_log.contains("TFTP transfer finished") && server_log.contains("file=ipxe-arm64.efi"), "{server_log}");
+        // EDK2 asks for the file's size first and ends that transfer at the
+        // OACK: a probe, said as one, not a failed transfer.
+        assert!(server_log.contains("a size probe") && !server_log.contains("abandoned"), "{server_log}");
+    }
 }
 
 /// UEFI HTTP boot: a boot entry holding a URI (as `virt-fw-vars

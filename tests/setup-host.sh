@@ -3,7 +3,7 @@
 # builds the static pxeroot-init. Run from the repository's top directory.
 
 packages=(qemu-utils libnbd-bin nbdkit fio e2fsprogs btrfs-progs cmake gcc pkg-config curl ca-certificates python3
-          qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static debootstrap python3-venv iproute2 cpio zstd lz4 xz-utils dnsmasq-base atftp)
+          qemu-system-x86 ipxe-qemu ipxe ovmf qemu-system-arm qemu-efi-aarch64 busybox-static debootstrap python3-venv iproute2 cpio zstd lz4 xz-utils dnsmasq-base atftp)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

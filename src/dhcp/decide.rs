@@ -111,19 +111,44 @@ pub struct Seen {
     pub ipxe: bool,
     /// The boot file offered, if any.
     pub offered: Option<String>,
+    /// Full mode: a PXE client that got an address but no boot file, and why.
+    pub not_booted: Option<Ignored>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// Why a request gets no answer, or (full mode) an address but no boot
+/// file. The last two are PXE clients a person wants told about, with the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Ignored {
+    #[error("not a BOOTREQUEST")]
     NotBootRequest,
+    #[error("not an Ethernet client")]
     NotEthernet,
+    #[error("not PXE firmware (option 60)")]
     NotPxe,
+    #[error("not a message this mode answers")]
     WrongMessage,
-    UnknownArch(u16),
-    NotAllowed(Mac),
     /// Full mode: relayed from a subnet (the relay's giaddr) that the pool
     /// is not on; an address from the pool would be useless there.
+    #[error("relayed from {0}, a subnet the pool is not on")]
     OtherSubnet(Ipv4Addr),
+    #[error(
+        "PXE client {mac} has client architecture {code} (option 93), for which pxeroot has no boot file: \
+         BIOS (0), UEFI x64 (7, 9, HTTP 16) and ARM64 (11, HTTP 19) are served"
+    )]
+    UnknownArch { mac: Mac, code: u16 },
+    #[error("PXE client {0} is not in the config: add a [clients.\"{0}\"] table, or set unknown_clients.action = \"boot\"")]
+    NotAllowed(Mac),
+}
+
+impl Ignored {
+    /// The client this is about, when a person should hear of it: PXE
+    /// firmware that asked to boot and will not.
+    pub fn refused_client(&self) -> Option<Mac> {
+        match self {
+            Ignored::UnknownArch { mac, .. } | Ignored::NotAllowed(mac) => Some(*mac),
+            _ => None,
+        }
+    }
 }
 
 /// The client's MAC, if the request is an Ethernet BOOTREQUEST.
@@ -184,7 +209,7 @@ fn boot_for(req: &Message, mac: Mac, ctx: &Context) -> Result<Boot, Ignored> {
     // No option 93: a legacy BIOS ROM.
     let arch = match arch_code {
         None => Arch::Bios,
-        Some(c) => Arch::from_option93(c).ok_or(Ignored::UnknownArch(c))?,
+        Some(code) => Arch::from_option93(code).ok_or(Ignored::UnknownArch { mac, code })?,
     };
     let ipxe = matches!(opts.get(OptionCode::UserClass), Some(DhcpOption::UserClass(u)) if u == b"iPXE")
         || opts.get(OptionCode::Unknown(OPT_IPXE_ENCAP)).is_some();
@@ -273,7 +298,7 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
     if class == ClientClass::Http {
         let mut r = reply_to(req, reply_kind, ctx.server, Ipv4Addr::UNSPECIFIED);
         let name = add_http_boot(&mut r, ctx, file);
-        return Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered: Some(name) }));
+        return Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered: Some(name), not_booted: None }));
     }
     // Strategy (b): UEFI firmware gets a bare offer and the file on 4011.
     let bare = reply_kind == MessageType::Offer && !ipxe && arch != Arch::Bios && uefi_strategy(req, ctx) == UefiStrategy::Via4011;
@@ -288,7 +313,7 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
     } else {
         Some(add_boot(&mut r, req, ctx.server, &file))
     };
-    Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered }))
+    Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered, not_booted: None }))
 }
 
 /// Full-DHCP mode's network parameters.
@@ -342,7 +367,7 @@ pub fn decide_full(
                 Ok(_) => (MessageType::Ack, ip),
                 Err(_) => {
                     let nak = reply_to(req, MessageType::Nak, ctx.server, Ipv4Addr::UNSPECIFIED);
-                    return Ok(Some((nak, Seen { mac, kind, arch: None, ipxe: false, offered: None })));
+                    return Ok(Some((nak, Seen { mac, kind, arch: None, ipxe: false, offered: None, not_booted: None })));
                 }
             }
         }
@@ -368,9 +393,13 @@ pub fn decide_full(
     if !net.dns.is_empty() {
         o.insert(DhcpOption::DomainNameServer(net.dns.clone()));
     }
-    let mut seen = Seen { mac, kind, arch: None, ipxe: false, offered: None };
+    let mut seen = Seen { mac, kind, arch: None, ipxe: false, offered: None, not_booted: None };
     let class = client_class(req, ctx);
-    if let (Some(class), Ok(boot)) = (class, boot_for(req, mac, ctx)) {
+    let boot = class.map(|_| boot_for(req, mac, ctx));
+    if let Some(Err(why)) = &boot {
+        seen.not_booted = Some(why.clone());
+    }
+    if let (Some(class), Some(Ok(boot))) = (class, boot) {
         seen.arch = boot.arch;
         seen.ipxe = boot.ipxe;
         if class == ClientClass::Http {
@@ -557,7 +586,7 @@ mod tests {
         assert_eq!(decide(&plain, Port::Dhcp, &c).unwrap_err(), Ignored::NotPxe);
         let mut arch = req.clone();
         arch.opts_mut().insert(DhcpOption::ClientSystemArchitecture(dhcproto::v4::Architecture::Unknown(25)));
-        assert_eq!(decide(&arch, Port::Dhcp, &c).unwrap_err(), Ignored::UnknownArch(25));
+        assert!(matches!(decide(&arch, Port::Dhcp, &c), Err(Ignored::UnknownArch { code: 25, .. })));
     }
 }
 
@@ -655,6 +684,34 @@ mod full_tests {
         assert_eq!((offer.yiaddr(), offer.giaddr()), (Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 1)));
         req.set_giaddr(Ipv4Addr::new(10, 97, 0, 1));
         assert_eq!(decide_full(&req, &c, &net, &mut leases, 0).unwrap_err(), Ignored::OtherSubnet(Ipv4Addr::new(10, 97, 0, 1)));
+    }
+
+    /// A PXE client that may not boot gets its address, no boot file, and
+    /// the reason with its fix, for the log; a non-PXE client no reason.
+    #[test]
+    fn test_full_mode_says_why_a_pxe_client_gets_no_boot_file() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![] };
+        let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
+        let mac = [0x52, 0x54, 0, 0, 0, 9];
+        let (offer, seen) = decide_full(&discover(mac, true), &c, &net, &mut leases, 0).unwrap().unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
+        assert!(offer.opts().get(OptionCode::BootfileName).is_none() && offer.fname().unwrap_or_default().is_empty());
+        assert_eq!(seen.not_booted, Some(Ignored::NotAllowed(Mac(mac))));
+        let why = seen.not_booted.unwrap().to_string();
+        assert!(why.contains("[clients.\"52:54:00:00:00:09\"]") && why.contains("unknown_clients.action"), "{why}");
+        let (_, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 8], false), &c, &net, &mut leases, 0).unwrap().unwrap();
+        assert_eq!(seen.not_booted, None);
+        // An architecture without a boot file, named with what is served.
+        let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        let mut arm32 = discover(mac, true);
+        arm32.opts_mut().remove(OptionCode::UserClass);
+        arm32.opts_mut().insert(DhcpOption::ClientSystemArchitecture(dhcproto::v4::Architecture::Unknown(10)));
+        let (_, seen) = decide_full(&arm32, &c, &net, &mut leases, 0).unwrap().unwrap();
+        assert_eq!(seen.not_booted, Some(Ignored::UnknownArch { mac: Mac(mac), code: 10 }));
+        assert!(seen.not_booted.unwrap().to_string().contains("ARM64 (11"));
     }
 
     #[test]

@@ -206,7 +206,14 @@ async fn listen(
         let (reply, seen) = match decided {
             Ok(x) => x,
             Err(why) => {
-                debug!(%from, ?why, "DHCP request not answered");
+                // PXE firmware we will not boot is worth a line (once per
+                // MAC within the reply rate limit); the rest is traffic.
+                match why.refused_client() {
+                    Some(mac) if limiter.lock().map(|mut l| l.allow(mac, Instant::now())).unwrap_or(true) => {
+                        info!(%mac, "not booted: {why}")
+                    }
+                    _ => debug!(%from, ?why, "DHCP request not answered"),
+                }
                 continue;
             }
         };
@@ -228,7 +235,7 @@ async fn listen(
         match sock.send_to(&out, to).await {
             Ok(_) => {
                 let relay = (!req.giaddr().is_unspecified()).then(|| req.giaddr());
-                info!(mac = %seen.mac, request = ?seen.kind, relay = ?relay, reply = %reply.opts().msg_type().map_or_else(|| "?".to_string(), |k| format!("{k:?}")), address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, "DHCP: client answered")
+                info!(mac = %seen.mac, request = ?seen.kind, relay = ?relay, reply = %reply.opts().msg_type().map_or_else(|| "?".to_string(), |k| format!("{k:?}")), address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, not_booted = seen.not_booted.as_ref().map(tracing::field::display), "DHCP: client answered")
             }
             Err(e) => warn!(mac = %seen.mac, %to, error = %e, "sending the DHCP reply failed"),
         }

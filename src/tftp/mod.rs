@@ -130,8 +130,13 @@ pub async fn serve(
                     let local = if addr.ip().is_unspecified() { None } else { Some(addr.ip()) };
                     let started = Instant::now();
                     match send(client, local, &source, size, t, &oack).await {
-                        Ok(()) => {
+                        Ok(Sent::Whole) => {
                             info!(%client, file = %file, bytes = size, secs = started.elapsed().as_secs_f64(), blksize = t.blksize, windowsize = t.windowsize, "TFTP transfer finished")
+                        }
+                        // Not a failure: EDK2's PXE (OVMF, AAVMF) asks for
+                        // the size this way before every real transfer.
+                        Ok(Sent::Declined { code, message }) => {
+                            info!(%client, file = %file, bytes = size, code, %message, "TFTP client ended the transfer at our option acknowledgement, before any data (a size probe, as UEFI PXE firmware sends first)")
                         }
                         Err(e) => warn!(%client, file = %file, error = %e, "TFTP transfer abandoned"),
                     }
@@ -171,21 +176,43 @@ fn open(resolver: &Resolver, name: &str, client: SocketAddr) -> Result<(Source, 
     }
 }
 
-/// Wait for an ACK; `Ok(None)` on timeout, `Err` when the client sent ERROR.
-async fn ack(sock: &UdpSocket, timeout: std::time::Duration) -> Result<Option<u16>, String> {
+/// What the client answered a transfer's packet with.
+enum Answer {
+    Ack(u16),
+    Error {
+        code: u16,
+        message: String,
+    },
+    /// Nothing before the timeout.
+    Nothing,
+}
+
+/// How a transfer that did not fail ended.
+enum Sent {
+    Whole,
+    /// The client answered the OACK with ERROR: it wanted the options'
+    /// answer (the size), not the file.
+    Declined {
+        code: u16,
+        message: String,
+    },
+}
+
+/// Wait for the client's ACK or ERROR; `Err` when the client is gone.
+async fn answer(sock: &UdpSocket, timeout: std::time::Duration) -> Result<Answer, String> {
     let mut buf = [0u8; 516];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let r = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await;
         let n = match r {
-            Err(_) => return Ok(None),
+            Err(_) => return Ok(Answer::Nothing),
             Ok(Ok(n)) => n,
             // ICMP port unreachable from an earlier packet: the client left.
             Ok(Err(e)) => return Err(format!("client gone: {e}")),
         };
         match packet::parse(&buf[..n]) {
-            Ok(Packet::Ack(b)) => return Ok(Some(b)),
-            Ok(Packet::Error { code, message }) => return Err(format!("client sent error {code}: {message}")),
+            Ok(Packet::Ack(b)) => return Ok(Answer::Ack(b)),
+            Ok(Packet::Error { code, message }) => return Ok(Answer::Error { code, message }),
             _ => continue,
         }
     }
@@ -199,7 +226,7 @@ async fn send(
     size: u64,
     t: packet::Transfer,
     oack: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<Sent, String> {
     let bind_ip =
         local.unwrap_or(if client.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) });
     let sock = UdpSocket::bind((bind_ip, 0)).await.map_err(|e| e.to_string())?;
@@ -209,8 +236,9 @@ async fn send(
         let p = packet::oack(oack);
         loop {
             sock.send(&p).await.map_err(|e| e.to_string())?;
-            match ack(&sock, t.timeout).await? {
-                Some(0) => break,
+            match answer(&sock, t.timeout).await? {
+                Answer::Ack(0) => break,
+                Answer::Error { code, message } => return Ok(Sent::Declined { code, message }),
                 _ => {
                     retries += 1;
                     if retries > MAX_RETRIES {
@@ -237,8 +265,9 @@ async fn send(
         // Wait for an ACK that moves us on; stale duplicates do not trigger
         // a resend (no Sorcerer's Apprentice), only the timeout does.
         loop {
-            match ack(&sock, t.timeout).await? {
-                Some(a) => {
+            match answer(&sock, t.timeout).await? {
+                Answer::Error { code, message } => return Err(format!("client sent error {code}: {message}")),
+                Answer::Ack(a) => {
                     // The 16-bit block number names the one in [base-1, end].
                     if let Some(k) = (base - 1..=end).rev().find(|k| *k as u16 == a) {
                         if k >= base {
@@ -248,7 +277,7 @@ async fn send(
                         }
                     }
                 }
-                None => {
+                Answer::Nothing => {
                     retries += 1;
                     if retries > MAX_RETRIES {
                         return Err(format!("no ACK after {MAX_RETRIES} retransmissions of block {base}"));
@@ -258,7 +287,7 @@ async fn send(
             }
         }
     }
-    Ok(())
+    Ok(Sent::Whole)
 }
 
 #[cfg(test)]
