@@ -184,9 +184,9 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
         let failed = tokio::select! {
             r = wait_for_signal() => { r?; None }
             r = futures_lite::future::poll_fn(|cx| {
-                for s in services.iter_mut() {
+                for (i, s) in services.iter_mut().enumerate() {
                     if let std::task::Poll::Ready(r) = std::pin::Pin::new(s).poll(cx) {
-                        return std::task::Poll::Ready(r);
+                        return std::task::Poll::Ready((i, r));
                     }
                 }
                 std::task::Poll::Pending
@@ -194,12 +194,17 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
         };
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         shutdown.cancel();
-        for s in services {
+        // The failed service's handle is spent: awaiting it again panics.
+        let spent = failed.as_ref().map(|(i, _)| *i);
+        for (i, s) in services.into_iter().enumerate() {
+            if Some(i) == spent {
+                continue;
+            }
             if let Ok(Err(e)) = s.await {
                 tracing::error!(error = %format!("{e:#}"), "service failed");
             }
         }
-        if let Some(r) = failed {
+        if let Some((_, r)) = failed {
             r.context("a service task panicked")?.context("a service failed")?;
         }
         tracing::info!("stopped");

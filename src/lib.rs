@@ -10,6 +10,7 @@ pub mod dhcp;
 pub mod http;
 pub mod initramfs;
 pub mod ipxe;
+pub mod listen;
 pub mod mac;
 pub mod nbd;
 pub mod ra;

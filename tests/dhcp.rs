@@ -166,3 +166,46 @@ fn test_full_mode_two_clients_and_leases_survive_a_restart() {
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap();
     assert!(leases.contains("52:54:00:aa:00:21") && leases.contains("52:54:00:aa:00:22"), "{leases}");
 }
+
+/// pxeroot's proxy on the host of the site's DHCP server (dnsmasq on the
+/// same interface): a server that holds port 67 alone stops pxeroot with
+/// the fix; one that shares it (dnsmasq's bind-interfaces) leaves it to a
+/// client to get both answers: dnsmasq's address and pxeroot's boot file.
+#[test]
+fn test_proxy_on_the_dhcp_servers_own_host() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let (lan, srv) = lan_and_server("same");
+    let cli = client_on(&lan, "samec");
+    let cfg = config(d.path(), "mode = \"proxy\"");
+    let site = |shares: bool| {
+        let mut c = srv.command(Path::new("dnsmasq"));
+        c.args(["--no-daemon", "--port=0", "--interface=vsrv0", "--no-ping", "--dhcp-authoritative"])
+            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
+            .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
+            .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
+            .stderr(std::process::Stdio::null());
+        if shares {
+            c.arg("--bind-interfaces");
+        }
+        let p = Proc(c.spawn().expect("start dnsmasq"));
+        std::thread::sleep(Duration::from_millis(300));
+        p
+    };
+
+    let alone = site(false);
+    let out = output_within(srv.command(&bin()).args(["serve", "--config"]).arg(&cfg).env("NO_COLOR", "1"), Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen for DHCP on UDP 67 on vsrv0: Address already in use"), "{err}");
+    assert!(err.contains("dnsmasq does with bind-interfaces"), "{err}");
+    drop(alone);
+
+    let _site = site(true);
+    let _pxeroot = start(&srv, &cfg);
+    let ipxe = with_mac(&fixture_discovers("bios-ipxe-rom.pcap").remove(0), 0x21);
+    let replies = probe(&cli, d.path(), &ipxe, false);
+    assert!(replies.iter().any(|r| r.kind == 2 && r.yiaddr.starts_with("10.99.0.")), "no address from dnsmasq: {replies:?}");
+    let ours = replies.iter().find(|r| r.yiaddr == "0.0.0.0").unwrap_or_else(|| panic!("no proxy offer: {replies:?}"));
+    assert_eq!((ours.kind, ours.file.as_str()), (2, "tftp://10.99.0.1/pxeroot/52-54-00-aa-00-21.ipxe"));
+}

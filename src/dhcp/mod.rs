@@ -30,13 +30,8 @@ pub const MAX_TRACKED_MACS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
-    #[error("cannot listen for DHCP on UDP {port}{}", interface.as_ref().map(|i| format!(" on {i}")).unwrap_or_default())]
-    Bind {
-        port: u16,
-        interface: Option<String>,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen for DHCP on UDP {port}{}: {error}; {fix}", interface.as_ref().map(|i| format!(" on {i}")).unwrap_or_default())]
+    Bind { port: u16, interface: Option<String>, error: std::io::Error, fix: String },
 }
 
 /// Proxy beside another DHCP server, or the only DHCP server.
@@ -91,8 +86,14 @@ impl RateLimiter {
     }
 }
 
-fn socket(port: u16, interface: Option<&str>) -> Result<UdpSocket, DhcpError> {
-    let err = |source| DhcpError::Bind { port, interface: interface.map(String::from), source };
+/// What else to do when `port` cannot be had (the fix's last words).
+const PXE_PORT_FIX: &str = "another proxy DHCP server (dnsmasq's pxe-service, WDS) may hold it: stop it, or set dhcp.mode = \"off\"";
+
+fn socket(port: u16, interface: Option<&str>, elsewhere: &str) -> Result<UdpSocket, DhcpError> {
+    let err = |error: std::io::Error| {
+        let fix = crate::listen::bind_fix(&error, port, elsewhere);
+        DhcpError::Bind { port, interface: interface.map(String::from), error, fix }
+    };
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
     s.set_broadcast(true).map_err(err)?;
@@ -106,8 +107,8 @@ fn socket(port: u16, interface: Option<&str>) -> Result<UdpSocket, DhcpError> {
 
 /// Serve proxy DHCP until `shutdown`.
 pub async fn serve(cfg: DhcpConfig, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<(), DhcpError> {
-    let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref())?;
-    let pxe = socket(cfg.pxe_port, cfg.interface.as_deref())?;
+    let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref(), crate::listen::DHCP_SHARED_PORT_FIX)?;
+    let pxe = socket(cfg.pxe_port, cfg.interface.as_deref(), PXE_PORT_FIX)?;
     info!(server = %cfg.server, interface = ?cfg.interface, "proxy DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
     let leases = match &cfg.mode {
         Mode::Proxy => None,

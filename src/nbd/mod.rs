@@ -60,12 +60,8 @@ pub fn errno(e: &StorageError) -> u32 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {error}; {fix}")]
+    Bind { addr: SocketAddr, error: std::io::Error, fix: String },
     #[error("connection I/O failed")]
     Io(#[from] std::io::Error),
     #[error("protocol violation")]
@@ -80,7 +76,10 @@ pub enum NbdError {
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, NbdError> {
     let mut out = Vec::new();
     for &addr in addrs {
-        out.push(TcpListener::bind(addr).await.map_err(|source| NbdError::Bind { addr, source })?);
+        out.push(TcpListener::bind(addr).await.map_err(|error| {
+            let fix = crate::listen::bind_fix(&error, addr.port(), "set nbd.listen (pxeroot nbd: --listen) to another address");
+            NbdError::Bind { addr, error, fix }
+        })?);
     }
     Ok(out)
 }

@@ -35,12 +35,8 @@ const MAX_REQUEST: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
-    #[error("cannot listen for TFTP on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen for TFTP on {addr}: {error}; {fix}")]
+    Bind { addr: SocketAddr, error: std::io::Error, fix: String },
 }
 
 /// A block size cap for clients in an IPv4 prefix.
@@ -87,7 +83,10 @@ pub async fn serve(
     caps: Arc<Vec<BlksizeCap>>,
     shutdown: CancellationToken,
 ) -> Result<(), TftpError> {
-    let sock = Arc::new(UdpSocket::bind(addr).await.map_err(|source| TftpError::Bind { addr, source })?);
+    let sock = Arc::new(UdpSocket::bind(addr).await.map_err(|error| {
+        let fix = crate::listen::bind_fix(&error, addr.port(), "set tftp.listen to another address, or tftp.enabled = false");
+        TftpError::Bind { addr, error, fix }
+    })?);
     info!(%addr, "TFTP listening");
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {

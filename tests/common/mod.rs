@@ -42,6 +42,22 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Run a command that must exit by itself within `limit` (killed and
+/// failed otherwise); its output, whatever its status.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let deadline = Instant::now() + limit;
+    while child.try_wait().map(|s| s.is_none()).unwrap_or(false) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().ok();
+            panic!("{cmd:?} still ran after {limit:?}: {:?}", out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
 pub fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).into_owned()
 }

@@ -1,0 +1,39 @@
+//! What a person is told when a service cannot open its listening socket:
+//! the reason in words, and the fix, for every service alike.
+
+use std::io::ErrorKind;
+
+/// The fix for a failed bind on `port`; `elsewhere` says how to move or
+/// turn off that service in the config (its keys).
+pub fn bind_fix(error: &std::io::Error, port: u16, elsewhere: &str) -> String {
+    match error.kind() {
+        ErrorKind::AddrInUse => {
+            format!("another program holds port {port} (`ss -tulpn 'sport = :{port}'` names it): stop it, or {elsewhere}")
+        }
+        ErrorKind::PermissionDenied => format!(
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE (`setcap cap_net_bind_service,cap_net_raw+ep` on the binary), or {elsewhere}"
+        ),
+        ErrorKind::AddrNotAvailable => format!("no interface of this host has that address: use one it has, or 0.0.0.0, or {elsewhere}"),
+        _ => elsewhere.to_string(),
+    }
+}
+
+/// DHCP's port 67 beside a DHCP server on the same host.
+pub const DHCP_SHARED_PORT_FIX: &str = "a DHCP server on this host shares port 67 with pxeroot only if it allows it \
+     (SO_REUSEADDR): dnsmasq does with bind-interfaces or bind-dynamic; or run pxeroot on another host of the segment, \
+     or set dhcp.mode = \"off\"";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_fixes_name_the_port_and_the_way_out() {
+        let in_use = std::io::Error::from(ErrorKind::AddrInUse);
+        let fix = bind_fix(&in_use, 69, "set tftp.listen or tftp.enabled = false");
+        assert!(fix.contains("port 69") && fix.contains("sport = :69") && fix.ends_with("tftp.enabled = false"), "{fix}");
+        let denied = std::io::Error::from(ErrorKind::PermissionDenied);
+        assert!(bind_fix(&denied, 80, "x").contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(bind_fix(&std::io::Error::other("odd"), 80, "set http.listen"), "set http.listen");
+    }
+}
