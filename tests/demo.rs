@@ -25,6 +25,7 @@ const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The demo's own progress lines, and the work directory's.
 const BOOTING: &str = "==> booting a diskless QEMU client";
 const WORK_DIR: &str = "==> boot files and the root image in ";
+const TIMELINE: &str = "==> the boot's timeline";
 
 /// `./demo` in a process group of its own, as a shell starts a job: a
 /// SIGINT to that group is what a terminal's Ctrl-C sends.
@@ -186,26 +187,39 @@ fn test_demo_boots_a_diskless_client_prints_the_timeline_and_removes_everything(
     let status = demo.finish(Instant::now() + DEMO_TIMEOUT);
     let out = demo.text();
     assert!(status.is_some_and(|s| s.success()), "the demo failed ({status:?}):\n{out}");
-    let timed = |needles: &[&str]| {
-        out.lines().any(|l| {
-            let stamped =
-                l.trim_start().strip_prefix('[').and_then(|r| r.split_once(']')).is_some_and(|(t, _)| t.trim().parse::<f64>().is_ok());
-            stamped && needles.iter().all(|n| l.contains(n))
+    // The timeline at the end, one line per event in time order.
+    let timeline: Vec<(f64, &str)> = out
+        .split_once(TIMELINE)
+        .unwrap_or_else(|| panic!("no timeline:\n{out}"))
+        .1
+        .lines()
+        .skip(1)
+        .map_while(|l| {
+            let (t, what) = l.trim_start().strip_prefix('[')?.split_once(']')?;
+            Some((t.trim().parse().ok()?, what.trim()))
         })
+        .collect();
+    assert!(timeline.windows(2).all(|w| w[0].0 <= w[1].0), "not in time order: {timeline:?}");
+    let at = |needles: &[&str]| {
+        timeline
+            .iter()
+            .find(|(_, what)| needles.iter().all(|n| what.contains(n)))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("no {needles:?} in the timeline:\n{out}"))
     };
-    for event in [
-        &["DHCP: client answered", "reply=Offer"][..],
-        &["TFTP transfer finished", ".ipxe", "bytes=", "secs="],
-        &["HTTP transfer finished", "file=/vmlinuz", "bytes=", "secs="],
-        &["HTTP transfer finished", "file=/initrd.img", "bytes=", "secs="],
-        &["overlay created"],
-        &["attach /dev/nbd0", ": ok ("],
-        &["mount /dev/nbd0", ": ok ("],
-        &["PXEROOT-MARKER root init running"],
-        &["client sent DISC"],
-    ] {
-        assert!(timed(event), "no timed line with {event:?} in:\n{out}");
-    }
+    let events = [
+        at(&["DHCP Discover -> Offer", "address 10.99.0.", "boot tftp://10.99.0.1/pxeroot/52-54-00-de-00-01.ipxe"]),
+        at(&["TFTP pxeroot/52-54-00-de-00-01.ipxe: ", " bytes in "]),
+        at(&["HTTP /vmlinuz: ", " bytes in "]),
+        at(&["HTTP /initrd.img: ", " bytes in "]),
+        at(&["the kernel started /init"]),
+        at(&["NBD attached"]),
+        at(&["root mounted"]),
+        at(&["the root's init is running"]),
+        at(&["NBD session closed: ", " reads (", " writes ("]),
+    ];
+    assert!(events.windows(2).all(|w| w[0] <= w[1]), "the boot's events out of order: {events:?}\n{out}");
+    at(&["overlay created: /tmp/pxeroot-demo."]);
     assert!(out.contains("==> done: the client booted diskless"), "{out}");
     let left = demo.leftovers(&[]);
     assert!(left.is_empty(), "left behind after the demo: {left:?}\n{out}");
