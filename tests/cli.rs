@@ -189,3 +189,34 @@ fn test_serve_names_a_port_in_use_and_the_fix_then_exits() {
         assert!(err.contains(&format!("another program holds port {port}")) && err.contains(fix), "{service}:\n{err}");
     }
 }
+
+/// One state directory, one daemon: a second pxeroot on it (another port)
+/// refuses to start and names the first one's process; once the first
+/// has stopped, even killed, the directory is free again.
+#[test]
+fn test_a_second_daemon_on_the_same_state_directory_refuses_to_start() {
+    let d = tempfile::tempdir().unwrap();
+    let (base, state) = (d.path().join("base.img"), d.path().join("state"));
+    make_raw_base(&base, 1 << 20, 1);
+    let first = Server::adhoc(&base, &state, &[]);
+    let first_pid = first.child.as_ref().map(|c| c.id()).unwrap();
+    let second = |port: u16| {
+        output_within(
+            Command::new(bin())
+                .args(["nbd", "--base"])
+                .arg(&base)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .env("NO_COLOR", "1"),
+            Duration::from_secs(20),
+        )
+    };
+    let out = second(free_port());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("state directory {} is in use by another pxeroot (pid {first_pid})", state.display())), "{err}");
+    first.kill9();
+    let again = Server::adhoc(&base, &state, &[]);
+    assert_eq!(again.stop(), 0);
+}

@@ -64,6 +64,12 @@ pub enum StorageError {
     BaseChanged { overlay: PathBuf, reason: String },
     #[error("{path} is in use by another process (qemu-style lock held)")]
     Locked { path: PathBuf },
+    #[error(
+        "state directory {dir} is in use by another pxeroot{}: stop it, or give this one another state directory",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        dir = dir.display()
+    )]
+    StateDirInUse { dir: PathBuf, pid: Option<u32> },
     #[error("compressed cluster at byte {offset} of {path} does not decompress")]
     Decompress { path: PathBuf, offset: u64 },
     #[error("overlay {path} is full: its refcount table covers {max_clusters} clusters")]

@@ -87,8 +87,15 @@ struct Slot {
     connections: usize,
 }
 
+/// In the state directory: held (flock) by the pxeroot that uses it, and
+/// holding that process's ID for the message another one gets.
+pub const STATE_LOCK_FILE: &str = "pxeroot.lock";
+
 pub struct Registry {
     state_dir: PathBuf,
+    /// Two daemons on one state directory would reset and rewrite each
+    /// other's overlays, sidecars and leases: the second one refuses to start.
+    _state_lock: nix::fcntl::Flock<std::fs::File>,
     images: BTreeMap<String, Image>,
     clients: BTreeMap<Mac, ClientRule>,
     unknown: Option<ClientRule>,
@@ -164,6 +171,26 @@ fn fingerprint(base: &BaseImage) -> Result<BaseRecord> {
     Ok(BaseRecord { path: path.to_path_buf(), size: base.size(), fingerprint: format!("{:032x}", h.digest128()) })
 }
 
+/// Take the state directory's lock, or say which process holds it.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Seek, Write};
+    let path = dir.join(STATE_LOCK_FILE);
+    let open_err = |source| StorageError::Open { path: path.clone(), source };
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(open_err)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let pid = format!("{}\n", std::process::id());
+            lock.set_len(0).and_then(|_| lock.rewind()).and_then(|_| lock.write_all(pid.as_bytes())).map_err(open_err)?;
+            Ok(lock)
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+            Err(StorageError::StateDirInUse { dir: dir.to_path_buf(), pid })
+        }
+        Err((_, e)) => Err(open_err(e.into())),
+    }
+}
+
 impl Registry {
     /// Open every base (read-only) and fingerprint it. Errors here are
     /// configuration errors: a missing or unreadable image.
@@ -175,6 +202,7 @@ impl Registry {
         default_image: Option<String>,
     ) -> Result<Registry> {
         std::fs::create_dir_all(&state_dir).map_err(|source| StorageError::Open { path: state_dir.clone(), source })?;
+        let state_lock = lock_state_dir(&state_dir)?;
         let mut opened = BTreeMap::new();
         for spec in images {
             let path = std::path::absolute(&spec.path).unwrap_or(spec.path.clone());
@@ -185,6 +213,7 @@ impl Registry {
         }
         Ok(Registry {
             state_dir,
+            _state_lock: state_lock,
             images: opened,
             clients,
             unknown,
