@@ -216,11 +216,19 @@ async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    // A hangup (a closed terminal, a `kill -HUP` meant as "reload") must
+    // not end the daemon without its shutdown, as the default action does.
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP ignored: pxeroot does not reload its configuration; restart it to apply changes \
+                 (netlink-attached clients reconnect by themselves)"
+            ),
+        }
     }
-    Ok(())
 }
 
 /// Where `boot/pxeroot-init/build-static` leaves the static init, relative

@@ -50,7 +50,7 @@ fn test_check_config_ok_and_errors_name_file_key_fix() {
 }
 
 #[test]
-fn test_sigterm_finishes_flushes_and_exits_zero() {
+fn test_sigterm_finishes_flushes_and_exits_zero_sighup_does_neither() {
     require("qemu-img");
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.img");
@@ -62,6 +62,12 @@ fn test_sigterm_finishes_flushes_and_exits_zero() {
     for i in 0..20u64 {
         assert_eq!(c.write(i * 70_000, &pattern(i, 5000)), 0);
     }
+    // A hangup neither stops the daemon nor drops the session.
+    let pid = nix::unistd::Pid::from_raw(s.child.as_ref().map(|c| c.id()).unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.read(0, 5000).1, pattern(0, 5000), "the session did not survive SIGHUP");
+    assert!(s.log_text().contains("SIGHUP ignored: pxeroot does not reload its configuration"), "{}", s.log_text());
     let t = Instant::now();
     assert_eq!(s.stop(), 0);
     assert!(t.elapsed() < Duration::from_secs(5), "an idle client must not delay shutdown");
