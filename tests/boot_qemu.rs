@@ -1061,10 +1061,21 @@ fn test_second_boot_persistent_keeps_the_file_ephemeral_does_not() {
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// A UEFI client's world: the test root, a boot directory with Debian's
-/// ipxe.efi, pxeroot in full mode, and QEMU's arguments for q35 + OVMF with
+/// ipxe.efi, pxeroot (in full mode, or with `proxy` as its `[dhcp]` keys
+/// beside the site's dnsmasq), and QEMU's arguments for q35 + OVMF with
 /// `vars` as its variable store. The NIC goes with `romfile=` (empty), so
 /// OVMF's own network boot runs, not the NIC's iPXE ROM (boot-chain.md).
-fn uefi_setup(d: &Path, tag: &str, vars: &Path) -> (Netns, Netns, Proc, PathBuf, Vec<String>) {
+struct UefiWorld {
+    // Fields drop in order: the daemons before their namespaces.
+    _server: Proc,
+    _site: Option<Proc>,
+    lan: Netns,
+    _srv: Netns,
+    log_path: PathBuf,
+    args: Vec<String>,
+}
+
+fn uefi_setup(d: &Path, tag: &str, vars: &Path, proxy: Option<&str>) -> UefiWorld {
     let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
     let ipxe_efi = Path::new("/usr/lib/ipxe/ipxe.efi");
     for p in [code, Path::new(OVMF_VARS), ipxe_efi] {
@@ -1074,7 +1085,10 @@ fn uefi_setup(d: &Path, tag: &str, vars: &Path) -> (Netns, Netns, Proc, PathBuf,
     let boot = boot_dir(d);
     std::fs::copy(ipxe_efi, boot.join("ipxe.efi")).unwrap();
     let (lan, srv) = lan_and_server(tag);
-    let (server, log_path) = start_full_mode(d, &srv, &img, &the_client());
+    let ((server, log_path), site) = match proxy {
+        None => (start_full_mode(d, &srv, &img, &the_client()), None),
+        Some(dhcp) => (serve(d, &srv, &img, "", dhcp, &the_client()), Some(site_dnsmasq(&lan, d))),
+    };
     let args = [
         "-machine".to_string(),
         "q35".into(),
@@ -1084,23 +1098,21 @@ fn uefi_setup(d: &Path, tag: &str, vars: &Path) -> (Netns, Netns, Proc, PathBuf,
         format!("if=pflash,format=raw,file={}", vars.display()),
     ]
     .to_vec();
-    (lan, srv, server, log_path, args)
+    UefiWorld { _server: server, _site: site, lan, _srv: srv, log_path, args }
 }
 
-#[test]
-fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
-    let d = tempfile::tempdir().unwrap();
-    let vars = Path::new(OVMF_VARS);
-    let my_vars = d.path().join("vars.fd");
-    let (lan, _srv, _server, log_path, args) = uefi_setup(d.path(), "uefi", &my_vars);
-    // OVMF under load has been seen to abort its PXE attempt before sending
-    // anything ("PXE-E21: Remote boot cancelled", EDK2's EFI_ABORTED, as for
-    // a keystroke): that attempt ends at once and is retried once.
+/// OVMF's own PXE from a fresh variable store, to the root's marker.
+/// OVMF under load has been seen to abort its PXE attempt before sending
+/// anything ("PXE-E21: Remote boot cancelled", EDK2's EFI_ABORTED, as for
+/// a keystroke): that attempt ends at once and is retried once. Returns
+/// the console, whether QEMU exited, and pxeroot's log.
+fn uefi_pxe_boot(world: &UefiWorld, my_vars: &Path) -> (String, bool, String) {
     let mut console = String::new();
     let mut exited = false;
     for _attempt in 0..2 {
-        std::fs::copy(vars, &my_vars).unwrap();
-        let (lines, ex) = run_qemu_nic(&lan, &args, "virtio-net-pci,romfile=", |l| l.contains("FATAL") || l.contains("PXE-E21"));
+        std::fs::copy(OVMF_VARS, my_vars).unwrap();
+        let (lines, ex) =
+            run_qemu_nic(&world.lan, &world.args, "virtio-net-pci,romfile=", |l| l.contains("FATAL") || l.contains("PXE-E21"));
         console = lines.join("\n");
         exited = ex;
         if !console.contains("PXE-E21") {
@@ -1108,13 +1120,47 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
         }
         eprintln!("OVMF cancelled its PXE attempt before any DHCP exchange; retrying once");
     }
-    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    (console, exited, std::fs::read_to_string(&world.log_path).unwrap_or_default())
+}
+
+#[test]
+fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
+    let d = tempfile::tempdir().unwrap();
+    let my_vars = d.path().join("vars.fd");
+    let world = uefi_setup(d.path(), "uefi", &my_vars, None);
+    let (console, exited, server_log) = uefi_pxe_boot(&world, &my_vars);
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
     assert!(
         server_log.contains("offered=Some(\"ipxe.efi\")") && server_log.contains("arch=Some(7)"),
         "OVMF was not offered ipxe.efi:\n{server_log}"
     );
     assert!(server_log.contains("file=ipxe.efi"), "ipxe.efi was not sent over TFTP:\n{server_log}");
+    assert!(server_log.contains("boot script requested"), "{server_log}");
+}
+
+/// The x64 UEFI chain as most sites run it: pxeroot as a proxy beside the
+/// site's DHCP server (dnsmasq), the boot file through the port 4011
+/// exchange. OVMF takes its address from dnsmasq, a bare offer from
+/// pxeroot, and ipxe.efi from pxeroot's ACK on port 4011; ipxe.efi then
+/// takes its address from dnsmasq again and its script from pxeroot's
+/// proxy offer, and boots the root.
+#[test]
+fn test_uefi_client_beside_dnsmasq_gets_ipxe_efi_via_port_4011_then_boots() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let my_vars = d.path().join("vars.fd");
+    let world = uefi_setup(d.path(), "u4011", &my_vars, Some(&format!("{PROXY_DHCP}uefi = \"via-4011\"\n")));
+    let (console, exited, server_log) = uefi_pxe_boot(&world, &my_vars);
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
+    let answered =
+        |needles: &[&str]| server_log.lines().any(|l| l.contains("DHCP: client answered") && needles.iter().all(|n| l.contains(n)));
+    assert!(answered(&["request=Discover", "arch=Some(7)", "ipxe=false", "offered=None"]), "no bare offer:\n{server_log}");
+    assert!(answered(&["request=Request", "reply=Ack", "offered=Some(\"ipxe.efi\")"]), "no ipxe.efi in the 4011 ACK:\n{server_log}");
+    assert!(answered(&["ipxe=true", "offered=Some(\"tftp://10.99.0.1/pxeroot/"]), "iPXE got no script:\n{server_log}");
+    // iPXE's address came from the site's server (its range is .50-.99):
+    // a proxy hands out none.
+    let host = console.split("net0: 10.99.0.").nth(1).and_then(|r| r.split('/').next()).and_then(|h| h.parse::<u8>().ok());
+    assert!(host.is_some_and(|h| (50..=99).contains(&h)), "not an address from dnsmasq ({host:?}):\n{console}");
     assert!(server_log.contains("boot script requested"), "{server_log}");
 }
 
@@ -1208,7 +1254,7 @@ fn test_uefi_http_boot_fetches_ipxe_efi_from_pxeroot_over_http() {
     assert!(tool.exists(), "{} missing: run tests/run-all (it installs virt-firmware)", tool.display());
     let d = tempfile::tempdir().unwrap();
     let my_vars = d.path().join("vars.fd");
-    let (lan, _srv, _server, log_path, args) = uefi_setup(d.path(), "uhttp", &my_vars);
+    let UefiWorld { lan, log_path, args, .. } = &uefi_setup(d.path(), "uhttp", &my_vars, None);
     run(Command::new(tool)
         .args(["--input", OVMF_VARS, "--output"])
         .arg(&my_vars)
@@ -1232,7 +1278,7 @@ fn test_uefi_http_boot_takes_the_url_from_pxeroots_offer() {
     assert!(python.exists(), "{} missing: run tests/run-all (it installs virt-firmware)", python.display());
     let d = tempfile::tempdir().unwrap();
     let my_vars = d.path().join("vars.fd");
-    let (lan, _srv, _server, log_path, args) = uefi_setup(d.path(), "uoffer", &my_vars);
+    let UefiWorld { lan, log_path, args, .. } = &uefi_setup(d.path(), "uoffer", &my_vars, None);
     run(Command::new(python).arg("-c").arg(EMPTY_URI_BOOT_ENTRY).arg(OVMF_VARS).arg(&my_vars));
     let (lines, exited) = run_qemu_nic(&lan, &args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
     let console = lines.join("\n");
