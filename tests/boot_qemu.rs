@@ -1259,9 +1259,9 @@ fn test_uefi_http_boot_fetches_ipxe_efi_from_pxeroot_over_http() {
         .args(["--input", OVMF_VARS, "--output"])
         .arg(&my_vars)
         .args(["--set-boot-uri", &format!("http://{SERVER_IP}/ipxe.efi")]));
-    let (lines, exited) = run_qemu_nic(&lan, &args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
+    let (lines, exited) = run_qemu_nic(lan, args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
     let console = lines.join("\n");
-    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let server_log = std::fs::read_to_string(log_path).unwrap_or_default();
     assert!(console.contains("Start HTTP Boot over IPv4"), "OVMF did not start HTTP boot:\n{console}");
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI HTTP boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
     assert!(server_log.contains("HTTP transfer finished") && server_log.contains("file=/ipxe.efi"), "{server_log}");
@@ -1280,9 +1280,9 @@ fn test_uefi_http_boot_takes_the_url_from_pxeroots_offer() {
     let my_vars = d.path().join("vars.fd");
     let UefiWorld { lan, log_path, args, .. } = &uefi_setup(d.path(), "uoffer", &my_vars, None);
     run(Command::new(python).arg("-c").arg(EMPTY_URI_BOOT_ENTRY).arg(OVMF_VARS).arg(&my_vars));
-    let (lines, exited) = run_qemu_nic(&lan, &args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
+    let (lines, exited) = run_qemu_nic(lan, args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
     let console = lines.join("\n");
-    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let server_log = std::fs::read_to_string(log_path).unwrap_or_default();
     assert!(console.contains("Start HTTP Boot over IPv4"), "OVMF did not start HTTP boot:\n{console}");
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI HTTP boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
     // The URL came from pxeroot's offer to an HTTPClient DISCOVER.
