@@ -49,6 +49,13 @@ pub fn check_config(file: &Path) -> Result<()> {
                 None => println!("  http: disabled"),
             }
             println!("  scripts fetch kernel and initrd from {}", p.script.files_base);
+            for missing in p.missing_image_files() {
+                println!("  warning: {missing}");
+            }
+            let firmware = p.missing_firmware_files();
+            if p.dhcp.is_some() && !firmware.is_empty() {
+                println!("  not in the boot directory (only firmware without iPXE fetches them): {}", firmware.join("; "));
+            }
             match &p.dhcp {
                 Some(d) => {
                     let mode = match &d.mode {
@@ -85,6 +92,9 @@ pub fn serve(file: &Path) -> Result<()> {
         Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image).context("cannot open the configured images")?;
     if let Some(pxe) = &c.pxe {
         warn_unnamed_root_partitions(file, &registry, pxe);
+        for missing in pxe.missing_image_files() {
+            tracing::warn!(config = %file.display(), "{missing}");
+        }
     }
     if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
         registry = registry.with_boot_events(c.require_boot_address);

@@ -226,3 +226,37 @@ fn test_a_second_daemon_on_the_same_state_directory_refuses_to_start() {
     let again = Server::adhoc(&base, &state, &[]);
     assert_eq!(again.stop(), 0);
 }
+
+/// An image whose initrd is not in the boot directory: check-config and
+/// serve both say so with the key (its clients would stop at the fetch);
+/// check-config also lists the firmware files DHCP would offer but lacks.
+#[test]
+fn test_missing_boot_files_are_named_at_check_and_start() {
+    let d = tempfile::tempdir().unwrap();
+    boot_files_fixture(d.path());
+    let port = free_port();
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n[pxe]\nserver_address = \"127.0.0.1\"\nboot_dir = \"boot\"\n\
+             [tftp]\nlisten = \"127.0.0.1:{}\"\n[http]\nenabled = false\n[images.root]\npath = \"base.img\"\n\
+             kernel = \"debian/vmlinuz\"\ninitrd = \"debian/initrd.img\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let expected = format!("images.root.initrd: debian/initrd.img is not in {}", d.path().join("boot").display());
+    let out = stdout(Command::new(bin()).args(["check-config", "--config"]).arg(&cfg));
+    assert!(out.contains(&format!("warning: {expected}")) && !out.contains("images.root.kernel"), "{out}");
+    assert!(!out.contains("only firmware without iPXE"), "no DHCP, no firmware files:\n{out}");
+    let server = Server::with_config(&cfg, port, d.path());
+    assert!(server.log_text().contains(&expected), "{}", server.log_text());
+    assert_eq!(server.stop(), 0);
+
+    // With DHCP on (check-config only: nothing listens), the firmware files too.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + "[dhcp]\nmode = \"proxy\"\ninterface = \"lo\"\n").unwrap();
+    let out = stdout(Command::new(bin()).args(["check-config", "--config"]).arg(&cfg));
+    assert!(out.contains("undionly.kpxe (for BIOS firmware: Debian's ipxe package has /usr/lib/ipxe/undionly.kpxe)"), "{out}");
+    assert!(out.contains("ipxe-arm64.efi (for ARM64 UEFI firmware"), "{out}");
+}

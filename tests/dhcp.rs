@@ -95,7 +95,7 @@ fn config(dir: &Path, dhcp: &str) -> PathBuf {
 
 fn start(srv: &Netns, cfg: &Path) -> Proc {
     let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
-    let p = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(cfg).stderr(log).spawn().unwrap());
+    let p = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(500));
     p
 }
@@ -127,6 +127,13 @@ fn test_proxy_beside_dnsmasq_offers_the_right_file_per_firmware() {
         assert_eq!(ours.yiaddr, "0.0.0.0", "{what}: a proxy must not hand out addresses");
         assert_eq!(ours.file, file, "{what}");
     }
+    // The boot directory is empty: each firmware file offered is named as
+    // missing, with where it comes from; the iPXE script is not a file.
+    let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap();
+    let missing: Vec<&str> = log.lines().filter(|l| l.contains("offered a boot file that is not in the boot directory")).collect();
+    assert_eq!(missing.len(), 2, "{log}");
+    assert!(missing[0].contains("file=\"undionly.kpxe\"") && missing[0].contains("/usr/lib/ipxe/undionly.kpxe"), "{log}");
+    assert!(missing[1].contains("file=\"ipxe.efi\"") && missing[1].contains("/usr/lib/ipxe/ipxe.efi"), "{log}");
 }
 
 #[test]

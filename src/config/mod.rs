@@ -51,6 +51,38 @@ pub struct PxeConfig {
     pub http_listen: Option<SocketAddr>,
 }
 
+impl PxeConfig {
+    /// The images' kernels and initrds that are not in the boot directory,
+    /// each a sentence naming its key: such an image's clients fetch their
+    /// script, then fail to fetch the kernel.
+    pub fn missing_image_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (image, b) in &self.boot {
+            for (key, file) in [("kernel", &b.kernel), ("initrd", &b.initrd)] {
+                if !self.boot_dir.join(file).is_file() {
+                    out.push(format!(
+                        "images.{image}.{key}: {file} is not in {}: this image's clients will stop at their script's {key} fetch",
+                        self.boot_dir.display()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The firmware boot files DHCP offers that the boot directory lacks,
+    /// each with where it comes from. Only firmware of that kind that does
+    /// not run iPXE yet fetches one.
+    pub fn missing_firmware_files(&self) -> Vec<String> {
+        let Some(d) = &self.dhcp else { return Vec::new() };
+        [&d.files.bios, &d.files.uefi_x64, &d.files.uefi_arm64]
+            .into_iter()
+            .filter(|f| !self.boot_dir.join(f).is_file())
+            .map(|f| format!("{f} ({})", crate::dhcp::firmware_source(f, &d.files)))
+            .collect()
+    }
+}
+
 /// HTTP's well-known port.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
 
@@ -414,6 +446,7 @@ impl wire::Root {
                                     http_base: None,
                                     dhcp_port: 67,
                                     pxe_port: 4011,
+                                    boot_dir: boot_dir.clone(),
                                 })
                             }
                         }

@@ -63,6 +63,8 @@ pub struct DhcpConfig {
     /// Ports, 67 and 4011 unless a test moves them.
     pub dhcp_port: u16,
     pub pxe_port: u16,
+    /// Where the offered firmware boot files should be (pxe.boot_dir).
+    pub boot_dir: std::path::PathBuf,
 }
 
 /// Per-MAC rate limiting, pure: time comes in as an argument.
@@ -235,11 +237,38 @@ async fn listen(
         }
         match sock.send_to(&out, to).await {
             Ok(_) => {
+                warn_if_missing(&cfg, &seen, port);
                 let relay = (!req.giaddr().is_unspecified()).then(|| req.giaddr());
                 info!(mac = %seen.mac, request = ?seen.kind, relay = ?relay, reply = %reply.opts().msg_type().map_or_else(|| "?".to_string(), |k| format!("{k:?}")), address = %reply.yiaddr(), arch = ?seen.arch, ipxe = seen.ipxe, offered = ?seen.offered, not_booted = seen.not_booted.as_ref().map(tracing::field::display), "DHCP: client answered")
             }
             Err(e) => warn!(mac = %seen.mac, %to, error = %e, "sending the DHCP reply failed"),
         }
+    }
+}
+
+/// Offering firmware a boot file that is not in the boot directory makes
+/// its TFTP fetch fail (the firmware says little more than "not found"):
+/// say so here, with where the file usually comes from: once per boot
+/// attempt (the offer, or the ACK on port 4011; not full mode's ACK).
+fn warn_if_missing(cfg: &DhcpConfig, seen: &decide::Seen, port: Port) {
+    let Some(file) = seen.offered.as_deref() else { return };
+    let repeat = seen.kind == dhcproto::v4::MessageType::Request && port == Port::Dhcp;
+    if repeat || file.contains("://") || cfg.boot_dir.join(file).is_file() {
+        return;
+    }
+    warn!(mac = %seen.mac, file, boot_dir = %cfg.boot_dir.display(), "offered a boot file that is not in the boot directory: the firmware's fetch will fail; {}", firmware_source(file, &cfg.files));
+}
+
+/// Where a firmware boot file comes from.
+pub fn firmware_source(file: &str, files: &BootFiles) -> &'static str {
+    if file == files.bios {
+        "for BIOS firmware: Debian's ipxe package has /usr/lib/ipxe/undionly.kpxe"
+    } else if file == files.uefi_x64 {
+        "for UEFI x64 firmware: Debian's ipxe package has /usr/lib/ipxe/ipxe.efi"
+    } else if file == files.uefi_arm64 {
+        "for ARM64 UEFI firmware: iPXE's bin-arm64-efi/ipxe.efi (no Debian 12 package has it)"
+    } else {
+        "copy it there, or change dhcp.*_file"
     }
 }
 
