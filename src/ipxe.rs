@@ -36,11 +36,21 @@ pub struct BootSpec {
     pub partition: Option<u32>,
 }
 
+/// Seconds between a failed fetch of the boot files and the next try.
+pub const RETRY_SECONDS: u32 = 5;
+
+/// The script: fetch kernel and initrd, boot. A fetch that fails (the
+/// server restarting, a file not there yet) is retried every
+/// [`RETRY_SECONDS`] instead of ending the script: a diskless machine has
+/// nothing else to boot, and firmware that falls through to "no bootable
+/// device" stays there until someone power-cycles it. Ctrl-C during the
+/// wait opens iPXE's shell.
 pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
     let base = p.files_base.trim_end_matches('/');
     let initrd_name = boot.initrd.rsplit('/').next().unwrap_or(&boot.initrd);
     let mut s = String::from("#!ipxe\n");
     let _ = writeln!(s, "# pxeroot: boot script for {mac}");
+    s.push_str(":pxeroot_fetch\n");
     let _ = write!(
         s,
         "kernel {base}/{} initrd={initrd_name} {} pxeroot.server={}:{} pxeroot.export={mac} pxeroot.attach={} \
@@ -54,9 +64,19 @@ pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
     if let Some(n) = boot.partition {
         let _ = write!(s, " pxeroot.partition={n}");
     }
-    s.push('\n');
-    let _ = writeln!(s, "initrd {base}/{}", boot.initrd.trim_start_matches('/'));
-    s.push_str("boot\n");
+    s.push_str(" || goto pxeroot_retry\n");
+    let _ = writeln!(s, "initrd {base}/{} || goto pxeroot_retry", boot.initrd.trim_start_matches('/'));
+    s.push_str("boot || goto pxeroot_retry\n");
+    // The images of the failed try go; the running script stays (iPXE
+    // holds it while it executes).
+    let _ = write!(
+        s,
+        ":pxeroot_retry\n\
+         echo pxeroot: fetching the boot files failed: retrying in {RETRY_SECONDS} s (Ctrl-C: iPXE shell)\n\
+         imgfree\n\
+         sleep {RETRY_SECONDS} || shell\n\
+         goto pxeroot_fetch\n"
+    );
     s
 }
 
@@ -83,9 +103,10 @@ mod tests {
         assert!(s.contains("kernel tftp://10.0.0.1/debian/vmlinuz initrd=initrd.zst console=ttyS0 quiet "));
         assert!(s.contains("pxeroot.server=10.0.0.1:10809 pxeroot.export=52:54:00:12:34:56 pxeroot.attach=netlink"));
         assert!(s.contains("ip=${ip}::${gateway}:${netmask}:::off BOOTIF=01-${mac:hexhyp}"));
-        assert!(s.contains("\ninitrd tftp://10.0.0.1/debian/initrd.zst\nboot\n"));
+        assert!(s.contains("\ninitrd tftp://10.0.0.1/debian/initrd.zst || goto pxeroot_retry\nboot || goto pxeroot_retry\n"), "{s}");
+        assert!(s.contains(":pxeroot_retry\n") && s.contains("sleep 5 || shell\ngoto pxeroot_fetch\n"), "{s}");
         assert!(!s.contains("pxeroot.partition"));
         let s = render(&p, "52:54:00:12:34:56".parse().unwrap(), &BootSpec { partition: Some(14), ..b });
-        assert!(s.contains("BOOTIF=01-${mac:hexhyp} pxeroot.partition=14\ninitrd "), "{s}");
+        assert!(s.contains("BOOTIF=01-${mac:hexhyp} pxeroot.partition=14 || goto pxeroot_retry\ninitrd "), "{s}");
     }
 }

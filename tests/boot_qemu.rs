@@ -1006,6 +1006,46 @@ fn test_full_mode_serves_a_routed_segment_through_a_relay() {
     assert!(server_log.contains(&format!("relay=Some({ROUTED_GATEWAY})")) && server_log.contains("reply=Ack"), "{server_log}");
 }
 
+/// A boot file that is not there yet (a kernel being installed, a server
+/// restarting): iPXE's script says so, retries every few seconds, and the
+/// client boots once the file is there, instead of falling through to "no
+/// bootable device" for good. pxeroot named the missing file at start.
+#[test]
+fn test_the_boot_script_retries_a_boot_file_until_it_is_there() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    let boot = boot_dir(d.path());
+    let initrd = d.path().join("initrd.later");
+    std::fs::rename(boot.join("initrd.img"), &initrd).unwrap();
+    let (lan, srv) = lan_and_server("retry");
+    let (_server, log_path) = start_full_mode(d.path(), &srv, &img, &the_client());
+    let mut retries = 0;
+    let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| {
+        if l.contains("pxeroot: fetching the boot files failed: retrying in 5 s") {
+            retries += 1;
+            if retries == 2 {
+                std::fs::rename(&initrd, boot.join("initrd.img")).unwrap();
+            }
+        }
+        l.contains("FATAL") || l.contains("No bootable device")
+    });
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        console.contains("PXEROOT-MARKER-DONE") && exited,
+        "no boot after the file appeared:\n{console}\n--- pxeroot log:\n{server_log}"
+    );
+    assert_eq!(retries, 2, "{console}");
+    // iPXE waited between the tries: it does not hammer the server.
+    let tries: Vec<f64> = lines
+        .iter()
+        .filter(|l| l.contains("pxeroot: fetching the boot files failed"))
+        .filter_map(|l| l[1..7].trim().parse().ok())
+        .collect();
+    assert!(tries.len() == 2 && tries[1] - tries[0] >= 4.5, "tries at {tries:?}:\n{console}");
+    assert!(server_log.contains("images.root.initrd: initrd.img is not in"), "{server_log}");
+}
+
 #[test]
 fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     let d = tempfile::tempdir().unwrap();
