@@ -88,6 +88,7 @@ pub fn serve(file: &Path) -> Result<()> {
         );
     }
     let listen = c.nbd_listen.clone();
+    let running = c.clone();
     let mut registry =
         Registry::new(c.state_dir, c.images, c.clients, c.unknown, c.default_image).context("cannot open the configured images")?;
     if let Some(pxe) = &c.pxe {
@@ -99,7 +100,86 @@ pub fn serve(file: &Path) -> Result<()> {
     if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
         registry = registry.with_boot_events(c.require_boot_address);
     }
-    run(registry, listen, c.pxe)
+    run(registry, listen, c.pxe, Some(Reload { file: file.to_path_buf(), running }))
+}
+
+/// What a SIGHUP re-reads: the file, against the configuration running.
+struct Reload {
+    file: PathBuf,
+    running: Config,
+}
+
+impl Reload {
+    /// Apply what may change without a restart: who boots what
+    /// (`[clients]` images and policies, `[unknown_clients]`). A file that
+    /// does not validate, or names an image not opened at start, changes
+    /// nothing. Anything else that changed is named as waiting for a restart.
+    fn apply(&mut self, registry: &Registry) {
+        let new = match Config::load(&self.file) {
+            Ok(c) => c,
+            Err(e) => return tracing::error!("reload failed, the running configuration stays: {e}"),
+        };
+        let clients = crate::storage::registry::Clients { by_mac: new.clients.clone(), unknown: new.unknown.clone() };
+        let change = match registry.set_clients(clients) {
+            Ok(change) => change,
+            Err(e) => return tracing::error!(config = %self.file.display(), "reload refused, the running configuration stays: {e}"),
+        };
+        let macs = |m: &[crate::mac::Mac]| m.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ");
+        tracing::info!(
+            config = %self.file.display(),
+            added = %macs(&change.added),
+            removed = %macs(&change.removed),
+            changed = %macs(&change.changed),
+            unknown_clients_changed = change.unknown_changed,
+            "configuration reloaded: clients apply to their next boot (open sessions keep their overlays)"
+        );
+        for (mac, overlay) in &change.stale_overlays {
+            tracing::warn!(
+                %mac,
+                overlay = %overlay.display(),
+                "client now boots another image: its overlay of the old one is refused until it is deleted (its data is lost) or the image is changed back"
+            );
+        }
+        let later = restart_needed(&self.running, &new);
+        if !later.is_empty() {
+            tracing::warn!(config = %self.file.display(), "changed, and applied only at the next restart: {}", later.join(", "));
+        }
+        self.running.clients = new.clients;
+        self.running.unknown = new.unknown;
+    }
+}
+
+/// The parts of the configuration that differ between `old` and `new`
+/// other than the client table, by the keys a person edits.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut differ = |changed: bool, what: &'static str| {
+        if changed {
+            out.push(what);
+        }
+    };
+    differ(old.state_dir != new.state_dir, "state_dir");
+    differ(old.nbd_listen != new.nbd_listen || old.require_boot_address != new.require_boot_address, "[nbd]");
+    differ(old.images != new.images || old.default_image != new.default_image, "[images]");
+    let (a, b) = (old.pxe.as_ref(), new.pxe.as_ref());
+    differ(a.map(|p| (&p.boot_dir, &p.script, &p.boot)) != b.map(|p| (&p.boot_dir, &p.script, &p.boot)), "[pxe] or an image's boot files");
+    differ(a.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)) != b.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)), "[tftp]");
+    differ(a.map(|p| p.http_listen) != b.map(|p| p.http_listen), "[http]");
+    // Full mode's reservations come from the clients' `address` keys.
+    let reservations = |p: Option<&crate::config::PxeConfig>| match p.and_then(|p| p.dhcp.as_ref()).map(|d| &d.mode) {
+        Some(crate::dhcp::Mode::Full { reservations, .. }) => Some(reservations.clone()),
+        _ => None,
+    };
+    let without_reservations = |p: Option<&crate::config::PxeConfig>| {
+        let mut d = p.and_then(|p| p.dhcp.clone());
+        if let Some(crate::dhcp::Mode::Full { reservations, .. }) = d.as_mut().map(|d| &mut d.mode) {
+            reservations.clear();
+        }
+        (d, p.and_then(|p| p.ra_interface.clone()))
+    };
+    differ(without_reservations(a) != without_reservations(b), "[dhcp]");
+    differ(reservations(a) != reservations(b), "clients' address (full-mode reservations)");
+    out
 }
 
 /// Warn about images whose clients would stop at boot: a partitioned disk
@@ -147,10 +227,15 @@ pub fn adhoc_nbd(base: &Path, state_dir: PathBuf, listen: SocketAddr, policy: Ov
     let rule = ClientRule { image: name.clone(), policy };
     let registry = Registry::new(state_dir, vec![image], BTreeMap::new(), Some(rule), Some(name))
         .with_context(|| format!("cannot serve {}", base.display()))?;
-    run(registry, Some(vec![listen]), None)
+    run(registry, Some(vec![listen]), None, None)
 }
 
-fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crate::config::PxeConfig>) -> Result<()> {
+fn run(
+    registry: Registry,
+    nbd_listen: Option<Vec<SocketAddr>>,
+    pxe: Option<crate::config::PxeConfig>,
+    mut reload: Option<Reload>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -192,7 +277,7 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
         }
         // Run until a signal, or until a service fails (then stop the rest).
         let failed = tokio::select! {
-            r = wait_for_signal() => { r?; None }
+            r = wait_for_signal(&registry, &mut reload) => { r?; None }
             r = futures_lite::future::poll_fn(|cx| {
                 for (i, s) in services.iter_mut().enumerate() {
                     if let std::task::Poll::Ready(r) = std::pin::Pin::new(s).poll(cx) {
@@ -222,21 +307,23 @@ fn run(registry: Registry, nbd_listen: Option<Vec<SocketAddr>>, pxe: Option<crat
     })
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Until SIGTERM or SIGINT; a SIGHUP reloads the configuration file
+/// (`serve`) or is said to do nothing (`nbd`, which has none).
+async fn wait_for_signal(registry: &Registry, reload: &mut Option<Reload>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    // A hangup (a closed terminal, a `kill -HUP` meant as "reload") must
-    // not end the daemon without its shutdown, as the default action does.
+    // A hangup must not end the daemon without its shutdown, as the
+    // default action does: it means "reload" to daemons.
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => tracing::warn!(
-                "SIGHUP ignored: pxeroot does not reload its configuration; restart it to apply changes \
-                 (netlink-attached clients reconnect by themselves)"
-            ),
+            _ = hup.recv() => match reload.as_mut() {
+                Some(r) => r.apply(registry),
+                None => tracing::warn!("SIGHUP ignored: `pxeroot nbd` has no configuration file to reload"),
+            },
         }
     }
 }

@@ -67,7 +67,7 @@ fn test_sigterm_finishes_flushes_and_exits_zero_sighup_does_neither() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.read(0, 5000).1, pattern(0, 5000), "the session did not survive SIGHUP");
-    assert!(s.log_text().contains("SIGHUP ignored: pxeroot does not reload its configuration"), "{}", s.log_text());
+    assert!(s.log_text().contains("SIGHUP ignored: `pxeroot nbd` has no configuration file to reload"), "{}", s.log_text());
     let t = Instant::now();
     assert_eq!(s.stop(), 0);
     assert!(t.elapsed() < Duration::from_secs(5), "an idle client must not delay shutdown");
@@ -259,4 +259,68 @@ fn test_missing_boot_files_are_named_at_check_and_start() {
     let out = stdout(Command::new(bin()).args(["check-config", "--config"]).arg(&cfg));
     assert!(out.contains("undionly.kpxe (for BIOS firmware: Debian's ipxe package has /usr/lib/ipxe/undionly.kpxe)"), "{out}");
     assert!(out.contains("ipxe-arm64.efi (for ARM64 UEFI firmware"), "{out}");
+}
+
+/// SIGHUP reloads who boots what, with no restart: a client added to the
+/// file may open its overlay, one removed may not, and an open session
+/// goes on. A file that does not validate, or that names an image the
+/// daemon did not open, changes nothing; other changed keys are named as
+/// waiting for a restart.
+#[test]
+fn test_sighup_reloads_the_client_table_and_names_what_needs_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    make_raw_base(&d.path().join("base.img"), 1 << 20, 1);
+    let port = free_port();
+    let cfg = d.path().join("pxeroot.toml");
+    let (a, b) = (MAC, "52:54:00:00:0a:02");
+    let write = |clients: &str, extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n{extra}[images.debian]\npath = \"base.img\"\n{clients}"
+            ),
+        )
+        .unwrap()
+    };
+    let client = |mac: &str| format!("[clients.\"{mac}\"]\nimage = \"debian\"\n");
+    write(&client(a), "");
+    let s = Server::with_config(&cfg, port, d.path());
+    let pid = nix::unistd::Pid::from_raw(s.child.as_ref().map(|c| c.id()).unwrap() as i32);
+    let reloads = |n: usize, what: &str| {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.log_text().matches(what).count() < n {
+            assert!(Instant::now() < deadline, "no {what:?} after SIGHUP:\n{}", s.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(Client::connect(port, b).is_err(), "an unconfigured client was let in");
+    let mut session = Client::connect(port, a).unwrap();
+    assert_eq!(session.write(0, &pattern(7, 4096)), 0);
+
+    write(&(client(a) + &client(b)), "");
+    reloads(1, "configuration reloaded");
+    assert!(s.log_text().contains(&format!("added={b}")), "{}", s.log_text());
+    Client::connect(port, b).expect("the added client is refused").disconnect();
+    assert_eq!(session.read(0, 4096).1, pattern(7, 4096), "the open session did not survive the reload");
+
+    // Not valid: nothing changes.
+    std::fs::write(&cfg, "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n").unwrap();
+    reloads(1, "reload failed, the running configuration stays");
+    Client::connect(port, b).expect("a failed reload changed the clients").disconnect();
+    // An image the daemon did not open: refused whole.
+    write(&(client(a) + "[clients.\"52:54:00:00:0a:03\"]\nimage = \"ubuntu\"\n"), "");
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + "[images.ubuntu]\npath = \"base.img\"\n").unwrap();
+    reloads(1, "reload refused, the running configuration stays");
+    assert!(s.log_text().contains("names image \"ubuntu\", which this daemon did not open at start"), "{}", s.log_text());
+    Client::connect(port, b).expect("a refused reload changed the clients").disconnect();
+
+    // b removed, and a key that needs a restart changed.
+    write(&client(a), "require_boot_address = false\n");
+    reloads(2, "configuration reloaded");
+    assert!(Client::connect(port, b).is_err(), "a removed client was let in");
+    assert!(s.log_text().contains("applied only at the next restart: [nbd]"), "{}", s.log_text());
+    assert_eq!(session.read(0, 4096).1, pattern(7, 4096));
+    session.disconnect();
+    assert_eq!(s.stop(), 0);
 }

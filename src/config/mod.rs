@@ -14,7 +14,7 @@ use crate::mac::Mac;
 use crate::storage::registry::{ClientRule, ImageSpec, OverlayPolicy};
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub state_dir: PathBuf,
     /// `None` when the NBD service is disabled.
@@ -33,7 +33,7 @@ pub struct Config {
 }
 
 /// What the PXE services (TFTP now; DHCP and HTTP next) serve.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PxeConfig {
     pub boot_dir: PathBuf,
     pub script: ScriptParams,

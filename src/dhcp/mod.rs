@@ -35,7 +35,7 @@ pub enum DhcpError {
 }
 
 /// Proxy beside another DHCP server, or the only DHCP server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     Proxy,
     Full {
@@ -49,7 +49,7 @@ pub enum Mode {
 }
 
 /// What the DHCP service needs from the config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpConfig {
     pub mode: Mode,
     pub server: Ipv4Addr,

@@ -35,7 +35,7 @@ pub enum OverlayPolicy {
 }
 
 /// A base image as the registry serves it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub name: String,
     pub path: PathBuf,
@@ -87,6 +87,27 @@ struct Slot {
     connections: usize,
 }
 
+/// Who may boot what: the configured clients, and the rule for the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Clients {
+    pub by_mac: BTreeMap<Mac, ClientRule>,
+    /// What a MAC without an entry gets; `None`: refused.
+    pub unknown: Option<ClientRule>,
+}
+
+/// What [`Registry::set_clients`] changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClientsChange {
+    pub added: Vec<Mac>,
+    pub removed: Vec<Mac>,
+    /// Another image or policy.
+    pub changed: Vec<Mac>,
+    pub unknown_changed: bool,
+    /// Clients whose image changed while they have an overlay of the old
+    /// one: it is refused until it is deleted (or the image changed back).
+    pub stale_overlays: Vec<(Mac, PathBuf)>,
+}
+
 /// In the state directory: held (flock) by the pxeroot that uses it, and
 /// holding that process's ID for the message another one gets.
 pub const STATE_LOCK_FILE: &str = "pxeroot.lock";
@@ -97,8 +118,8 @@ pub struct Registry {
     /// other's overlays, sidecars and leases: the second one refuses to start.
     _state_lock: nix::fcntl::Flock<std::fs::File>,
     images: BTreeMap<String, Image>,
-    clients: BTreeMap<Mac, ClientRule>,
-    unknown: Option<ClientRule>,
+    /// Swapped whole by [`Registry::set_clients`] (a reload).
+    clients: std::sync::RwLock<Clients>,
     /// The image served under the empty export name.
     default_image: Option<String>,
     /// Ephemeral overlays are reset when a session starts with no other
@@ -215,8 +236,7 @@ impl Registry {
             state_dir,
             _state_lock: state_lock,
             images: opened,
-            clients,
-            unknown,
+            clients: std::sync::RwLock::new(Clients { by_mac: clients, unknown }),
             default_image,
             reset_on_new_session: true,
             require_boot_address: false,
@@ -291,8 +311,50 @@ impl Registry {
         self.rule(mac).map(|r| r.image.clone())
     }
 
-    fn rule(&self, mac: Mac) -> Option<&ClientRule> {
-        self.clients.get(&mac).or(self.unknown.as_ref())
+    fn rule(&self, mac: Mac) -> Option<ClientRule> {
+        let clients = self.read_clients();
+        clients.by_mac.get(&mac).or(clients.unknown.as_ref()).cloned()
+    }
+
+    fn read_clients(&self) -> std::sync::RwLockReadGuard<'_, Clients> {
+        // A poisoned lock only means a reader panicked: the table is whole
+        // (it is only ever replaced whole).
+        self.clients.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace who may boot what (a configuration reload). Every rule must
+    /// name an image this registry serves (images are opened at start
+    /// only); else nothing changes and the error names the clients. New
+    /// connections follow the new table; open ones keep their overlays.
+    pub fn set_clients(&self, new: Clients) -> std::result::Result<ClientsChange, String> {
+        let unknown_image: Vec<String> = new
+            .by_mac
+            .iter()
+            .map(|(mac, r)| (format!("clients.\"{mac}\""), r))
+            .chain(new.unknown.iter().map(|r| ("unknown_clients".to_string(), r)))
+            .filter(|(_, r)| !self.images.contains_key(&r.image))
+            .map(|(key, r)| format!("{key} names image {:?}", r.image))
+            .collect();
+        if !unknown_image.is_empty() {
+            return Err(format!("{}, which this daemon did not open at start (a new image needs a restart)", unknown_image.join(", ")));
+        }
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        let mut change = ClientsChange { unknown_changed: clients.unknown != new.unknown, ..ClientsChange::default() };
+        for (mac, rule) in &new.by_mac {
+            match clients.by_mac.get(mac) {
+                None => change.added.push(*mac),
+                Some(old) if old != rule => {
+                    change.changed.push(*mac);
+                    if old.image != rule.image && self.overlay_path(*mac).exists() {
+                        change.stale_overlays.push((*mac, self.overlay_path(*mac)));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        change.removed = clients.by_mac.keys().filter(|m| !new.by_mac.contains_key(m)).copied().collect();
+        *clients = new;
+        Ok(change)
     }
 
     /// Export names and descriptions a client may open: every image, and
@@ -300,7 +362,7 @@ impl Registry {
     pub fn list(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> =
             self.images.iter().map(|(n, i)| (n.clone(), format!("{} (read-only)", i.description))).collect();
-        for (mac, rule) in &self.clients {
+        for (mac, rule) in &self.read_clients().by_mac {
             out.push((mac.to_string(), format!("overlay of {} for {mac} ({:?})", rule.image, rule.policy)));
         }
         out
@@ -312,7 +374,7 @@ impl Registry {
             Target::Image(n) => n,
             Target::Client(mac) => &self.rule(*mac)?.image,
         };
-        self.images.get(image).map(|i| i.base.size())
+        self.images.get(image.as_str()).map(|i| i.base.size())
     }
 
     pub fn description(&self, target: &Target) -> String {
@@ -372,7 +434,6 @@ impl Registry {
         }
         let rule = self
             .rule(mac)
-            .cloned()
             .ok_or_else(|| StorageError::Corrupt { path: self.overlay_path(mac), reason: "client is not configured".into() })?;
         // The file work (a new overlay is several syncs) happens outside the
         // lock: only this MAC waits for it, not every other client's attach.
@@ -573,5 +634,44 @@ impl Disk {
             Disk::Base(_) => None,
             Disk::Overlay(h) => Some(h.overlay()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(image: &str, policy: OverlayPolicy) -> ClientRule {
+        ClientRule { image: image.into(), policy }
+    }
+
+    /// A reload's client table: what changed, the overlays a new image
+    /// makes stale, and a table naming an image not opened, refused whole.
+    #[test]
+    fn test_set_clients_reports_changes_and_refuses_unknown_images() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.img"), vec![0u8; 65536]).unwrap();
+        let images =
+            ["debian", "other"].map(|n| ImageSpec { name: n.into(), path: d.path().join("a.img"), description: n.into() }).to_vec();
+        let (a, b, c): (Mac, Mac, Mac) =
+            ("52:54:00:00:00:0a".parse().unwrap(), "52:54:00:00:00:0b".parse().unwrap(), "52:54:00:00:00:0c".parse().unwrap());
+        let start = BTreeMap::from([(a, rule("debian", OverlayPolicy::Persistent)), (b, rule("debian", OverlayPolicy::Persistent))]);
+        let r = Registry::new(d.path().join("state"), images, start, None, None).unwrap();
+        std::fs::write(r.overlay_path(a), b"").unwrap();
+        let change = r
+            .set_clients(Clients {
+                by_mac: BTreeMap::from([(a, rule("other", OverlayPolicy::Persistent)), (c, rule("debian", OverlayPolicy::Ephemeral))]),
+                unknown: Some(rule("debian", OverlayPolicy::Ephemeral)),
+            })
+            .unwrap();
+        assert_eq!((change.added, change.removed, change.changed.clone()), (vec![c], vec![b], vec![a]));
+        assert!(change.unknown_changed);
+        assert_eq!(change.stale_overlays, vec![(a, r.overlay_path(a))]);
+        assert_eq!(r.image_of(a).as_deref(), Some("other"));
+        // b is gone from the table, but unknown clients now boot debian.
+        assert_eq!(r.image_of(b).as_deref(), Some("debian"));
+        let err = r.set_clients(Clients { by_mac: BTreeMap::from([(b, rule("ubuntu", OverlayPolicy::Persistent))]), unknown: None });
+        assert!(err.unwrap_err().contains("clients.\"52:54:00:00:00:0b\" names image \"ubuntu\""));
+        assert_eq!(r.image_of(a).as_deref(), Some("other"), "a refused table changed something");
     }
 }
