@@ -324,3 +324,19 @@ fn test_sighup_reloads_the_client_table_and_names_what_needs_a_restart() {
     session.disconnect();
     assert_eq!(s.stop(), 0);
 }
+
+/// The shipped systemd unit (config/pxeroot.service) passes `systemd-analyze
+/// verify` with its paths pointed at this build, without a warning; its
+/// reload is the SIGHUP that `serve` reloads on.
+#[test]
+fn test_the_shipped_systemd_unit_verifies() {
+    require("systemd-analyze");
+    let d = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pxeroot.service")).unwrap();
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
+    let path = d.path().join("pxeroot.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/pxeroot", &bin().display().to_string())).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
