@@ -37,8 +37,8 @@ const CHUNK: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen for HTTP on {addr}: {error}; {fix}")]
-    Bind { addr: SocketAddr, error: std::io::Error, fix: String },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -199,8 +199,7 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
 /// Serve HTTP on `addr` until `shutdown`.
 pub async fn serve(addr: SocketAddr, resolver: Arc<Resolver>, shutdown: CancellationToken) -> Result<(), HttpError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|error| {
-        let fix = crate::listen::bind_fix(&error, addr.port(), "set http.listen to another address, or http.enabled = false");
-        HttpError::Bind { addr, error, fix }
+        crate::listen::BindError::new("HTTP", addr, addr.port(), error, "set http.listen to another address, or http.enabled = false")
     })?;
     info!(%addr, "HTTP listening");
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));

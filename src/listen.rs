@@ -3,6 +3,25 @@
 
 use std::io::ErrorKind;
 
+/// A listening socket that could not be opened: the service, where, why,
+/// and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for {service} on {addr}: {error}; {fix}")]
+pub struct BindError {
+    pub service: &'static str,
+    pub addr: String,
+    pub error: std::io::Error,
+    pub fix: String,
+}
+
+impl BindError {
+    /// `elsewhere`: how to move or turn off the service in the config.
+    pub fn new(service: &'static str, addr: impl std::fmt::Display, port: u16, error: std::io::Error, elsewhere: &str) -> BindError {
+        let fix = bind_fix(&error, port, elsewhere);
+        BindError { service, addr: addr.to_string(), error, fix }
+    }
+}
+
 /// The fix for a failed bind on `port`; `elsewhere` says how to move or
 /// turn off that service in the config (its keys).
 pub fn bind_fix(error: &std::io::Error, port: u16, elsewhere: &str) -> String {

@@ -30,8 +30,8 @@ pub const MAX_TRACKED_MACS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
-    #[error("cannot listen for DHCP on UDP {port}{}: {error}; {fix}", interface.as_ref().map(|i| format!(" on {i}")).unwrap_or_default())]
-    Bind { port: u16, interface: Option<String>, error: std::io::Error, fix: String },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
 }
 
 /// Proxy beside another DHCP server, or the only DHCP server.
@@ -93,8 +93,8 @@ const PXE_PORT_FIX: &str = "another proxy DHCP server (dnsmasq's pxe-service, WD
 
 fn socket(port: u16, interface: Option<&str>, elsewhere: &str) -> Result<UdpSocket, DhcpError> {
     let err = |error: std::io::Error| {
-        let fix = crate::listen::bind_fix(&error, port, elsewhere);
-        DhcpError::Bind { port, interface: interface.map(String::from), error, fix }
+        let at = format!("UDP {port}{}", interface.map(|i| format!(" on {i}")).unwrap_or_default());
+        DhcpError::from(crate::listen::BindError::new("DHCP", at, port, error, elsewhere))
     };
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;

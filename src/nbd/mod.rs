@@ -60,8 +60,8 @@ pub fn errno(e: &StorageError) -> u32 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
-    #[error("cannot listen on {addr}: {error}; {fix}")]
-    Bind { addr: SocketAddr, error: std::io::Error, fix: String },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
     #[error("connection I/O failed")]
     Io(#[from] std::io::Error),
     #[error("protocol violation")]
@@ -77,8 +77,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, NbdError> {
     let mut out = Vec::new();
     for &addr in addrs {
         out.push(TcpListener::bind(addr).await.map_err(|error| {
-            let fix = crate::listen::bind_fix(&error, addr.port(), "set nbd.listen (pxeroot nbd: --listen) to another address");
-            NbdError::Bind { addr, error, fix }
+            crate::listen::BindError::new("NBD", addr, addr.port(), error, "set nbd.listen (pxeroot nbd: --listen) to another address")
         })?);
     }
     Ok(out)

@@ -35,8 +35,8 @@ const MAX_REQUEST: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
-    #[error("cannot listen for TFTP on {addr}: {error}; {fix}")]
-    Bind { addr: SocketAddr, error: std::io::Error, fix: String },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
 }
 
 /// A block size cap for clients in an IPv4 prefix.
@@ -84,8 +84,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), TftpError> {
     let sock = Arc::new(UdpSocket::bind(addr).await.map_err(|error| {
-        let fix = crate::listen::bind_fix(&error, addr.port(), "set tftp.listen to another address, or tftp.enabled = false");
-        TftpError::Bind { addr, error, fix }
+        crate::listen::BindError::new("TFTP", addr, addr.port(), error, "set tftp.listen to another address, or tftp.enabled = false")
     })?);
     info!(%addr, "TFTP listening");
     let mut buf = vec![0u8; MAX_REQUEST];
