@@ -22,7 +22,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every service the configuration enables.
+    ///
+    /// SIGTERM or SIGINT: finish in-flight requests, flush every overlay,
+    /// exit. SIGHUP: re-read the file's client table ([clients],
+    /// [unknown_clients]); other changes wait for a restart.
     Serve {
+        /// The TOML configuration (every key: config/pxeroot.example.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
