@@ -13,11 +13,18 @@ done
 if [[ " ${missing[*]} " == *" qemu-system-x86 "* || " ${missing[*]} " == *" qemu-utils "* ]]; then
     missing+=(qemu-utils qemu-system-x86)
 fi
+# On a terminal, long steps show their progress (apt's and cargo's bars);
+# in CI and logs they stay quiet.
+if [ -t 2 ]; then CARGO_QUIET=(); else CARGO_QUIET=(-q); fi
 if ((${#missing[@]})); then
     echo "==> installing: ${missing[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades "${missing[@]}" >/dev/null
+    if [ -t 1 ]; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q -o Dpkg::Progress-Fancy=1 --allow-downgrades "${missing[@]}"
+    else
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades "${missing[@]}" >/dev/null
+    fi
 fi
 if ! command -v cargo >/dev/null; then
     [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
@@ -31,7 +38,11 @@ if [ ! -f "$kdir/ready" ]; then
     echo "==> fetching the guest kernel"
     pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
     rm -rf "$kdir" && mkdir -p "$kdir"
-    (cd "$kdir" && apt-get download "$pkg" >/dev/null 2>&1 && dpkg -x ./*.deb root && rm -f ./*.deb)
+    if [ -t 1 ]; then
+        (cd "$kdir" && apt-get download "$pkg" && dpkg -x ./*.deb root && rm -f ./*.deb)
+    else
+        (cd "$kdir" && apt-get download "$pkg" >/dev/null 2>&1 && dpkg -x ./*.deb root && rm -f ./*.deb)
+    fi
     cp "$kdir"/root/boot/vmlinuz-* "$kdir/vmlinuz"
     ln -sfn "$(ls -d "$PWD/$kdir"/root/lib/modules/* | head -n 1)" "$kdir/modules"
     touch "$kdir/ready"
