@@ -1085,6 +1085,25 @@ fn boot_twice(tag: &str, policy: &str) -> (String, String) {
     (consoles.remove(0), consoles.remove(0))
 }
 
+/// e1000e, the Intel NIC of many real desktops and QEMU's q35 default:
+/// its iPXE ROM boots the client, and pxeroot-init loads the e1000e group
+/// (with its hard dependencies) by the device's modalias, no other NIC's.
+#[test]
+fn test_pxe_boot_with_an_e1000e_nic() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    boot_dir(d.path());
+    let (lan, srv) = lan_and_server("e1ke");
+    let (_server, log_path) = start_full_mode(d.path(), &srv, &img, &the_client());
+    let (lines, exited) = run_qemu_nic(&lan, &["-boot".into(), "order=n".into()], "e1000e", |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
+    eprintln!("{console}");
+    assert!(console.contains("using 82574l"), "not iPXE's e1000e ROM:\n{console}");
+    assert!(console.contains("driver groups without a device skipped") && !console.contains("loaded the"), "{console}");
+}
+
 #[test]
 fn test_second_boot_persistent_keeps_the_file_ephemeral_does_not() {
     let (first, second) = boot_twice("pers", "persistent");
