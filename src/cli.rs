@@ -100,18 +100,22 @@ pub fn serve(file: &Path) -> Result<()> {
     if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
         registry = registry.with_boot_events(c.require_boot_address);
     }
-    run(registry, listen, c.pxe, Some(Reload { file: file.to_path_buf(), running }))
+    run(registry, listen, c.pxe, Some(Reload { file: file.to_path_buf(), running, leases: None }))
 }
 
 /// What a SIGHUP re-reads: the file, against the configuration running.
 struct Reload {
     file: PathBuf,
     running: Config,
+    /// Full mode's lease table, whose reservations follow the clients'
+    /// `address` keys.
+    leases: Option<crate::dhcp::Leases>,
 }
 
 impl Reload {
     /// Apply what may change without a restart: who boots what
-    /// (`[clients]` images and policies, `[unknown_clients]`). A file that
+    /// (`[clients]` images, policies and full mode's reserved addresses,
+    /// `[unknown_clients]`). A file that
     /// does not validate, or names an image not opened at start, changes
     /// nothing. Anything else that changed is named as waiting for a restart.
     fn apply(&mut self, registry: &Registry) {
@@ -133,6 +137,11 @@ impl Reload {
             unknown_clients_changed = change.unknown_changed,
             "configuration reloaded: clients apply to their next boot (open sessions keep their overlays)"
         );
+        if let (Some(leases), Some(crate::dhcp::Mode::Full { reservations, .. })) =
+            (&self.leases, new.pxe.as_ref().and_then(|p| p.dhcp.as_ref()).map(|d| &d.mode))
+        {
+            leases.lock().unwrap_or_else(|e| e.into_inner()).set_reservations(reservations.clone());
+        }
         for (mac, overlay) in &change.stale_overlays {
             tracing::warn!(
                 %mac,
@@ -165,11 +174,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     differ(a.map(|p| (&p.boot_dir, &p.script, &p.boot)) != b.map(|p| (&p.boot_dir, &p.script, &p.boot)), "[pxe] or an image's boot files");
     differ(a.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)) != b.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)), "[tftp]");
     differ(a.map(|p| p.http_listen) != b.map(|p| p.http_listen), "[http]");
-    // Full mode's reservations come from the clients' `address` keys.
-    let reservations = |p: Option<&crate::config::PxeConfig>| match p.and_then(|p| p.dhcp.as_ref()).map(|d| &d.mode) {
-        Some(crate::dhcp::Mode::Full { reservations, .. }) => Some(reservations.clone()),
-        _ => None,
-    };
+    // Full mode's reservations come from the clients' `address` keys, and
+    // a reload applies them.
     let without_reservations = |p: Option<&crate::config::PxeConfig>| {
         let mut d = p.and_then(|p| p.dhcp.clone());
         if let Some(crate::dhcp::Mode::Full { reservations, .. }) = d.as_mut().map(|d| &mut d.mode) {
@@ -178,7 +184,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         (d, p.and_then(|p| p.ra_interface.clone()))
     };
     differ(without_reservations(a) != without_reservations(b), "[dhcp]");
-    differ(reservations(a) != reservations(b), "clients' address (full-mode reservations)");
     out
 }
 
@@ -268,8 +273,12 @@ fn run(
                 services.push(tokio::spawn(async move { crate::ra::serve(i, s).await.map_err(anyhow::Error::from) }));
             }
             if let Some(d) = p.dhcp {
+                let leases = crate::dhcp::open_leases(&d);
+                if let Some(r) = reload.as_mut() {
+                    r.leases = leases.clone();
+                }
                 let (r, s) = (registry.clone(), shutdown.clone());
-                services.push(tokio::spawn(async move { crate::dhcp::serve(d, r, s).await.map_err(anyhow::Error::from) }));
+                services.push(tokio::spawn(async move { crate::dhcp::serve(d, leases, r, s).await.map_err(anyhow::Error::from) }));
             }
         }
         if services.is_empty() {

@@ -166,12 +166,30 @@ fn test_full_mode_two_clients_and_leases_survive_a_restart() {
     }
     assert_ne!(got[0], got[1], "two clients, one address");
     drop(server);
-    let _server = start(&srv, &cfg);
+    let server = start(&srv, &cfg);
     let again =
         probe(&cli, d.path(), &with_mac(&ipxe, 0x21), false).into_iter().find(|r| r.server == SERVER_IP).expect("offer after restart");
     assert_eq!(again.yiaddr, got[0], "the lease was forgotten across a restart");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap();
     assert!(leases.contains("52:54:00:aa:00:21") && leases.contains("52:54:00:aa:00:22"), "{leases}");
+
+    // A reservation added to the file takes effect at a reload (SIGHUP).
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap() + "[clients.\"52:54:00:aa:00:23\"]\nimage = \"root\"\naddress = \"10.99.0.115\"\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.0.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let log = cfg.with_extension("log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reserved =
+        probe(&cli, d.path(), &with_mac(&ipxe, 0x23), false).into_iter().find(|r| r.server == SERVER_IP).expect("offer after reload");
+    assert_eq!(reserved.yiaddr, "10.99.0.115", "the reservation did not apply at the reload");
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("applied only at the next restart"));
 }
 
 /// pxeroot's proxy on the host of the site's DHCP server (dnsmasq on the

@@ -71,6 +71,13 @@ impl LeaseTable {
         self.reservations.iter().any(|(m, a)| *a == ip && *m != mac)
     }
 
+    /// Replace the reservations (a configuration reload). A lease another
+    /// MAC holds on a newly reserved address is refused at its renewal
+    /// (NAK), as at a start with that reservation.
+    pub fn set_reservations(&mut self, reservations: BTreeMap<Mac, Ipv4Addr>) {
+        self.reservations = reservations;
+    }
+
     /// The pool's first address.
     pub fn first(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.first)

@@ -107,27 +107,34 @@ fn socket(port: u16, interface: Option<&str>, elsewhere: &str) -> Result<UdpSock
     UdpSocket::from_std(s.into()).map_err(err)
 }
 
-/// Serve proxy DHCP until `shutdown`.
-pub async fn serve(cfg: DhcpConfig, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<(), DhcpError> {
+/// Full mode's lease table, shared by the DHCP service and a reload
+/// (which replaces its reservations).
+pub type Leases = Arc<std::sync::Mutex<leases::LeaseTable>>;
+
+/// Full mode's lease table with the leases kept in its file; `None` in
+/// proxy mode.
+pub fn open_leases(cfg: &DhcpConfig) -> Option<Leases> {
+    let Mode::Full { pool, lease_secs, reservations, leases_file, .. } = &cfg.mode else { return None };
+    let mut t = leases::LeaseTable::new(pool.0, pool.1, *lease_secs, reservations.clone());
+    match std::fs::read_to_string(leases_file) {
+        Ok(text) => match t.load(&text) {
+            Ok(()) => info!(file = %leases_file.display(), "DHCP leases loaded"),
+            Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file ignored"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file unreadable"),
+    }
+    Some(Arc::new(std::sync::Mutex::new(t)))
+}
+
+/// Serve DHCP until `shutdown`; `leases` from [`open_leases`].
+pub async fn serve(cfg: DhcpConfig, leases: Option<Leases>, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<(), DhcpError> {
     let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref(), crate::listen::DHCP_SHARED_PORT_FIX)?;
     let pxe = socket(cfg.pxe_port, cfg.interface.as_deref(), PXE_PORT_FIX)?;
     info!(server = %cfg.server, interface = ?cfg.interface, "proxy DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
-    let leases = match &cfg.mode {
-        Mode::Proxy => None,
-        Mode::Full { pool, lease_secs, reservations, leases_file, .. } => {
-            let mut t = leases::LeaseTable::new(pool.0, pool.1, *lease_secs, reservations.clone());
-            match std::fs::read_to_string(leases_file) {
-                Ok(text) => match t.load(&text) {
-                    Ok(()) => info!(file = %leases_file.display(), "DHCP leases loaded"),
-                    Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file ignored"),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file unreadable"),
-            }
-            info!(first = %pool.0, last = %pool.1, "full DHCP: handing out addresses");
-            Some(Arc::new(std::sync::Mutex::new(t)))
-        }
-    };
+    if let Mode::Full { pool, .. } = &cfg.mode {
+        info!(first = %pool.0, last = %pool.1, "full DHCP: handing out addresses");
+    }
     let cfg = Arc::new(cfg);
     let limiter = Arc::new(std::sync::Mutex::new(RateLimiter::default()));
     let a = tokio::spawn(listen(dhcp, Port::Dhcp, cfg.clone(), registry.clone(), limiter.clone(), leases.clone(), shutdown.clone()));
@@ -151,7 +158,7 @@ async fn listen(
     cfg: Arc<DhcpConfig>,
     registry: Arc<Registry>,
     limiter: Arc<std::sync::Mutex<RateLimiter>>,
-    leases: Option<Arc<std::sync::Mutex<leases::LeaseTable>>>,
+    leases: Option<Leases>,
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; MAX_PACKET];
