@@ -190,6 +190,24 @@ fn test_initramfs_nics_chooses_the_drivers() {
     let (a, s) = (std::fs::metadata(&all).unwrap().len(), std::fs::metadata(&some).unwrap().len());
     eprintln!("initramfs cpio: all NICs {a} bytes, virtio + e1000 {s} bytes");
     assert!(s < a * 3 / 4, "{s} vs {a}");
+
+    // igc and tg3 only when asked for (not in the default set), each in a
+    // group of its own that loads by its device's aliases, tg3's after its
+    // hard dependency libphy.
+    let report = build(&all, "none");
+    assert!(!report.contains("module igc") && !report.contains("module tg3"), "{report}");
+    let chosen = d.path().join("chosen.cpio");
+    build_with(&chosen, &["--compress", "none", "--nics", "igc,tg3"]);
+    let y = d.path().join("y");
+    std::fs::create_dir(&y).unwrap();
+    run(Command::new("cpio").args(["-idm", "--quiet", "--no-absolute-filenames", "-F"]).arg(&chosen).current_dir(&y).stderr(Stdio::null()));
+    let groups = modlist::parse(&std::fs::read_to_string(y.join("etc/pxeroot/modules")).unwrap()).unwrap();
+    let names = |g: &modlist::Group| -> Vec<String> {
+        g.modules.iter().map(|m| m.path.rsplit('/').next().unwrap().trim_end_matches(".ko").to_string()).collect()
+    };
+    let nic: Vec<Vec<String>> = groups.iter().filter(|g| !g.when.is_empty()).map(names).collect();
+    assert_eq!(nic, [vec!["igc".to_string()], vec!["libphy".to_string(), "tg3".to_string()]], "{groups:?}");
+    assert!(groups.iter().filter(|g| !g.when.is_empty()).all(|g| g.when.iter().any(|a| a.starts_with("pci:v0000"))), "{groups:?}");
 }
 
 /// A soft dependency that a built-in module provides needs no module:
