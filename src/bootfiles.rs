@@ -71,14 +71,20 @@ pub struct Resolver {
     root: PathBuf,
     registry: Arc<Registry>,
     params: ScriptParams,
-    /// Kernel, initrd and arguments per image name.
-    boot: BTreeMap<String, BootSpec>,
+    /// Kernel, initrd and arguments per image name; a reload replaces it.
+    boot: std::sync::RwLock<BTreeMap<String, BootSpec>>,
 }
 
 impl Resolver {
     /// `root` must exist; it is canonicalised once here.
     pub fn new(root: &Path, registry: Arc<Registry>, params: ScriptParams, boot: BTreeMap<String, BootSpec>) -> std::io::Result<Resolver> {
-        Ok(Resolver { root: root.canonicalize()?, registry, params, boot })
+        Ok(Resolver { root: root.canonicalize()?, registry, params, boot: std::sync::RwLock::new(boot) })
+    }
+
+    /// Replace the images' kernels, initrds and arguments (a reload): the
+    /// next script fetched is rendered with them.
+    pub fn set_boot(&self, boot: BTreeMap<String, BootSpec>) {
+        *self.boot.write().unwrap_or_else(|e| e.into_inner()) = boot;
     }
 
     /// A client fetched its boot script (over TFTP or HTTP, `via`): its new
@@ -116,8 +122,10 @@ impl Resolver {
         let mac: Mac = name.parse().map_err(|_| not_found())?;
         // A client the configuration boots (its own entry, or unknown_clients).
         let image = self.registry.image_of(mac).ok_or_else(not_found)?;
-        let boot = self.boot.get(&image).ok_or_else(not_found)?;
-        Ok(BootFile::Script { mac, text: ipxe::render(&self.params, mac, boot) })
+        // A poisoned lock: a writer panicked, and it only ever writes whole maps.
+        let boot = self.boot.read().unwrap_or_else(|e| e.into_inner());
+        let spec = boot.get(&image).ok_or_else(not_found)?;
+        Ok(BootFile::Script { mac, text: ipxe::render(&self.params, mac, spec) })
     }
 }
 

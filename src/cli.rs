@@ -100,7 +100,7 @@ pub fn serve(file: &Path) -> Result<()> {
     if c.pxe.as_ref().is_some_and(|p| p.tftp_listen.is_some() || p.http_listen.is_some()) {
         registry = registry.with_boot_events(c.require_boot_address);
     }
-    run(registry, listen, c.pxe, Some(Reload { file: file.to_path_buf(), running, leases: None }))
+    run(registry, listen, c.pxe, Some(Reload { file: file.to_path_buf(), running, leases: None, resolver: None }))
 }
 
 /// What a SIGHUP re-reads: the file, against the configuration running.
@@ -110,12 +110,16 @@ struct Reload {
     /// Full mode's lease table, whose reservations follow the clients'
     /// `address` keys.
     leases: Option<crate::dhcp::Leases>,
+    /// The scripts' renderer, whose images' boot files and arguments follow
+    /// the `[images]` tables' kernel, initrd, cmdline and partition.
+    resolver: Option<Arc<crate::bootfiles::Resolver>>,
 }
 
 impl Reload {
     /// Apply what may change without a restart: who boots what
     /// (`[clients]` images, policies and full mode's reserved addresses,
-    /// `[unknown_clients]`). A file that
+    /// `[unknown_clients]`) and what an image boots (its kernel, initrd,
+    /// cmdline and partition). A file that
     /// does not validate, or names an image not opened at start, changes
     /// nothing. Anything else that changed is named as waiting for a restart.
     fn apply(&mut self, registry: &Registry) {
@@ -142,6 +146,12 @@ impl Reload {
         {
             leases.lock().unwrap_or_else(|e| e.into_inner()).set_reservations(reservations.clone());
         }
+        if let (Some(resolver), Some(pxe)) = (&self.resolver, &new.pxe) {
+            resolver.set_boot(pxe.boot.clone());
+            for missing in pxe.missing_image_files() {
+                tracing::warn!(config = %self.file.display(), "{missing}");
+            }
+        }
         for (mac, overlay) in &change.stale_overlays {
             tracing::warn!(
                 %mac,
@@ -155,6 +165,9 @@ impl Reload {
         }
         self.running.clients = new.clients;
         self.running.unknown = new.unknown;
+        if let (Some(running), Some(pxe)) = (self.running.pxe.as_mut(), new.pxe) {
+            running.boot = pxe.boot;
+        }
     }
 }
 
@@ -171,7 +184,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     differ(old.nbd_listen != new.nbd_listen || old.require_boot_address != new.require_boot_address, "[nbd]");
     differ(old.images != new.images || old.default_image != new.default_image, "[images]");
     let (a, b) = (old.pxe.as_ref(), new.pxe.as_ref());
-    differ(a.map(|p| (&p.boot_dir, &p.script, &p.boot)) != b.map(|p| (&p.boot_dir, &p.script, &p.boot)), "[pxe] or an image's boot files");
+    // The images' boot files and arguments (`boot`) a reload applies.
+    differ(a.map(|p| (&p.boot_dir, &p.script)) != b.map(|p| (&p.boot_dir, &p.script)), "[pxe]");
     differ(a.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)) != b.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)), "[tftp]");
     differ(a.map(|p| p.http_listen) != b.map(|p| p.http_listen), "[http]");
     // Full mode's reservations come from the clients' `address` keys, and
@@ -259,6 +273,9 @@ fn run(
                 crate::bootfiles::Resolver::new(&p.boot_dir, registry.clone(), p.script, p.boot)
                     .with_context(|| format!("cannot serve {}", p.boot_dir.display()))?,
             );
+            if let Some(r) = reload.as_mut() {
+                r.resolver = Some(resolver.clone());
+            }
             if let Some(addr) = p.tftp_listen {
                 let (s, r) = (shutdown.clone(), resolver.clone());
                 let caps = Arc::new(p.tftp_blksize_caps.clone());

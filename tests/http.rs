@@ -17,6 +17,7 @@ struct Setup {
     base: String,
     boot: std::path::PathBuf,
     out: std::path::PathBuf,
+    cfg: std::path::PathBuf,
 }
 
 fn setup() -> Setup {
@@ -56,7 +57,7 @@ image = "debian"
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = d.join("out");
-    Setup { _dir: dir, server, base, out, boot }
+    Setup { _dir: dir, server, base, out, boot, cfg }
 }
 
 /// curl a path as-is; returns (status code, body).
@@ -121,4 +122,37 @@ fn test_http_script_and_refusals() {
     // Never a redirect, even for a directory.
     let (code, _) = get(&s, "/debian", &[]);
     assert_eq!(code, 404);
+}
+
+/// A reload (SIGHUP) applies an image's new kernel arguments and initrd to
+/// the next script fetched, with no restart and nothing named as waiting
+/// for one; an initrd the boot directory lacks is named.
+#[test]
+fn test_reload_changes_the_next_script() {
+    require("curl");
+    let s = setup();
+    let script = || String::from_utf8_lossy(&get(&s, "/pxeroot/52-54-00-7f-00-02.ipxe", &[]).1).into_owned();
+    assert!(!script().contains("pxeroot-debug-flag"));
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    std::fs::write(
+        &s.cfg,
+        text.replace(
+            "initrd = \"debian/initrd.zst\"\n",
+            "initrd = \"debian/initrd.new\"\ncmdline = \"console=ttyS0 pxeroot-debug-flag\"\n",
+        ),
+    )
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(s.server.child.as_ref().map(|c| c.id()).unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.server.log_text().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", s.server.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = script();
+    assert!(text.contains("initrd=initrd.new console=ttyS0 pxeroot-debug-flag "), "{text}");
+    assert!(text.contains(&format!("initrd {}/debian/initrd.new", s.base)), "{text}");
+    let log = s.server.log_text();
+    assert!(log.contains("images.debian.initrd: debian/initrd.new is not in"), "{log}");
+    assert!(!log.contains("applied only at the next restart"), "{log}");
 }
