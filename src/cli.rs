@@ -60,7 +60,14 @@ pub fn check_config(file: &Path) -> Result<()> {
                 Some(d) => {
                     let mode = match &d.mode {
                         crate::dhcp::Mode::Proxy => "proxy".to_string(),
-                        crate::dhcp::Mode::Full { pool, .. } => format!("full, pool {}-{}", pool.0, pool.1),
+                        crate::dhcp::Mode::Full { pools, .. } => format!(
+                            "full, pools {}",
+                            pools
+                                .iter()
+                                .map(|p| format!("{}-{}/{}", p.range.0, p.range.1, p.network.netmask))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                     };
                     println!(
                         "  dhcp: {mode} on {}, UEFI {:?}, files {:?}",
@@ -141,10 +148,17 @@ impl Reload {
             unknown_clients_changed = change.unknown_changed,
             "configuration reloaded: clients apply to their next boot (open sessions keep their overlays)"
         );
-        if let (Some(leases), Some(crate::dhcp::Mode::Full { reservations, .. })) =
+        // Pools themselves change only at a restart ([dhcp] is named
+        // below then); their reservations follow the clients' keys now.
+        if let (Some(leases), Some(crate::dhcp::Mode::Full { pools, .. })) =
             (&self.leases, new.pxe.as_ref().and_then(|p| p.dhcp.as_ref()).map(|d| &d.mode))
         {
-            leases.lock().unwrap_or_else(|e| e.into_inner()).set_reservations(reservations.clone());
+            let mut tables = leases.lock().unwrap_or_else(|e| e.into_inner());
+            if tables.len() == pools.len() {
+                for (t, p) in tables.iter_mut().zip(pools) {
+                    t.set_reservations(p.reservations.clone());
+                }
+            }
         }
         if let (Some(resolver), Some(pxe)) = (&self.resolver, &new.pxe) {
             resolver.set_boot(pxe.boot.clone());
@@ -192,8 +206,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     // a reload applies them.
     let without_reservations = |p: Option<&crate::config::PxeConfig>| {
         let mut d = p.and_then(|p| p.dhcp.clone());
-        if let Some(crate::dhcp::Mode::Full { reservations, .. }) = d.as_mut().map(|d| &mut d.mode) {
-            reservations.clear();
+        if let Some(crate::dhcp::Mode::Full { pools, .. }) = d.as_mut().map(|d| &mut d.mode) {
+            pools.iter_mut().for_each(|p| p.reservations.clear());
         }
         (d, p.and_then(|p| p.ra_interface.clone()))
     };

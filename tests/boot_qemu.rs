@@ -997,8 +997,11 @@ fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
 #[test]
 fn test_full_mode_serves_a_routed_segment_through_a_relay() {
     let d = tempfile::tempdir().unwrap();
+    // The first pool is pxeroot's own segment; the client's segment, behind
+    // the relay, has a pool of its own.
     let dhcp = format!(
-        "mode = \"full\"\npool_start = \"10.98.0.100\"\npool_end = \"10.98.0.110\"\nnetmask = \"255.255.255.0\"\nrouter = \"{ROUTED_GATEWAY}\"\n"
+        "mode = \"full\"\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
+         [[dhcp.pools]]\nstart = \"10.98.0.100\"\nend = \"10.98.0.110\"\nnetmask = \"255.255.255.0\"\nrouter = \"{ROUTED_GATEWAY}\"\n"
     );
     let (console, exited, server_log) = relayed_boot(d.path(), "frelay", false, &dhcp);
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");

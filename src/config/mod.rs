@@ -145,46 +145,100 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 
 type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
-fn full_dhcp_mode(
-    d: &wire::Dhcp,
-    clients: &BTreeMap<String, wire::Client>,
-    state_dir: &Path,
-    err: &ErrFn,
-) -> Result<crate::dhcp::Mode, ConfigError> {
-    let ip = |key: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
+/// One pool's keys: under `[dhcp]` (`prefix` "dhcp.pool_" for the range,
+/// "dhcp." for the rest) or a `[[dhcp.pools]]` table.
+struct PoolKeys<'a> {
+    start: (&'a Option<String>, String),
+    end: (&'a Option<String>, String),
+    netmask: (&'a Option<String>, String),
+    router: (&'a Option<String>, String),
+    dns: (&'a Option<Vec<String>>, String),
+}
+
+fn pool(keys: PoolKeys, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
+    let ip = |(v, key): &(&Option<String>, String), needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
             Some(t) => t.parse().map(Some).map_err(|_| err(key, format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\"")),
             None if needed => Err(err(key, "is required in full mode".into(), "give the first and last address of the pool")),
             None => Ok(None),
         }
     };
-    let first = ip("dhcp.pool_start", &d.pool_start, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-    let last = ip("dhcp.pool_end", &d.pool_end, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let first = ip(&keys.start, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let last = ip(&keys.end, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     if u32::from(first) > u32::from(last) {
-        return Err(err("dhcp.pool_end", format!("{last} is below pool_start {first}"), "swap them"));
+        return Err(err(&keys.end.1, format!("{last} is below the pool's first address {first}"), "swap them"));
     }
-    let netmask = ip("dhcp.netmask", &d.netmask, false)?.unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
-    let router = ip("dhcp.router", &d.router, false)?;
+    let netmask = ip(&keys.netmask, false)?.unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
+    let mask = u32::from(netmask);
+    if mask.leading_ones() + mask.trailing_zeros() != 32 {
+        return Err(err(&keys.netmask.1, format!("{netmask} is not a netmask"), "write it as \"255.255.255.0\""));
+    }
+    if u32::from(first) & mask != u32::from(last) & mask {
+        return Err(err(&keys.end.1, format!("{first}-{last} spans more than one {netmask} subnet"), "keep a pool inside its subnet"));
+    }
+    let router = ip(&keys.router, false)?;
     let mut dns = Vec::new();
-    for (i, t) in d.dns.iter().flatten().enumerate() {
+    for (i, t) in keys.dns.0.iter().flatten().enumerate() {
         dns.push(
-            t.parse()
-                .map_err(|_| err(&format!("dhcp.dns[{i}]"), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses"))?,
+            t.parse().map_err(|_| {
+                err(&format!("{}[{i}]", keys.dns.1), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses")
+            })?,
         );
     }
-    let mut reservations = BTreeMap::new();
+    let network = crate::dhcp::decide::Network { netmask, router, dns };
+    Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new() })
+}
+
+fn full_dhcp_mode(
+    d: &wire::Dhcp,
+    clients: &BTreeMap<String, wire::Client>,
+    state_dir: &Path,
+    err: &ErrFn,
+) -> Result<crate::dhcp::Mode, ConfigError> {
+    let key = |k: &str| k.to_string();
+    let mut pools = vec![pool(
+        PoolKeys {
+            start: (&d.pool_start, key("dhcp.pool_start")),
+            end: (&d.pool_end, key("dhcp.pool_end")),
+            netmask: (&d.netmask, key("dhcp.netmask")),
+            router: (&d.router, key("dhcp.router")),
+            dns: (&d.dns, key("dhcp.dns")),
+        },
+        err,
+    )?];
+    for (i, p) in d.pools.iter().flatten().enumerate() {
+        let k = |name: &str| format!("dhcp.pools[{i}].{name}");
+        let new = pool(
+            PoolKeys {
+                start: (&p.start, k("start")),
+                end: (&p.end, k("end")),
+                netmask: (&p.netmask, k("netmask")),
+                router: (&p.router, k("router")),
+                dns: (&p.dns, k("dns")),
+            },
+            err,
+        )?;
+        // A relay's giaddr picks the pool: one pool per subnet.
+        if let Some(other) = pools.iter().position(|o| o.on_subnet(new.range.0) || new.on_subnet(o.range.0)) {
+            let other = if other == 0 { "dhcp.pool_start".to_string() } else { format!("dhcp.pools[{}]", other - 1) };
+            return Err(err(&k("start"), format!("is on the subnet of {other}'s pool"), "give each subnet one pool"));
+        }
+        pools.push(new);
+    }
     for (mac_text, c) in clients {
         if let (Ok(mac), Some(a)) = (mac_text.parse::<Mac>(), &c.address) {
             let key = format!("clients.\"{mac_text}\".address");
-            reservations
-                .insert(mac, a.parse().map_err(|_| err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?);
+            let addr: std::net::Ipv4Addr =
+                a.parse().map_err(|_| err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?;
+            let Some(p) = pools.iter_mut().find(|p| p.on_subnet(addr)) else {
+                return Err(err(&key, format!("{addr} is on no pool's subnet"), "reserve an address on the client's segment"));
+            };
+            p.reservations.insert(mac, addr);
         }
     }
     Ok(crate::dhcp::Mode::Full {
-        network: crate::dhcp::decide::Network { netmask, router, dns },
-        pool: (first, last),
+        pools,
         lease_secs: d.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS).max(60),
-        reservations,
         leases_file: state_dir.join("dhcp-leases.txt"),
     })
 }
@@ -585,6 +639,46 @@ image = "debian"
             let e = r.unwrap_err();
             assert_eq!(e.key, key, "{e}");
             assert!(!e.fix.is_empty());
+        }
+    }
+
+    /// Full mode's pools: the `[dhcp]` one first, then `[[dhcp.pools]]`,
+    /// reservations on the pool of their subnet; one pool per subnet, a
+    /// pool inside its subnet, a reservation on some pool's subnet.
+    #[test]
+    fn test_config_full_mode_pools() {
+        let full = |extra: &str| {
+            format!(
+                "{GOOD}[pxe]\nserver_address = \"10.0.0.1\"\nboot_dir = \".\"\n[dhcp]\nmode = \"full\"\n\
+                 pool_start = \"10.0.0.100\"\npool_end = \"10.0.0.199\"\n{extra}"
+            )
+        };
+        let relayed = "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\n";
+        let text = full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.8.50\"");
+        let c = with_base(&text).1.unwrap();
+        let Some(crate::dhcp::Mode::Full { pools, .. }) = c.pxe.and_then(|p| p.dhcp).map(|d| d.mode) else { panic!("not full mode") };
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[1].range, ("10.0.8.100".parse().unwrap(), "10.0.8.199".parse().unwrap()));
+        assert_eq!(pools[1].network.router, Some("10.0.8.1".parse().unwrap()));
+        let mac: Mac = "52:54:00:12:34:56".parse().unwrap();
+        assert!(pools[0].reservations.is_empty());
+        assert_eq!(pools[1].reservations[&mac], "10.0.8.50".parse::<std::net::Ipv4Addr>().unwrap());
+
+        let cases = [
+            (full("[[dhcp.pools]]\nstart = \"10.0.0.20\"\nend = \"10.0.0.30\"\n"), "dhcp.pools[0].start", "subnet of dhcp.pool_start"),
+            (full("[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.9.10\"\n"), "dhcp.pools[0].end", "spans more than one"),
+            (full("[[dhcp.pools]]\nend = \"10.0.8.10\"\n"), "dhcp.pools[0].start", "required"),
+            (full("netmask = \"255.0.255.0\"\n"), "dhcp.netmask", "not a netmask"),
+            (
+                full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.9.50\""),
+                "clients.\"52-54-00-12-34-56\".address",
+                "on no pool's subnet",
+            ),
+        ];
+        for (text, key, problem) in cases {
+            let e = with_base(&text).1.unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.problem.contains(problem) && !e.fix.is_empty(), "{e}");
         }
     }
 

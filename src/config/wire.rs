@@ -50,6 +50,19 @@ pub struct Dhcp {
     pub dns: Option<Vec<String>>,
     pub lease_seconds: Option<u64>,
     pub uefi_by_class: Option<BTreeMap<String, String>>,
+    /// Full mode: pools of segments behind DHCP relays, besides the one of
+    /// the keys above.
+    pub pools: Option<Vec<Pool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub netmask: Option<String>,
+    pub router: Option<String>,
+    pub dns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -127,9 +127,9 @@ pub enum Ignored {
     NotPxe,
     #[error("not a message this mode answers")]
     WrongMessage,
-    /// Full mode: relayed from a subnet (the relay's giaddr) that the pool
-    /// is not on; an address from the pool would be useless there.
-    #[error("relayed from {0}, a subnet the pool is not on")]
+    /// Full mode: relayed from a subnet (the relay's giaddr) that no pool
+    /// is on; an address from a pool would be useless there.
+    #[error("relayed from {0}, a subnet no pool is on")]
     OtherSubnet(Ipv4Addr),
     #[error(
         "PXE client {mac} has client architecture {code} (option 93), for which pxeroot has no boot file: \
@@ -322,6 +322,46 @@ pub struct Network {
     pub netmask: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+}
+
+/// One full-mode pool: a subnet's addresses (`range`, inclusive), its
+/// network parameters, and the addresses reserved on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub network: Network,
+    pub range: (Ipv4Addr, Ipv4Addr),
+    pub reservations: std::collections::BTreeMap<Mac, Ipv4Addr>,
+}
+
+impl Pool {
+    /// Whether `addr` is on this pool's subnet.
+    pub fn on_subnet(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::from(self.network.netmask);
+        u32::from(addr) & mask == u32::from(self.range.0) & mask
+    }
+}
+
+/// The pool a request draws from: behind a relay, the one on the relay's
+/// subnet (its giaddr); else the first, pxeroot's own segment.
+pub fn pick_pool(pools: &[Pool], giaddr: Ipv4Addr) -> Result<usize, Ignored> {
+    if giaddr.is_unspecified() {
+        return if pools.is_empty() { Err(Ignored::OtherSubnet(giaddr)) } else { Ok(0) };
+    }
+    pools.iter().position(|p| p.on_subnet(giaddr)).ok_or(Ignored::OtherSubnet(giaddr))
+}
+
+/// [`decide_full`] with the pool [`pick_pool`] chooses (`tables[i]` is
+/// `pools[i]`'s lease table).
+pub fn decide_full_pools(
+    req: &Message,
+    ctx: &Context,
+    pools: &[Pool],
+    tables: &mut [super::leases::LeaseTable],
+    now: u64,
+) -> Result<Option<(Message, Seen)>, Ignored> {
+    let i = pick_pool(pools, req.giaddr())?;
+    let table = tables.get_mut(i).ok_or(Ignored::OtherSubnet(req.giaddr()))?;
+    decide_full(req, ctx, &pools[i].network, table, now)
 }
 
 /// iPXE's option 175 with sub-option 176 (no-pxedhcp) = 1: do not wait for
@@ -684,6 +724,38 @@ mod full_tests {
         assert_eq!((offer.yiaddr(), offer.giaddr()), (Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 1)));
         req.set_giaddr(Ipv4Addr::new(10, 97, 0, 1));
         assert_eq!(decide_full(&req, &c, &net, &mut leases, 0).unwrap_err(), Ignored::OtherSubnet(Ipv4Addr::new(10, 97, 0, 1)));
+    }
+
+    /// Two pools: a request not relayed draws from the first; a relayed one
+    /// from the pool on the relay's subnet, with that pool's router; a
+    /// relay on no pool's subnet is not answered.
+    #[test]
+    fn test_full_mode_pools_by_relay() {
+        let files = BootFiles::default();
+        let url = |_m: Mac| String::new();
+        let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
+        let pool = |net: [u8; 3], router: u8| Pool {
+            network: Network {
+                netmask: Ipv4Addr::new(255, 255, 255, 0),
+                router: Some(Ipv4Addr::new(net[0], net[1], net[2], router)),
+                dns: vec![],
+            },
+            range: (Ipv4Addr::new(net[0], net[1], net[2], 100), Ipv4Addr::new(net[0], net[1], net[2], 200)),
+            reservations: BTreeMap::new(),
+        };
+        let pools = [pool([10, 99, 0], 254), pool([10, 98, 0], 1)];
+        let mut tables: Vec<LeaseTable> =
+            pools.iter().map(|p| LeaseTable::new(p.range.0, p.range.1, 3600, p.reservations.clone())).collect();
+        let mut req = discover([0x52, 0x54, 0, 0, 0, 1], true);
+        let (offer, _) = decide_full_pools(&req, &c, &pools, &mut tables, 0).unwrap().unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
+        req.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
+        let (offer, _) = decide_full_pools(&req, &c, &pools, &mut tables, 0).unwrap().unwrap();
+        assert_eq!((offer.yiaddr(), offer.giaddr()), (Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 1)));
+        assert!(matches!(offer.opts().get(OptionCode::Router), Some(DhcpOption::Router(r)) if r == &[Ipv4Addr::new(10, 98, 0, 1)]));
+        req.set_giaddr(Ipv4Addr::new(10, 97, 0, 1));
+        assert_eq!(decide_full_pools(&req, &c, &pools, &mut tables, 0).unwrap_err(), Ignored::OtherSubnet(Ipv4Addr::new(10, 97, 0, 1)));
+        assert_eq!(pick_pool(&pools, Ipv4Addr::new(10, 99, 0, 7)), Ok(0), "a relay on the first pool's subnet");
     }
 
     /// A PXE client that may not boot gets its address, no boot file, and

@@ -78,6 +78,13 @@ impl LeaseTable {
         self.reservations = reservations;
     }
 
+    /// Keep only the leases on this pool's subnet (the lease file holds
+    /// every pool's).
+    pub fn retain_subnet(&mut self, netmask: Ipv4Addr) {
+        let (mask, net) = (u32::from(netmask), self.first & u32::from(netmask));
+        self.leases.retain(|ip, _| u32::from(*ip) & mask == net);
+    }
+
     /// The pool's first address.
     pub fn first(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.first)
@@ -284,5 +291,25 @@ mod tests {
         assert_eq!(u.offer(mac(1), 10).unwrap(), ip, "lease honoured after a restart");
         assert_ne!(u.offer(mac(2), 10).unwrap(), ip);
         assert!(u.load("10.0.0.1 nonsense").is_err());
+    }
+
+    /// One lease file for every pool: each pool's table takes back the
+    /// leases on its own subnet only.
+    #[test]
+    fn test_pools_share_one_file_each_keeps_its_subnet() {
+        let pool = |net: u8| LeaseTable::new(Ipv4Addr::new(10, net, 0, 100), Ipv4Addr::new(10, net, 0, 110), 3600, BTreeMap::new());
+        let (mut a, mut b) = (pool(1), pool(2));
+        let (ia, ib) = (a.offer(mac(1), 0).unwrap(), b.offer(mac(2), 0).unwrap());
+        a.request(mac(1), ia, 1).unwrap();
+        b.request(mac(2), ib, 1).unwrap();
+        let text = a.save() + &b.save();
+        let mask = Ipv4Addr::new(255, 255, 255, 0);
+        let (mut a2, mut b2) = (pool(1), pool(2));
+        for t in [&mut a2, &mut b2] {
+            t.load(&text).unwrap();
+            t.retain_subnet(mask);
+        }
+        assert_eq!((a2.owner(ia), a2.owner(ib)), (Some(mac(1)), None));
+        assert_eq!((b2.owner(ib), b2.owner(ia)), (Some(mac(2)), None));
     }
 }

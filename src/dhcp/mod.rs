@@ -39,11 +39,11 @@ pub enum DhcpError {
 pub enum Mode {
     Proxy,
     Full {
-        network: decide::Network,
-        pool: (Ipv4Addr, Ipv4Addr),
+        /// The first serves pxeroot's own segment (requests not relayed)
+        /// and its subnet's relay; each other one a relayed segment.
+        pools: Vec<decide::Pool>,
         lease_secs: u64,
-        reservations: std::collections::BTreeMap<Mac, Ipv4Addr>,
-        /// Where leases are kept across restarts.
+        /// Where leases are kept across restarts (every pool's).
         leases_file: std::path::PathBuf,
     },
 }
@@ -107,24 +107,42 @@ fn socket(port: u16, interface: Option<&str>, elsewhere: &str) -> Result<UdpSock
     UdpSocket::from_std(s.into()).map_err(err)
 }
 
-/// Full mode's lease table, shared by the DHCP service and a reload
-/// (which replaces its reservations).
-pub type Leases = Arc<std::sync::Mutex<leases::LeaseTable>>;
+/// Full mode's lease tables, one per pool (in the config's order), shared
+/// by the DHCP service and a reload (which replaces their reservations).
+pub type Leases = Arc<std::sync::Mutex<Vec<leases::LeaseTable>>>;
 
-/// Full mode's lease table with the leases kept in its file; `None` in
-/// proxy mode.
+/// Full mode's lease tables with the leases kept in their file, each pool
+/// taking the leases on its subnet; `None` in proxy mode.
 pub fn open_leases(cfg: &DhcpConfig) -> Option<Leases> {
-    let Mode::Full { pool, lease_secs, reservations, leases_file, .. } = &cfg.mode else { return None };
-    let mut t = leases::LeaseTable::new(pool.0, pool.1, *lease_secs, reservations.clone());
-    match std::fs::read_to_string(leases_file) {
-        Ok(text) => match t.load(&text) {
-            Ok(()) => info!(file = %leases_file.display(), "DHCP leases loaded"),
-            Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file ignored"),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file unreadable"),
+    let Mode::Full { pools, lease_secs, leases_file } = &cfg.mode else { return None };
+    let text = match std::fs::read_to_string(leases_file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            warn!(file = %leases_file.display(), error = %e, "DHCP lease file unreadable");
+            None
+        }
+    };
+    let mut tables = Vec::new();
+    for pool in pools {
+        let mut t = leases::LeaseTable::new(pool.range.0, pool.range.1, *lease_secs, pool.reservations.clone());
+        if let Some(text) = &text {
+            match t.load(text) {
+                Ok(()) => t.retain_subnet(pool.network.netmask),
+                Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file ignored"),
+            }
+        }
+        tables.push(t);
     }
-    Some(Arc::new(std::sync::Mutex::new(t)))
+    if text.is_some() {
+        info!(file = %leases_file.display(), "DHCP leases loaded");
+    }
+    Some(Arc::new(std::sync::Mutex::new(tables)))
+}
+
+/// Every pool's leases, for the file.
+fn leases_text(tables: &[leases::LeaseTable]) -> String {
+    tables.iter().map(|t| t.save()).collect()
 }
 
 /// Serve DHCP until `shutdown`; `leases` from [`open_leases`].
@@ -132,8 +150,11 @@ pub async fn serve(cfg: DhcpConfig, leases: Option<Leases>, registry: Arc<Regist
     let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref(), crate::listen::DHCP_SHARED_PORT_FIX)?;
     let pxe = socket(cfg.pxe_port, cfg.interface.as_deref(), PXE_PORT_FIX)?;
     info!(server = %cfg.server, interface = ?cfg.interface, "proxy DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
-    if let Mode::Full { pool, .. } = &cfg.mode {
-        info!(first = %pool.0, last = %pool.1, "full DHCP: handing out addresses");
+    if let Mode::Full { pools, .. } = &cfg.mode {
+        for (i, pool) in pools.iter().enumerate() {
+            let serves = if i == 0 { "this segment and relays from its subnet" } else { "relays from its subnet" };
+            info!(first = %pool.range.0, last = %pool.range.1, netmask = %pool.network.netmask, "full DHCP: handing out addresses to {serves}");
+        }
     }
     let cfg = Arc::new(cfg);
     let limiter = Arc::new(std::sync::Mutex::new(RateLimiter::default()));
@@ -196,13 +217,14 @@ async fn listen(
                 in_use: &in_use,
             };
             match (&leases, &cfg.mode) {
-                (Some(table), Mode::Full { network, leases_file, .. }) => {
+                (Some(tables), Mode::Full { pools, leases_file, .. }) => {
                     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-                    let before = t.generation();
-                    let r = decide::decide_full(&req, &ctx, network, &mut t, now);
-                    if t.generation() != before {
-                        save_leases(leases_file, &t.save());
+                    let mut t = tables.lock().unwrap_or_else(|p| p.into_inner());
+                    let generation = |t: &[leases::LeaseTable]| t.iter().map(|t| t.generation()).sum::<u64>();
+                    let before = generation(&t);
+                    let r = decide::decide_full_pools(&req, &ctx, pools, &mut t, now);
+                    if generation(&t) != before {
+                        save_leases(leases_file, &leases_text(&t));
                     }
                     match r {
                         Ok(Some(x)) => Ok(x),
