@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::netns::{client_on, lan_and_server, site_dnsmasq, Netns, Proc, SERVER_IP};
+use common::netns::{client_on, dnsmasq_dhcp, lan_and_server, site_dnsmasq, Netns, Proc, SERVER_IP};
 use common::*;
 
 /// DHCP payloads sent to port 67 in a fixture.
@@ -204,16 +204,7 @@ fn test_proxy_on_the_dhcp_servers_own_host() {
     let cli = client_on(&lan, "samec");
     let cfg = config(d.path(), "mode = \"proxy\"");
     let site = |shares: bool| {
-        let mut c = srv.command(Path::new("dnsmasq"));
-        c.args(["--no-daemon", "--port=0", "--interface=vsrv0", "--no-ping", "--dhcp-authoritative"])
-            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
-            .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
-            .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
-            .stderr(std::process::Stdio::null());
-        if shares {
-            c.arg("--bind-interfaces");
-        }
-        let p = Proc(c.spawn().expect("start dnsmasq"));
+        let p = dnsmasq_dhcp(&srv, "vsrv0", d.path(), shares);
         std::thread::sleep(Duration::from_millis(300));
         p
     };

@@ -145,43 +145,37 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 
 type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
-/// One pool's keys: under `[dhcp]` (`prefix` "dhcp.pool_" for the range,
-/// "dhcp." for the rest) or a `[[dhcp.pools]]` table.
-struct PoolKeys<'a> {
-    start: (&'a Option<String>, String),
-    end: (&'a Option<String>, String),
-    netmask: (&'a Option<String>, String),
-    router: (&'a Option<String>, String),
-    dns: (&'a Option<Vec<String>>, String),
-}
-
-fn pool(keys: PoolKeys, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
-    let ip = |(v, key): &(&Option<String>, String), needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
+/// One pool from its keys; `key` names a key (`start`, `end`, `netmask`,
+/// `router`, `dns`) as the file spells it, for errors.
+fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
+    let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
-            Some(t) => t.parse().map(Some).map_err(|_| err(key, format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\"")),
-            None if needed => Err(err(key, "is required in full mode".into(), "give the first and last address of the pool")),
+            Some(t) => {
+                t.parse().map(Some).map_err(|_| err(&key(name), format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\""))
+            }
+            None if needed => Err(err(&key(name), "is required in full mode".into(), "give the first and last address of the pool")),
             None => Ok(None),
         }
     };
-    let first = ip(&keys.start, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-    let last = ip(&keys.end, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let first = ip("start", &p.start, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let last = ip("end", &p.end, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     if u32::from(first) > u32::from(last) {
-        return Err(err(&keys.end.1, format!("{last} is below the pool's first address {first}"), "swap them"));
+        return Err(err(&key("end"), format!("{last} is below the pool's first address {first}"), "swap them"));
     }
-    let netmask = ip(&keys.netmask, false)?.unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
+    let netmask = ip("netmask", &p.netmask, false)?.unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
     let mask = u32::from(netmask);
     if mask.leading_ones() + mask.trailing_zeros() != 32 {
-        return Err(err(&keys.netmask.1, format!("{netmask} is not a netmask"), "write it as \"255.255.255.0\""));
+        return Err(err(&key("netmask"), format!("{netmask} is not a netmask"), "write it as \"255.255.255.0\""));
     }
     if u32::from(first) & mask != u32::from(last) & mask {
-        return Err(err(&keys.end.1, format!("{first}-{last} spans more than one {netmask} subnet"), "keep a pool inside its subnet"));
+        return Err(err(&key("end"), format!("{first}-{last} spans more than one {netmask} subnet"), "keep a pool inside its subnet"));
     }
-    let router = ip(&keys.router, false)?;
+    let router = ip("router", &p.router, false)?;
     let mut dns = Vec::new();
-    for (i, t) in keys.dns.0.iter().flatten().enumerate() {
+    for (i, t) in p.dns.iter().flatten().enumerate() {
         dns.push(
             t.parse().map_err(|_| {
-                err(&format!("{}[{i}]", keys.dns.1), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses")
+                err(&format!("{}[{i}]", key("dns")), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses")
             })?,
         );
     }
@@ -195,29 +189,22 @@ fn full_dhcp_mode(
     state_dir: &Path,
     err: &ErrFn,
 ) -> Result<crate::dhcp::Mode, ConfigError> {
-    let key = |k: &str| k.to_string();
-    let mut pools = vec![pool(
-        PoolKeys {
-            start: (&d.pool_start, key("dhcp.pool_start")),
-            end: (&d.pool_end, key("dhcp.pool_end")),
-            netmask: (&d.netmask, key("dhcp.netmask")),
-            router: (&d.router, key("dhcp.router")),
-            dns: (&d.dns, key("dhcp.dns")),
-        },
-        err,
-    )?];
+    // `[dhcp]`'s own pool keys, as a `[[dhcp.pools]]` table would have them.
+    let own = wire::Pool {
+        start: d.pool_start.clone(),
+        end: d.pool_end.clone(),
+        netmask: d.netmask.clone(),
+        router: d.router.clone(),
+        dns: d.dns.clone(),
+    };
+    let own_key = |name: &str| match name {
+        "start" | "end" => format!("dhcp.pool_{name}"),
+        other => format!("dhcp.{other}"),
+    };
+    let mut pools = vec![pool(&own, &own_key, err)?];
     for (i, p) in d.pools.iter().flatten().enumerate() {
         let k = |name: &str| format!("dhcp.pools[{i}].{name}");
-        let new = pool(
-            PoolKeys {
-                start: (&p.start, k("start")),
-                end: (&p.end, k("end")),
-                netmask: (&p.netmask, k("netmask")),
-                router: (&p.router, k("router")),
-                dns: (&p.dns, k("dns")),
-            },
-            err,
-        )?;
+        let new = pool(p, &k, err)?;
         // A relay's giaddr picks the pool: one pool per subnet.
         if let Some(other) = pools.iter().position(|o| o.on_subnet(new.range.0) || new.on_subnet(o.range.0)) {
             let other = if other == 0 { "dhcp.pool_start".to_string() } else { format!("dhcp.pools[{}]", other - 1) };

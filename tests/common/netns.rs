@@ -99,16 +99,23 @@ pub fn client_on(lan: &Netns, tag: &str) -> Netns {
 /// The site's DHCP server on the LAN bridge of `lan_and_server`: dnsmasq,
 /// addresses only (10.99.0.50-99), no boot information; its files in `dir`.
 pub fn site_dnsmasq(lan: &Netns, dir: &Path) -> Proc {
-    Proc(
-        lan.command(Path::new("dnsmasq"))
-            .args(["--no-daemon", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
-            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
-            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
-            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dnsmasq"),
-    )
+    dnsmasq_dhcp(lan, "br0", dir, true)
+}
+
+/// dnsmasq as a DHCP server only (10.99.0.50-99) on `interface` in `ns`;
+/// with `bind_interfaces` it lets another program share port 67.
+pub fn dnsmasq_dhcp(ns: &Netns, interface: &str, dir: &Path, bind_interfaces: bool) -> Proc {
+    let mut c = ns.command(Path::new("dnsmasq"));
+    c.args(["--no-daemon", "--port=0", "--no-ping", "--dhcp-authoritative"])
+        .arg(format!("--interface={interface}"))
+        .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
+        .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .stderr(Stdio::null());
+    if bind_interfaces {
+        c.arg("--bind-interfaces");
+    }
+    Proc(c.spawn().expect("start dnsmasq"))
 }
 
 /// A routed site: the client's segment (10.98.0.0/24 on bridge br0 with
