@@ -154,7 +154,9 @@ impl Reload {
             (&self.leases, new.pxe.as_ref().and_then(|p| p.dhcp.as_ref()).map(|d| &d.mode))
         {
             let mut tables = leases.lock().unwrap_or_else(|e| e.into_inner());
-            if tables.len() == pools.len() {
+            // Only onto the same pools: a reservation on another pool's
+            // table would hand out an address of the wrong subnet.
+            if tables.len() == pools.len() && tables.iter().zip(pools).all(|(t, p)| t.first() == p.range.0) {
                 for (t, p) in tables.iter_mut().zip(pools) {
                     t.set_reservations(p.reservations.clone());
                 }
