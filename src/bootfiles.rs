@@ -66,6 +66,30 @@ pub fn clean(raw: &str) -> Result<PathBuf, ResolveError> {
     Ok(out)
 }
 
+/// The file `raw` names inside the canonical boot directory `root`, by the
+/// rules a client's request meets: cleaned, then every symlink followed,
+/// and the result must still be a regular file inside `root`.
+fn locate(root: &Path, raw: &str) -> Result<PathBuf, ResolveError> {
+    let rel = clean(raw)?;
+    let not_found = || ResolveError::NotFound { path: raw.to_string() };
+    // Canonicalising follows symlinks: the result must still be inside.
+    let full = root.join(&rel).canonicalize().map_err(|_| not_found())?;
+    if !full.starts_with(root) {
+        return Err(ResolveError::Refused { path: raw.to_string(), reason: "leads outside the boot directory" });
+    }
+    if !full.is_file() {
+        return Err(not_found());
+    }
+    Ok(full)
+}
+
+/// Whether a client asking for `raw` would get a file from the boot
+/// directory `root` (the checks that name missing or refused boot files).
+pub fn servable(root: &Path, raw: &str) -> Result<PathBuf, ResolveError> {
+    let root = root.canonicalize().map_err(|_| ResolveError::NotFound { path: raw.to_string() })?;
+    locate(&root, raw)
+}
+
 /// Serves the boot directory and the scripts.
 pub struct Resolver {
     root: PathBuf,
@@ -105,16 +129,7 @@ impl Resolver {
         if let Some(name) = text.strip_prefix(&format!("{SCRIPT_DIR}/")).and_then(|n| n.strip_suffix(SCRIPT_EXT)) {
             return self.script(name, raw);
         }
-        let not_found = || ResolveError::NotFound { path: raw.to_string() };
-        // Canonicalising follows symlinks: the result must still be inside.
-        let full = self.root.join(&rel).canonicalize().map_err(|_| not_found())?;
-        if !full.starts_with(&self.root) {
-            return Err(ResolveError::Refused { path: raw.to_string(), reason: "leads outside the boot directory" });
-        }
-        if !full.is_file() {
-            return Err(not_found());
-        }
-        Ok(BootFile::File(full))
+        locate(&self.root, raw).map(BootFile::File)
     }
 
     fn script(&self, name: &str, raw: &str) -> Result<BootFile, ResolveError> {

@@ -59,9 +59,9 @@ impl PxeConfig {
         let mut out = Vec::new();
         for (image, b) in &self.boot {
             for (key, file) in [("kernel", &b.kernel), ("initrd", &b.initrd)] {
-                if !self.boot_dir.join(file).is_file() {
+                if let Err(why) = crate::bootfiles::servable(&self.boot_dir, file) {
                     out.push(format!(
-                        "images.{image}.{key}: {file} is not in {}: this image's clients will stop at their script's {key} fetch",
+                        "images.{image}.{key}: {file} is not in {} ({why}): this image's clients will stop at their script's {key} fetch",
                         self.boot_dir.display()
                     ));
                 }
@@ -77,7 +77,7 @@ impl PxeConfig {
         let Some(d) = &self.dhcp else { return Vec::new() };
         [&d.files.bios, &d.files.uefi_x64, &d.files.uefi_arm64]
             .into_iter()
-            .filter(|f| !self.boot_dir.join(f).is_file())
+            .filter(|f| crate::bootfiles::servable(&self.boot_dir, f).is_err())
             .map(|f| format!("{f} ({})", crate::dhcp::firmware_source(f, &d.files)))
             .collect()
     }

@@ -275,17 +275,20 @@ async fn listen(
     }
 }
 
-/// Offering firmware a boot file that is not in the boot directory makes
-/// its TFTP fetch fail (the firmware says little more than "not found"):
-/// say so here, with where the file usually comes from: once per boot
-/// attempt (the offer, or the ACK on port 4011; not full mode's ACK).
+/// Offering firmware a boot file the boot directory does not serve (not
+/// there, or a symlink leading out of it) makes its TFTP fetch fail, and
+/// the firmware says little more than "not found": say so here, with where
+/// the file usually comes from; once per boot attempt (the offer, or the
+/// ACK on port 4011; not full mode's ACK).
 fn warn_if_missing(cfg: &DhcpConfig, seen: &decide::Seen, port: Port) {
     let Some(file) = seen.offered.as_deref() else { return };
     let repeat = seen.kind == dhcproto::v4::MessageType::Request && port == Port::Dhcp;
-    if repeat || file.contains("://") || cfg.boot_dir.join(file).is_file() {
+    if repeat || file.contains("://") {
         return;
     }
-    warn!(mac = %seen.mac, file, boot_dir = %cfg.boot_dir.display(), "offered a boot file that is not in the boot directory: the firmware's fetch will fail; {}", firmware_source(file, &cfg.files));
+    if let Err(why) = crate::bootfiles::servable(&cfg.boot_dir, file) {
+        warn!(mac = %seen.mac, file, boot_dir = %cfg.boot_dir.display(), "offered a boot file that is not in the boot directory ({why}): the firmware's fetch will fail; {}", firmware_source(file, &cfg.files));
+    }
 }
 
 /// Where a firmware boot file comes from.
