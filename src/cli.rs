@@ -419,3 +419,36 @@ pub fn initramfs(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a reload names as waiting for a restart: everything but the
+    /// client table (with full mode's reservations) and the images' boot
+    /// files and arguments, which it applies.
+    #[test]
+    fn test_restart_needed_names_all_but_what_a_reload_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.img"), [0u8; 512]).unwrap();
+        let file = dir.path().join("pxeroot.toml");
+        let base = "state_dir = \"state\"\n[pxe]\nserver_address = \"10.0.0.1\"\nboot_dir = \".\"\n\
+                    [dhcp]\nmode = \"full\"\npool_start = \"10.0.0.100\"\npool_end = \"10.0.0.199\"\n\
+                    [images.debian]\npath = \"base.img\"\nkernel = \"vmlinuz\"\ninitrd = \"initrd.img\"\n";
+        let parse = |text: &str| Config::parse(text, &file).unwrap();
+        let old = parse(base);
+        let applied = format!(
+            "{}[clients.\"52:54:00:00:00:01\"]\nimage = \"debian\"\naddress = \"10.0.0.50\"\n",
+            base.replace("initrd = \"initrd.img\"", "initrd = \"initrd.new\"\ncmdline = \"quiet\"")
+        );
+        assert!(restart_needed(&old, &parse(&applied)).is_empty());
+        let later = parse(
+            &base
+                .replace("pool_end = \"10.0.0.199\"", "pool_end = \"10.0.0.150\"")
+                .replace("boot_dir = \".\"", "boot_dir = \".\"\nattach = \"ioctl\""),
+        );
+        assert_eq!(restart_needed(&old, &later), ["[pxe]", "[dhcp]"]);
+        let later = parse(&format!("{base}[tftp]\nlisten = \"0.0.0.0:6969\"\n[images.other]\npath = \"base.img\"\n"));
+        assert_eq!(restart_needed(&old, &later), ["[images]", "[tftp]"]);
+    }
+}
