@@ -676,6 +676,19 @@ fn test_boot_wrong_server_or_export_retries_without_panic() {
     assert!(console.contains("NBD connect to 10.99.0.1:10999 export 52:54:00:b0:07:01 failed (attempt 1)"), "{console}");
     assert!(console.contains("retrying in"), "{console}");
     assert!(!console.contains("Kernel panic"), "{console}");
+    // Refused is an answer: no word about the switch.
+    assert!(!console.contains("portfast"), "{console}");
+
+    // An address nobody has (no ARP answer), seconds after link-up: as
+    // behind a switch port still in STP's listening state, the console
+    // says so.
+    let (lines, _) = boot(&ns, &kernel, &initrd, &cmdline("10.99.0.77", MAC, "ioctl"), |l| l.contains("(attempt 1)"));
+    let console = lines.join("\n");
+    assert!(
+        console.contains("NBD connect to 10.99.0.77:10809 export 52:54:00:b0:07:01 failed (attempt 1)")
+            && console.contains("a switch port that is not an edge (portfast) port forwards nothing for about 30 s"),
+        "{console}"
+    );
 
     // A server that refuses this export: its message reaches the console.
     let cfg = d.path().join("pxeroot.toml");
@@ -1104,6 +1117,8 @@ fn test_pxe_boot_with_an_e1000e_nic() {
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
     eprintln!("{console}");
     assert!(console.contains("using 82574l"), "not iPXE's e1000e ROM:\n{console}");
+    // Its link negotiation is slow enough to be said.
+    assert!(console.contains("eth0: link up after"), "{console}");
     assert!(console.contains("driver groups without a device skipped") && !console.contains("loaded the"), "{console}");
 }
 

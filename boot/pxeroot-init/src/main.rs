@@ -53,6 +53,13 @@ const DISCONNECT_NAME: &str = "pxeroot-disconnect";
 const CARRIER_WAIT: Duration = Duration::from_secs(10);
 /// Backoff between attempts to reach the server: doubles up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A carrier slower than this is reported with its time (autonegotiation:
+/// QEMU's e1000e takes 2.5 s after Linux resets its PHY, real NICs 1-3 s).
+const SLOW_CARRIER: Duration = Duration::from_millis(500);
+/// How long after link-up a switch port may forward nothing: STP's
+/// listening and learning states (2 x 15 s forward delay) on a port that
+/// is not an edge (portfast) port, with some margin.
+const SWITCH_HOLD: Duration = Duration::from_secs(45);
 /// How long pxeroot-disconnect waits for the server to close the NBD
 /// connection after the DISC before it powers off anyway.
 const DISC_WAIT: Duration = Duration::from_secs(2);
@@ -168,8 +175,8 @@ fn boot(con: &Console) -> Result<(), String> {
         // with the carrier wait and the server's round trips.
         let (settings, name) = (&settings, export.clone());
         let net = scope.spawn(move || -> Result<_, String> {
-            con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
-            Ok(connect_with_retry(con, settings, &name))
+            let link_up = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
+            Ok(connect_with_retry(con, settings, &name, link_up))
         });
         let genl = match early {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
@@ -493,27 +500,27 @@ fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), Stri
     }
 }
 
-fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Result<(), String> {
+/// Bring `iface` up and address it; when its carrier came up.
+fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Result<Instant, String> {
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
-    let st = match &s.net {
+    let (st, link_up) = match &s.net {
         NetConfig::Static(st) => {
             // The address and route need no carrier: set them while the
             // link comes up.
             set_address(iface, st)?;
-            wait_for_carrier(con, iface);
-            st.clone()
+            (st.clone(), wait_for_carrier(con, iface))
         }
         NetConfig::Dhcp { .. } => {
-            wait_for_carrier(con, iface);
+            let up = wait_for_carrier(con, iface);
             let lease = dhcp_with_retry(con, iface, mac);
             let st = cmdline::StaticIp { client: lease.address, gateway: lease.router, prefix: lease.prefix, device: None };
             set_address(iface, &st)?;
-            st
+            (st, up)
         }
     };
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
-    Ok(())
+    Ok(link_up)
 }
 
 fn set_address(iface: &str, st: &cmdline::StaticIp) -> Result<(), String> {
@@ -533,8 +540,10 @@ const CARRIER_POLL: Duration = Duration::from_millis(2);
 
 /// Wait for carrier, so the first packet is not dropped (a lost TCP SYN
 /// costs a second); say so every `CARRIER_WAIT` while there is none.
-fn wait_for_carrier(con: &Console, iface: &str) {
-    let mut deadline = Instant::now() + CARRIER_WAIT;
+/// When the carrier came.
+fn wait_for_carrier(con: &Console, iface: &str) -> Instant {
+    let started = Instant::now();
+    let mut deadline = started + CARRIER_WAIT;
     while std::fs::read_to_string(format!("/sys/class/net/{iface}/carrier")).map(|c| c.trim() != "1").unwrap_or(true) {
         if Instant::now() > deadline {
             con.say(format_args!("{iface} has no carrier yet: is the cable (or tap) connected? still waiting"));
@@ -542,6 +551,10 @@ fn wait_for_carrier(con: &Console, iface: &str) {
         }
         std::thread::sleep(CARRIER_POLL);
     }
+    if started.elapsed() > SLOW_CARRIER {
+        con.say(format_args!("{iface}: link up after {:.2} s (the NIC's autonegotiation)", started.elapsed().as_secs_f64()));
+    }
+    Instant::now()
 }
 
 /// How long one DHCP exchange waits for each reply.
@@ -599,7 +612,7 @@ fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, Str
 
 /// Reach the server and negotiate, forever, with backoff: a server that is
 /// down or restarting, or an export not configured yet, may come good.
-fn connect_with_retry(con: &Console, s: &Settings, export: &str) -> (std::net::TcpStream, nbd::Export) {
+fn connect_with_retry(con: &Console, s: &Settings, export: &str, link_up: Instant) -> (std::net::TcpStream, nbd::Export) {
     let mut backoff = Duration::from_millis(250);
     let mut attempt = 1u32;
     loop {
@@ -610,9 +623,22 @@ fn connect_with_retry(con: &Console, s: &Settings, export: &str) -> (std::net::T
                 return r;
             }
             Err(e) => {
+                // Nothing answered: soon after link-up, the switch may be why.
+                let unanswered = matches!(&e, nbd::HandshakeError::Io(io)
+                    if io.kind() == std::io::ErrorKind::TimedOut
+                        || matches!(io.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH)));
+                let switch = if unanswered && link_up.elapsed() < SWITCH_HOLD {
+                    format!(
+                        "; the link came up {:.0} s ago, and a switch port that is not an edge (portfast) port forwards \
+                         nothing for about 30 s",
+                        link_up.elapsed().as_secs_f64()
+                    )
+                } else {
+                    String::new()
+                };
                 con.say(format_args!(
                     "NBD connect to {} export {export} failed (attempt {attempt}): {e}; check pxeroot.server= and that \
-                     pxeroot serves this export; retrying in {:.1} s",
+                     pxeroot serves this export{switch}; retrying in {:.1} s",
                     s.server,
                     backoff.as_secs_f64()
                 ));
