@@ -343,13 +343,14 @@ impl Registry {
         for (mac, rule) in &new.by_mac {
             match clients.by_mac.get(mac) {
                 None => change.added.push(*mac),
-                Some(old) if old != rule => {
-                    change.changed.push(*mac);
-                    if old.image != rule.image && self.overlay_path(*mac).exists() {
-                        change.stale_overlays.push((*mac, self.overlay_path(*mac)));
-                    }
-                }
+                Some(old) if old != rule => change.changed.push(*mac),
                 Some(_) => {}
+            }
+            // Its overlay was made over the image it booted until now (its
+            // own entry's, or unknown clients').
+            let before = clients.by_mac.get(mac).or(clients.unknown.as_ref());
+            if before.is_some_and(|old| old.image != rule.image) && self.overlay_path(*mac).exists() {
+                change.stale_overlays.push((*mac, self.overlay_path(*mac)));
             }
         }
         change.removed = clients.by_mac.keys().filter(|m| !new.by_mac.contains_key(m)).copied().collect();
@@ -673,5 +674,11 @@ mod tests {
         let err = r.set_clients(Clients { by_mac: BTreeMap::from([(b, rule("ubuntu", OverlayPolicy::Persistent))]), unknown: None });
         assert!(err.unwrap_err().contains("clients.\"52:54:00:00:00:0b\" names image \"ubuntu\""));
         assert_eq!(r.image_of(a).as_deref(), Some("other"), "a refused table changed something");
+        // b booted as an unknown client (debian) and has an overlay: given
+        // its own entry with another image, that overlay is stale too.
+        std::fs::write(r.overlay_path(b), b"").unwrap();
+        let change =
+            r.set_clients(Clients { by_mac: BTreeMap::from([(b, rule("other", OverlayPolicy::Persistent))]), unknown: None }).unwrap();
+        assert_eq!((change.added, change.stale_overlays), (vec![b], vec![(b, r.overlay_path(b))]));
     }
 }
