@@ -53,7 +53,7 @@ pub fn check_config(file: &Path) -> Result<()> {
                 println!("  warning: {missing}");
             }
             let firmware = p.missing_firmware_files();
-            if p.dhcp.is_some() && !firmware.is_empty() {
+            if !firmware.is_empty() {
                 println!("  not in the boot directory (only firmware without iPXE fetches them): {}", firmware.join("; "));
             }
             match &p.dhcp {
@@ -110,7 +110,8 @@ pub fn serve(file: &Path) -> Result<()> {
     run(registry, listen, c.pxe, Some(Reload { file: file.to_path_buf(), running, leases: None, resolver: None }))
 }
 
-/// What a SIGHUP re-reads: the file, against the configuration running.
+/// What a SIGHUP re-reads: the file, against the configuration the daemon
+/// started with (what a reload does not apply stays as it was then).
 struct Reload {
     file: PathBuf,
     running: Config,
@@ -129,7 +130,7 @@ impl Reload {
     /// cmdline and partition). A file that
     /// does not validate, or names an image not opened at start, changes
     /// nothing. Anything else that changed is named as waiting for a restart.
-    fn apply(&mut self, registry: &Registry) {
+    fn apply(&self, registry: &Registry) {
         let new = match Config::load(&self.file) {
             Ok(c) => c,
             Err(e) => return tracing::error!("reload failed, the running configuration stays: {e}"),
@@ -178,11 +179,6 @@ impl Reload {
         let later = restart_needed(&self.running, &new);
         if !later.is_empty() {
             tracing::warn!(config = %self.file.display(), "changed, and applied only at the next restart: {}", later.join(", "));
-        }
-        self.running.clients = new.clients;
-        self.running.unknown = new.unknown;
-        if let (Some(running), Some(pxe)) = (self.running.pxe.as_mut(), new.pxe) {
-            running.boot = pxe.boot;
         }
     }
 }
@@ -319,7 +315,7 @@ fn run(
         }
         // Run until a signal, or until a service fails (then stop the rest).
         let failed = tokio::select! {
-            r = wait_for_signal(&registry, &mut reload) => { r?; None }
+            r = wait_for_signal(&registry, reload.as_ref()) => { r?; None }
             r = futures_lite::future::poll_fn(|cx| {
                 for (i, s) in services.iter_mut().enumerate() {
                     if let std::task::Poll::Ready(r) = std::pin::Pin::new(s).poll(cx) {
@@ -351,7 +347,7 @@ fn run(
 
 /// Until SIGTERM or SIGINT; a SIGHUP reloads the configuration file
 /// (`serve`) or is said to do nothing (`nbd`, which has none).
-async fn wait_for_signal(registry: &Registry, reload: &mut Option<Reload>) -> Result<()> {
+async fn wait_for_signal(registry: &Registry, reload: Option<&Reload>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
@@ -362,7 +358,7 @@ async fn wait_for_signal(registry: &Registry, reload: &mut Option<Reload>) -> Re
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload.as_mut() {
+            _ = hup.recv() => match reload {
                 Some(r) => r.apply(registry),
                 None => tracing::warn!("SIGHUP ignored: `pxeroot nbd` has no configuration file to reload"),
             },

@@ -24,7 +24,7 @@ impl BindError {
 
 /// The fix for a failed bind on `port`; `elsewhere` says how to move or
 /// turn off that service in the config (its keys).
-pub fn bind_fix(error: &std::io::Error, port: u16, elsewhere: &str) -> String {
+fn bind_fix(error: &std::io::Error, port: u16, elsewhere: &str) -> String {
     match error.kind() {
         ErrorKind::AddrInUse => {
             format!("another program holds port {port} (`ss -tulpn 'sport = :{port}'` names it): stop it, or {elsewhere}")
@@ -36,11 +36,6 @@ pub fn bind_fix(error: &std::io::Error, port: u16, elsewhere: &str) -> String {
         _ => elsewhere.to_string(),
     }
 }
-
-/// DHCP's port 67 beside a DHCP server on the same host.
-pub const DHCP_SHARED_PORT_FIX: &str = "a DHCP server on this host shares port 67 with pxeroot only if it allows it \
-     (SO_REUSEADDR): dnsmasq does with bind-interfaces or bind-dynamic; or run pxeroot on another host of the segment, \
-     or set dhcp.mode = \"off\"";
 
 #[cfg(test)]
 mod tests {

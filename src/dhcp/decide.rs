@@ -115,6 +115,13 @@ pub struct Seen {
     pub not_booted: Option<Ignored>,
 }
 
+impl Seen {
+    /// A request of `kind` from `mac`, nothing known or offered yet.
+    fn new(mac: Mac, kind: MessageType) -> Seen {
+        Seen { mac, kind, arch: None, ipxe: false, offered: None, not_booted: None }
+    }
+}
+
 /// Why a request gets no answer, or (full mode) an address but no boot
 /// file. The last two are PXE clients a person wants told about, with the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -298,7 +305,7 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
     if class == ClientClass::Http {
         let mut r = reply_to(req, reply_kind, ctx.server, Ipv4Addr::UNSPECIFIED);
         let name = add_http_boot(&mut r, ctx, file);
-        return Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered: Some(name), not_booted: None }));
+        return Ok((r, Seen { arch: arch_code, ipxe, offered: Some(name), ..Seen::new(mac, kind) }));
     }
     // Strategy (b): UEFI firmware gets a bare offer and the file on 4011.
     let bare = reply_kind == MessageType::Offer && !ipxe && arch != Arch::Bios && uefi_strategy(req, ctx) == UefiStrategy::Via4011;
@@ -313,7 +320,7 @@ pub fn decide(req: &Message, port: Port, ctx: &Context) -> Result<(Message, Seen
     } else {
         Some(add_boot(&mut r, req, ctx.server, &file))
     };
-    Ok((r, Seen { mac, kind, arch: arch_code, ipxe, offered, not_booted: None }))
+    Ok((r, Seen { arch: arch_code, ipxe, offered, ..Seen::new(mac, kind) }))
 }
 
 /// Full-DHCP mode's network parameters.
@@ -407,7 +414,7 @@ pub fn decide_full(
                 Ok(_) => (MessageType::Ack, ip),
                 Err(_) => {
                     let nak = reply_to(req, MessageType::Nak, ctx.server, Ipv4Addr::UNSPECIFIED);
-                    return Ok(Some((nak, Seen { mac, kind, arch: None, ipxe: false, offered: None, not_booted: None })));
+                    return Ok(Some((nak, Seen::new(mac, kind))));
                 }
             }
         }
@@ -433,7 +440,7 @@ pub fn decide_full(
     if !net.dns.is_empty() {
         o.insert(DhcpOption::DomainNameServer(net.dns.clone()));
     }
-    let mut seen = Seen { mac, kind, arch: None, ipxe: false, offered: None, not_booted: None };
+    let mut seen = Seen::new(mac, kind);
     let class = client_class(req, ctx);
     let boot = class.map(|_| boot_for(req, mac, ctx));
     if let Some(Err(why)) = &boot {

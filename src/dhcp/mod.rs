@@ -88,7 +88,11 @@ impl RateLimiter {
     }
 }
 
-/// What else to do when `port` cannot be had (the fix's last words).
+/// What else to do when a port cannot be had (the fix's last words): 67
+/// beside a DHCP server on the same host, and 4011.
+const DHCP_SHARED_PORT_FIX: &str = "a DHCP server on this host shares port 67 with pxeroot only if it allows it \
+     (SO_REUSEADDR): dnsmasq does with bind-interfaces or bind-dynamic; or run pxeroot on another host of the segment, \
+     or set dhcp.mode = \"off\"";
 const PXE_PORT_FIX: &str = "another proxy DHCP server (dnsmasq's pxe-service, WDS) may hold it: stop it, or set dhcp.mode = \"off\"";
 
 fn socket(port: u16, interface: Option<&str>, elsewhere: &str) -> Result<UdpSocket, DhcpError> {
@@ -147,7 +151,7 @@ fn leases_text(tables: &[leases::LeaseTable]) -> String {
 
 /// Serve DHCP until `shutdown`; `leases` from [`open_leases`].
 pub async fn serve(cfg: DhcpConfig, leases: Option<Leases>, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<(), DhcpError> {
-    let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref(), crate::listen::DHCP_SHARED_PORT_FIX)?;
+    let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref(), DHCP_SHARED_PORT_FIX)?;
     let pxe = socket(cfg.pxe_port, cfg.interface.as_deref(), PXE_PORT_FIX)?;
     info!(server = %cfg.server, interface = ?cfg.interface, "proxy DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
     if let Mode::Full { pools, .. } = &cfg.mode {
