@@ -4,7 +4,8 @@
 //! The kernel command line carries what pxeroot-init needs: the server and
 //! NBD port, the export (the MAC), the attach mode, and the client's own
 //! address from iPXE's variables (`ip=${ip}::${gateway}:${netmask}:::off`),
-//! so the initramfs needs no second DHCP exchange. Kernel and initrd come
+//! so the initramfs needs no second DHCP exchange, and the lease it came
+//! with ([`LEASE_ARG`]) so pxeroot-init keeps it renewed. Kernel and initrd come
 //! over HTTP when it is enabled (several times faster than iPXE's lock-step
 //! TFTP), else over TFTP.
 
@@ -36,6 +37,12 @@ pub struct BootSpec {
     pub partition: Option<u32>,
 }
 
+/// `pxeroot.lease=SERVER,SECONDS,T1,T2` from the DHCP block of the
+/// interface iPXE booted through (`netX.dhcp`, not the proxy's): options
+/// 54, 51, 58 and 59. iPXE formats `uint32` settings in hex and leaves
+/// missing ones empty; pxeroot-init reads both.
+pub const LEASE_ARG: &str = "pxeroot.lease=${netX.dhcp/dhcp-server},${netX.dhcp/51:uint32},${netX.dhcp/58:uint32},${netX.dhcp/59:uint32}";
+
 /// Seconds between a failed fetch of the boot files and the next try.
 pub const RETRY_SECONDS: u32 = 5;
 
@@ -54,7 +61,7 @@ pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
     let _ = write!(
         s,
         "kernel {base}/{} initrd={initrd_name} {} pxeroot.server={}:{} pxeroot.export={mac} pxeroot.attach={} \
-         ip=${{ip}}::${{gateway}}:${{netmask}}:::off BOOTIF=01-${{mac:hexhyp}}",
+         ip=${{ip}}::${{gateway}}:${{netmask}}:::off BOOTIF=01-${{mac:hexhyp}} {LEASE_ARG}",
         boot.kernel.trim_start_matches('/'),
         boot.cmdline,
         p.server,
@@ -103,10 +110,11 @@ mod tests {
         assert!(s.contains("kernel tftp://10.0.0.1/debian/vmlinuz initrd=initrd.zst console=ttyS0 quiet "));
         assert!(s.contains("pxeroot.server=10.0.0.1:10809 pxeroot.export=52:54:00:12:34:56 pxeroot.attach=netlink"));
         assert!(s.contains("ip=${ip}::${gateway}:${netmask}:::off BOOTIF=01-${mac:hexhyp}"));
+        assert!(s.contains(" pxeroot.lease=${netX.dhcp/dhcp-server},${netX.dhcp/51:uint32},"), "{s}");
         assert!(s.contains("\ninitrd tftp://10.0.0.1/debian/initrd.zst || goto pxeroot_retry\nboot || goto pxeroot_retry\n"), "{s}");
         assert!(s.contains(":pxeroot_retry\n") && s.contains("sleep 5 || shell\ngoto pxeroot_fetch\n"), "{s}");
         assert!(!s.contains("pxeroot.partition"));
         let s = render(&p, "52:54:00:12:34:56".parse().unwrap(), &BootSpec { partition: Some(14), ..b });
-        assert!(s.contains("BOOTIF=01-${mac:hexhyp} pxeroot.partition=14 || goto pxeroot_retry\ninitrd "), "{s}");
+        assert!(s.contains(":uint32} pxeroot.partition=14 || goto pxeroot_retry\ninitrd "), "{s}");
     }
 }

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::netns::{lan_and_server, routed_site, site_dnsmasq, Netns, Proc, ROUTED_GATEWAY, SERVER_IP};
+use common::netns::{dnsmasq_dhcp_with, lan_and_server, routed_site, site_dnsmasq, Netns, Proc, ROUTED_GATEWAY, SERVER_IP};
 use common::*;
 
 const MAC: &str = "52:54:00:b0:07:01";
@@ -955,6 +955,47 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     assert!(server_log.contains("pxe.attach = \"ioctl\": a systemd root loses its last writes"), "{server_log}");
     let marker = overlay_marker(d.path(), &d.path().join("state").join(format!("{STEM}.qcow2")));
     assert!(marker.contains("written by the diskless client"), "{marker}");
+}
+
+/// A diskless client outlives its DHCP lease only if something renews it:
+/// the site's dnsmasq (T1 of 12 s, the shortest lease it grants, 2 min)
+/// sees pxeroot-init's keeper renew the address iPXE got, unicast, while
+/// the root runs; the boot says when it will.
+#[test]
+fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
+    require("dnsmasq");
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image_with(
+        d.path(),
+        "#!/bin/busybox sh\necho PXEROOT-MARKER root init running\nwhile true; do /bin/busybox sleep 1; echo tick; done\n",
+    );
+    boot_dir(d.path());
+    let (lan, srv) = lan_and_server("lease");
+    let (_server, log_path) = serve(d.path(), &srv, &img, "", PROXY_DHCP, &the_client());
+    let dnsmasq_log = d.path().join("dnsmasq.log");
+    let extra = ["--dhcp-option=option:T1,12".to_string(), "--log-dhcp".into(), format!("--log-facility={}", dnsmasq_log.display())];
+    let _dnsmasq = dnsmasq_dhcp_with(&lan, "br0", d.path(), true, "2m", &extra);
+    let acks = || {
+        let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+        log.lines().filter(|l| l.contains("DHCPACK(br0)") && l.contains(MAC)).count()
+    };
+    let t = Instant::now();
+    let (lines, _) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| {
+        l.contains("FATAL") || l.contains("pxeroot-dhcp:") || acks() >= 2 || t.elapsed() > Duration::from_secs(90)
+    });
+    let console = lines.join("\n");
+    let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER root init running"), "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
+    let said = lines.iter().find(|l| l.contains("DHCP lease of 10.99.0.")).unwrap_or_else(|| panic!("no lease line:\n{console}"));
+    assert!(said.contains("from 10.99.0.254: 120 s; @pxeroot-dhcp renews it 12 s after boot"), "{said}");
+    assert_eq!(acks(), 2, "iPXE's ACK, then the keeper's renewal:\n{log}\n--- console:\n{console}");
+    assert!(!console.contains("pxeroot-dhcp:"), "the keeper complained:\n{console}");
+    // The renewal came from the address, not from a new DISCOVER.
+    let discovers = log.lines().filter(|l| l.contains("DHCPDISCOVER(br0)") && l.contains(MAC)).count();
+    assert_eq!(discovers, 1, "{log}");
+    let renew = log.lines().filter(|l| l.contains("DHCPREQUEST(br0)") && l.contains(MAC)).nth(1).unwrap_or_default();
+    assert!(renew.contains("10.99.0."), "{log}");
 }
 
 /// One PXE boot of the client behind the router of `routed_site` (with the

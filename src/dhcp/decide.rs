@@ -9,7 +9,7 @@
 //! that already runs iPXE (option 77 `iPXE` or option 175) gets its script,
 //! so it never loads iPXE again.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 
@@ -254,6 +254,20 @@ fn reply_to(req: &Message, kind: MessageType, server: Ipv4Addr, yiaddr: Ipv4Addr
     r.opts_mut().insert(DhcpOption::MessageType(kind));
     r.opts_mut().insert(DhcpOption::ServerIdentifier(server));
     r
+}
+
+/// Where `reply` to `req` (which came from `from` on `port`) goes (RFC
+/// 2131, 4.1): through the relay when there is one; to port 4011's asker
+/// as it asked; a client that has an address (ciaddr: renewing its lease)
+/// gets its OFFER or ACK unicast; the rest, and every NAK, is broadcast.
+pub fn destination(req: &Message, reply: &Message, port: Port, from: SocketAddr) -> SocketAddr {
+    let to = |ip: Ipv4Addr, port: u16| SocketAddr::V4(SocketAddrV4::new(ip, port));
+    match port {
+        Port::Pxe => from,
+        Port::Dhcp if !req.giaddr().is_unspecified() => to(req.giaddr(), 67),
+        Port::Dhcp if !req.ciaddr().is_unspecified() && reply.opts().msg_type() != Some(MessageType::Nak) => to(req.ciaddr(), 68),
+        Port::Dhcp => to(Ipv4Addr::BROADCAST, 68),
+    }
 }
 
 /// `name` cut to at most MAX_BOOT_FILE bytes, at a character boundary.
@@ -690,6 +704,27 @@ mod full_tests {
         let (nak, _) = decide_full(&steal, &ctx, &net, &mut leases, 1).unwrap().unwrap();
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
         assert!(nak.flags().broadcast(), "a NAK through a relay must be broadcast");
+        // Renewing (RFC 2131 4.3.2): from the address, neither option 50
+        // nor 54; the lease runs on from the REQUEST, the ACK goes to the
+        // address itself, a NAK to everyone.
+        let mut renew = discover([0x52, 0x54, 0, 0, 0, 1], false);
+        renew.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        renew.set_ciaddr(offer.yiaddr());
+        let (ack, _) = decide_full(&renew, &ctx, &net, &mut leases, 1800).unwrap().unwrap();
+        assert_eq!((ack.opts().msg_type(), ack.yiaddr()), (Some(MessageType::Ack), offer.yiaddr()));
+        assert!(!ack.flags().broadcast());
+        assert!(leases.save().contains(&format!("{} 52:54:00:00:00:01 5400 bound", offer.yiaddr())), "{}", leases.save());
+        let from = "10.0.0.100:68".parse().unwrap();
+        assert_eq!(destination(&renew, &ack, Port::Dhcp, from), "10.0.0.100:68".parse().unwrap());
+        assert_eq!(destination(&renew, &nak, Port::Dhcp, from), "255.255.255.255:68".parse().unwrap());
+        assert_eq!(destination(&req, &ack, Port::Dhcp, from), "255.255.255.255:68".parse().unwrap(), "no address yet");
+        assert_eq!(destination(&req, &ack, Port::Pxe, from), from);
+        let relayed = renew.clone().set_giaddr(Ipv4Addr::new(10, 0, 5, 1)).clone();
+        assert_eq!(destination(&relayed, &ack, Port::Dhcp, from), "10.0.5.1:67".parse().unwrap());
+        let mut stolen = steal.clone();
+        stolen.set_ciaddr(offer.yiaddr()).opts_mut().remove(OptionCode::RequestedIpAddress);
+        let (nak, _) = decide_full(&stolen, &ctx, &net, &mut leases, 1800).unwrap().unwrap();
+        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak), "renewing another client's address");
     }
 
     /// Full mode answers a UEFI HTTP boot client with an address and the

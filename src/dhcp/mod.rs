@@ -7,7 +7,7 @@ pub mod decide;
 pub mod leases;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -258,11 +258,7 @@ async fn listen(
             debug!(mac = %seen.mac, "DHCP reply rate-limited");
             continue;
         }
-        let to = match port {
-            Port::Dhcp if !req.giaddr().is_unspecified() => SocketAddr::V4(SocketAddrV4::new(req.giaddr(), 67)),
-            Port::Dhcp => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
-            Port::Pxe => from,
-        };
+        let to = decide::destination(&req, &reply, port, from);
         let mut out = Vec::with_capacity(512);
         if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
             warn!(error = %e, "encoding a DHCP reply failed");

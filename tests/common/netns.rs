@@ -105,10 +105,17 @@ pub fn site_dnsmasq(lan: &Netns, dir: &Path) -> Proc {
 /// dnsmasq as a DHCP server only (10.99.0.50-99) on `interface` in `ns`;
 /// with `bind_interfaces` it lets another program share port 67.
 pub fn dnsmasq_dhcp(ns: &Netns, interface: &str, dir: &Path, bind_interfaces: bool) -> Proc {
+    dnsmasq_dhcp_with(ns, interface, dir, bind_interfaces, "1h", &[])
+}
+
+/// `dnsmasq_dhcp` with leases of `lease` (dnsmasq's form: 2m at least) and
+/// more dnsmasq arguments.
+pub fn dnsmasq_dhcp_with(ns: &Netns, interface: &str, dir: &Path, bind_interfaces: bool, lease: &str, extra: &[String]) -> Proc {
     let mut c = ns.command(Path::new("dnsmasq"));
     c.args(["--no-daemon", "--port=0", "--no-ping", "--dhcp-authoritative"])
         .arg(format!("--interface={interface}"))
-        .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h"])
+        .arg(format!("--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,{lease}"))
+        .args(extra)
         .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
         .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
         .stderr(Stdio::null());

@@ -9,7 +9,10 @@
 //!   `pxeroot.timeout=SECONDS` (NBD request timeout),
 //!   `pxeroot.reconnect=SECONDS` (netlink: how long I/O waits for a
 //!   reconnect), `pxeroot.partition=N` (the root is partition N of the
-//!   disk, 1 to [`MAX_PARTITION`]; default: the whole disk), `pxeroot.debug`;
+//!   disk, 1 to [`MAX_PARTITION`]; default: the whole disk), `pxeroot.debug`,
+//!   `pxeroot.lease=SERVER,SECONDS[,T1[,T2]]` (the DHCP lease behind `ip=`,
+//!   as iPXE's script passes it: decimal or `0x` hex, empty fields unknown;
+//!   pxeroot-init keeps it renewed);
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -98,6 +101,20 @@ pub struct Settings {
     pub rootflags: String,
     pub read_only: bool,
     pub init: String,
+    /// `pxeroot.lease=`: present when the command line carries one, even
+    /// with its fields empty (iPXE had no lease to tell of).
+    pub lease: Option<LeaseHint>,
+}
+
+/// The DHCP lease `ip=` came from, as `pxeroot.lease=` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseHint {
+    /// The server that granted it (option 54).
+    pub server: Option<Ipv4Addr>,
+    /// Options 51, 58 (T1) and 59 (T2), in seconds.
+    pub secs: Option<u32>,
+    pub t1: Option<u32>,
+    pub t2: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +175,34 @@ fn parse_ip(v: &str) -> Result<NetConfig, CmdlineError> {
 }
 
 /// `BOOTIF=01-52-54-00-12-34-56` (the leading 01 is the ARP hardware type).
+/// `SERVER,SECONDS[,T1[,T2]]`; each number decimal or `0x` hex (iPXE's
+/// `:uint32` format), any field empty.
+fn parse_lease(v: &str) -> Result<LeaseHint, CmdlineError> {
+    let want = "SERVER,SECONDS[,T1[,T2]] (an IPv4 address and decimal or 0x-hex seconds; empty fields allowed)";
+    let bad = || err("pxeroot.lease", v, want);
+    let mut fields = v.split(',');
+    let server = match fields.next().unwrap_or("") {
+        "" => None,
+        s => Some(s.parse().map_err(|_| bad())?),
+    };
+    let mut number = || -> Result<Option<u32>, CmdlineError> {
+        match fields.next().unwrap_or("") {
+            "" => Ok(None),
+            n => match n.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => n.parse(),
+            }
+            .map(Some)
+            .map_err(|_| bad()),
+        }
+    };
+    let hint = LeaseHint { server, secs: number()?, t1: number()?, t2: number()? };
+    if fields.next().is_some() {
+        return Err(bad());
+    }
+    Ok(hint)
+}
+
 fn parse_bootif(v: &str) -> Result<[u8; 6], CmdlineError> {
     let want = "01-aa-bb-cc-dd-ee-ff";
     let parts: Vec<&str> = v.split(['-', ':']).collect();
@@ -190,6 +235,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         rootflags: String::new(),
         read_only: false,
         init: "/sbin/init".into(),
+        lease: None,
     };
     for word in cmdline.split_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -210,6 +256,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                 s.reconnect = value.parse().ok().filter(|&t| t > 0).ok_or_else(|| err("pxeroot.reconnect", value, "seconds, > 0"))?
             }
             "pxeroot.debug" => s.debug = true,
+            "pxeroot.lease" => s.lease = Some(parse_lease(value)?),
             "pxeroot.partition" => {
                 s.partition = Some(
                     value
@@ -357,6 +404,22 @@ mod tests {
         ] {
             assert_eq!(parse(line).unwrap_err().key, key, "{line}");
         }
+    }
+
+    #[test]
+    fn test_lease_as_ipxe_writes_it() {
+        let lease = |v: &str| parse(&format!("pxeroot.server=1.2.3.4 pxeroot.lease={v}")).map(|s| s.lease.unwrap());
+        let server = Some(Ipv4Addr::new(10, 0, 0, 254));
+        assert_eq!(lease("10.0.0.254,0xe10,0x708,0xc4e").unwrap(), LeaseHint { server, secs: Some(3600), t1: Some(1800), t2: Some(3150) });
+        assert_eq!(lease("10.0.0.254,86400").unwrap(), LeaseHint { server, secs: Some(86400), t1: None, t2: None });
+        // iPXE leaves a setting it does not have empty.
+        assert_eq!(lease(",,,").unwrap(), LeaseHint { server: None, secs: None, t1: None, t2: None });
+        assert_eq!(lease("").unwrap(), LeaseHint { server: None, secs: None, t1: None, t2: None });
+        assert_eq!(lease("10.0.0.254,0xffffffff").unwrap().secs, Some(u32::MAX));
+        for bad in ["10.0.0,60", "10.0.0.254,sixty", "10.0.0.254,0x", "10.0.0.254,60,1,2,3", "10.0.0.254,-1"] {
+            assert_eq!(lease(bad).unwrap_err().key, "pxeroot.lease", "{bad}");
+        }
+        assert_eq!(parse("pxeroot.server=1.2.3.4").unwrap().lease, None);
     }
 
     #[test]

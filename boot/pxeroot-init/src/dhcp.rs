@@ -1,6 +1,7 @@
-//! A minimal DHCPv4 client codec (RFC 2131/2132), sans-IO: build DISCOVER
-//! and REQUEST, parse OFFER and ACK. Only what a diskless client needs: an
-//! address, a netmask, a router. The socket loop is in `main.rs`.
+//! A minimal DHCPv4 client codec (RFC 2131/2132), sans-IO: build DISCOVER,
+//! REQUEST and the renewing REQUEST, parse OFFER, ACK and NAK. Only what a
+//! diskless client needs: an address, a netmask, a router, and the lease's
+//! times to keep it. The socket loops are in `main.rs` and `lease.rs`.
 //!
 //! Not dhcproto: it pulls in a DNS library, and every KB of the static init
 //! is TFTP time in a boot storm; this codec is about 150 lines.
@@ -15,6 +16,8 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 const FIXED_LEN: usize = 236;
 /// Ask the server to broadcast its reply: we have no address yet.
 const FLAG_BROADCAST: u16 = 0x8000;
+/// A lease time that never ends (RFC 2132, 9.2).
+pub const INFINITE: u32 = u32::MAX;
 
 pub const OPT_SUBNET_MASK: u8 = 1;
 pub const OPT_ROUTER: u8 = 3;
@@ -23,6 +26,9 @@ pub const OPT_MESSAGE_TYPE: u8 = 53;
 pub const OPT_SERVER_ID: u8 = 54;
 pub const OPT_PARAM_LIST: u8 = 55;
 pub const OPT_MAX_SIZE: u8 = 57;
+pub const OPT_LEASE_TIME: u8 = 51;
+pub const OPT_RENEWAL_TIME: u8 = 58;
+pub const OPT_REBINDING_TIME: u8 = 59;
 pub const OPT_CLIENT_ID: u8 = 61;
 pub const OPT_END: u8 = 255;
 pub const OPT_PAD: u8 = 0;
@@ -41,15 +47,24 @@ pub struct Lease {
     pub prefix: u8,
     pub router: Option<Ipv4Addr>,
     pub server_id: Option<Ipv4Addr>,
+    /// Options 51, 58 and 59 (T1, T2), in seconds.
+    pub lease_secs: Option<u32>,
+    pub renew_secs: Option<u32>,
+    pub rebind_secs: Option<u32>,
 }
 
-fn message(xid: u32, mac: [u8; 6], kind: u8, extra: &[(u8, Vec<u8>)]) -> Vec<u8> {
+/// A BOOTREQUEST from `ciaddr` (unspecified: no address yet, so the
+/// server is asked to broadcast its reply).
+fn message(xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, kind: u8, extra: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut m = vec![0u8; FIXED_LEN];
     m[0] = OP_BOOTREQUEST;
     m[1] = HTYPE_ETHERNET;
     m[2] = 6;
     m[4..8].copy_from_slice(&xid.to_be_bytes());
-    m[10..12].copy_from_slice(&FLAG_BROADCAST.to_be_bytes());
+    if ciaddr.is_unspecified() {
+        m[10..12].copy_from_slice(&FLAG_BROADCAST.to_be_bytes());
+    }
+    m[12..16].copy_from_slice(&ciaddr.octets());
     m[28..34].copy_from_slice(&mac);
     m.extend_from_slice(&MAGIC);
     let mut client_id = vec![HTYPE_ETHERNET];
@@ -58,7 +73,7 @@ fn message(xid: u32, mac: [u8; 6], kind: u8, extra: &[(u8, Vec<u8>)]) -> Vec<u8>
         (OPT_MESSAGE_TYPE, vec![kind]),
         (OPT_CLIENT_ID, client_id),
         (OPT_MAX_SIZE, 1500u16.to_be_bytes().to_vec()),
-        (OPT_PARAM_LIST, vec![OPT_SUBNET_MASK, OPT_ROUTER]),
+        (OPT_PARAM_LIST, vec![OPT_SUBNET_MASK, OPT_ROUTER, OPT_LEASE_TIME, OPT_RENEWAL_TIME, OPT_REBINDING_TIME]),
     ];
     opts.extend(extra.iter().cloned());
     for (code, data) in opts {
@@ -73,7 +88,7 @@ fn message(xid: u32, mac: [u8; 6], kind: u8, extra: &[(u8, Vec<u8>)]) -> Vec<u8>
 }
 
 pub fn discover(xid: u32, mac: [u8; 6]) -> Vec<u8> {
-    message(xid, mac, DISCOVER, &[])
+    message(xid, mac, Ipv4Addr::UNSPECIFIED, DISCOVER, &[])
 }
 
 /// REQUEST the offered address from the server that offered it.
@@ -82,7 +97,15 @@ pub fn request(xid: u32, mac: [u8; 6], offer: &Lease) -> Vec<u8> {
     if let Some(s) = offer.server_id {
         extra.push((OPT_SERVER_ID, s.octets().to_vec()));
     }
-    message(xid, mac, REQUEST, &extra)
+    message(xid, mac, Ipv4Addr::UNSPECIFIED, REQUEST, &extra)
+}
+
+/// The REQUEST that extends the lease of `address` (RFC 2131, 4.3.2, the
+/// RENEWING and REBINDING states): from the address, with no requested
+/// address or server identifier; sent to the server that granted the
+/// lease (renewing) or broadcast to any server (rebinding).
+pub fn renew(xid: u32, mac: [u8; 6], address: Ipv4Addr) -> Vec<u8> {
+    message(xid, mac, address, REQUEST, &[])
 }
 
 fn ip(data: &[u8]) -> Option<Ipv4Addr> {
@@ -98,7 +121,17 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
         return None;
     }
     let address = ip(&buf[16..20])?;
-    let mut lease = Lease { message_type: 0, address, prefix: 24, router: None, server_id: None };
+    let mut lease = Lease {
+        message_type: 0,
+        address,
+        prefix: 24,
+        router: None,
+        server_id: None,
+        lease_secs: None,
+        renew_secs: None,
+        rebind_secs: None,
+    };
+    let secs = |data: &[u8]| Some(u32::from_be_bytes(data.get(..4)?.try_into().ok()?));
     let mut at = FIXED_LEN + 4;
     while at < buf.len() {
         let code = buf[at];
@@ -121,6 +154,9 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
             }
             OPT_ROUTER => lease.router = ip(data),
             OPT_SERVER_ID => lease.server_id = ip(data),
+            OPT_LEASE_TIME => lease.lease_secs = secs(data),
+            OPT_RENEWAL_TIME => lease.renew_secs = secs(data),
+            OPT_REBINDING_TIME => lease.rebind_secs = secs(data),
             _ => {}
         }
         at += 2 + len;
@@ -144,6 +180,8 @@ mod tests {
             (OPT_SUBNET_MASK, vec![255, 255, 0, 0]),
             (OPT_ROUTER, vec![10, 0, 0, 1]),
             (OPT_SERVER_ID, vec![10, 0, 0, 2]),
+            (OPT_LEASE_TIME, 3600u32.to_be_bytes().to_vec()),
+            (OPT_RENEWAL_TIME, 1800u32.to_be_bytes().to_vec()),
         ] {
             m.push(c);
             m.push(d.len() as u8);
@@ -175,7 +213,10 @@ mod tests {
                 address: Ipv4Addr::new(10, 0, 0, 7),
                 prefix: 16,
                 router: Some(Ipv4Addr::new(10, 0, 0, 1)),
-                server_id: Some(Ipv4Addr::new(10, 0, 0, 2))
+                server_id: Some(Ipv4Addr::new(10, 0, 0, 2)),
+                lease_secs: Some(3600),
+                renew_secs: Some(1800),
+                rebind_secs: None,
             }
         );
         assert!(parse_reply(&r, 10, MAC).is_none(), "other xid");
@@ -183,6 +224,28 @@ mod tests {
         assert!(parse_reply(&r[..100], 9, MAC).is_none(), "truncated");
         let req = request(9, MAC, &l);
         assert!(req.windows(6).any(|w| w == [OPT_REQUESTED_IP, 4, 10, 0, 0, 7]));
+    }
+
+    #[test]
+    fn test_renewing_request_is_from_the_address_and_names_no_server() {
+        let r = renew(5, MAC, Ipv4Addr::new(10, 0, 0, 7));
+        assert_eq!(&r[12..16], &[10, 0, 0, 7], "ciaddr");
+        assert_eq!(&r[10..12], &[0, 0], "no broadcast flag: the client has an address");
+        assert_eq!(&r[240..243], &[OPT_MESSAGE_TYPE, 1, REQUEST]);
+        let has = |code: u8| {
+            let mut at = 240;
+            while at + 1 < r.len() && r[at] != OPT_END {
+                if r[at] == code {
+                    return true;
+                }
+                at += 2 + r[at + 1] as usize;
+            }
+            false
+        };
+        assert!(!has(OPT_REQUESTED_IP) && !has(OPT_SERVER_ID), "RFC 2131 4.3.2: neither in RENEWING/REBINDING");
+        assert!(has(OPT_PARAM_LIST) && has(OPT_CLIENT_ID));
+        let d = discover(5, MAC);
+        assert_eq!((&d[10..12], &d[12..16]), (&[0x80, 0][..], &[0, 0, 0, 0][..]), "no address yet: broadcast reply");
     }
 
     #[test]

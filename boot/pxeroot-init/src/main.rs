@@ -21,6 +21,7 @@
 
 mod cmdline;
 mod dhcp;
+mod lease;
 mod nbd;
 mod nbdnl;
 mod netlink;
@@ -44,6 +45,13 @@ const NEWROOT: &str = "/newroot";
 const KEEPER_ARGV0: &str = "@pxeroot-nbd";
 const KEEPER_FLAG: &str = "--keep-nbd-device";
 const MONITOR_FLAG: &str = "--monitor";
+/// argv[0] of the process that keeps the DHCP lease (spared at shutdown
+/// too: the address must last until the root is disconnected).
+const LEASE_ARGV0: &str = "@pxeroot-dhcp";
+const LEASE_FLAG: &str = "--keep-lease";
+/// REQUESTs sent per attempt at extending the lease, each followed by a
+/// wait of DHCP_REPLY_WAIT for the reply.
+const RENEW_SENDS: u32 = 3;
 /// Invoked under this name (a copy or link of this binary in the root
 /// image, e.g. in /usr/lib/systemd/system-shutdown/), it disconnects
 /// /dev/nbd0 cleanly: the kernel sends NBD's DISC to the server.
@@ -117,6 +125,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some(KEEPER_FLAG) => keep_nbd_device(&args),
         Some(MONITOR_FLAG) => run_monitor(&args[2..]),
+        Some(LEASE_FLAG) => keep_lease(&args[2..]),
         _ => {}
     }
     if args.first().map(|a| a.rsplit('/').next() == Some(DISCONNECT_NAME)).unwrap_or(false) {
@@ -175,8 +184,9 @@ fn boot(con: &Console) -> Result<(), String> {
         // with the carrier wait and the server's round trips.
         let (settings, name) = (&settings, export.clone());
         let net = scope.spawn(move || -> Result<_, String> {
-            let link_up = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
-            Ok(connect_with_retry(con, settings, &name, link_up))
+            let (link_up, held) = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
+            let keeper = held.map(|held| lease::KeeperArgs { iface, mac, held, debug: settings.debug });
+            Ok((connect_with_retry(con, settings, &name, link_up), keeper))
         });
         let genl = match early {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
@@ -185,7 +195,23 @@ fn boot(con: &Console) -> Result<(), String> {
         Ok((export, net.join(), genl))
     })?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
-    let (sock, info) = net.map_err(|_| "the network thread panicked".to_string())??;
+    let ((sock, info), keeper) = net.map_err(|_| "the network thread panicked".to_string())??;
+    match (&keeper, settings.lease) {
+        (Some(k), _) => {
+            let h = &k.held;
+            let from = h.server.map_or("an unnamed server".to_string(), |s| s.to_string());
+            con.say(format_args!(
+                "DHCP lease of {} from {from}: {} s; {LEASE_ARGV0} renews it {} s after boot",
+                h.address,
+                h.secs,
+                h.renew_at()
+            ));
+        }
+        (None, Some(hint)) if hint.secs != Some(dhcp::INFINITE) => con.say(
+            "pxeroot.lease= names no lease time: the address's DHCP lease is not renewed (it may be given to another machine when it ends)",
+        ),
+        _ => {}
+    }
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
     let monitor = match genl {
         Some(genl) => Some(con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, genl?, sock, info))?),
@@ -203,7 +229,12 @@ fn boot(con: &Console) -> Result<(), String> {
     // took 17 ms). Joined before the switch: an exec must not meet a
     // spawn half done.
     let after_attach = std::thread::spawn(move || {
-        let started = monitor.map_or(Ok(()), |m| spawn_helper("NBD monitor", &m.argv));
+        let started = monitor.map_or(Ok(()), |m| spawn_helper("NBD monitor", KEEPER_ARGV0, &m.argv));
+        let started = started.and(keeper.map_or(Ok(()), |k| {
+            let mut argv = vec![LEASE_FLAG.to_string()];
+            argv.extend(k.to_args());
+            spawn_helper("DHCP lease keeper", LEASE_ARGV0, &argv)
+        }));
         for path in modules.files() {
             let _ = std::fs::remove_file(path);
         }
@@ -501,26 +532,32 @@ fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), Stri
 }
 
 /// Bring `iface` up and address it; when its carrier came up.
-fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Result<Instant, String> {
+/// Bring the interface up with its address; returns when the link came
+/// up, and the DHCP lease to keep (none for a static address without
+/// `pxeroot.lease`, or an infinite lease).
+fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Result<(Instant, Option<lease::Held>), String> {
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
-    let (st, link_up) = match &s.net {
+    let (st, link_up, held) = match &s.net {
         NetConfig::Static(st) => {
             // The address and route need no carrier: set them while the
-            // link comes up.
+            // link comes up. iPXE's lease was granted before the kernel
+            // started: count it from boot (time 0).
             set_address(iface, st)?;
-            (st.clone(), wait_for_carrier(con, iface))
+            let held = s.lease.and_then(|h| lease::Held::new(st.client, h.server, 0, h.secs?, h.t1, h.t2));
+            (st.clone(), wait_for_carrier(con, iface), held)
         }
         NetConfig::Dhcp { .. } => {
             let up = wait_for_carrier(con, iface);
-            let lease = dhcp_with_retry(con, iface, mac);
-            let st = cmdline::StaticIp { client: lease.address, gateway: lease.router, prefix: lease.prefix, device: None };
+            let (l, sent) = dhcp_with_retry(con, iface, mac);
+            let st = cmdline::StaticIp { client: l.address, gateway: l.router, prefix: l.prefix, device: None };
             set_address(iface, &st)?;
-            (st, up)
+            let held = l.lease_secs.and_then(|secs| lease::Held::new(l.address, l.server_id, sent, secs, l.renew_secs, l.rebind_secs));
+            (st, up, held)
         }
     };
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
-    Ok(link_up)
+    Ok((link_up, held))
 }
 
 fn set_address(iface: &str, st: &cmdline::StaticIp) -> Result<(), String> {
@@ -562,15 +599,17 @@ const DHCP_REPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// DISCOVER, take the first OFFER, REQUEST it, wait for the ACK. Retried
 /// forever with backoff: a DHCP server may be slow to come up.
-fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> dhcp::Lease {
+/// The lease, and when (boot clock) the exchange that got it started.
+fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> (dhcp::Lease, u64) {
     let mut backoff = Duration::from_millis(500);
     let mut attempt = 1u32;
     loop {
         let t = Instant::now();
+        let sent = sys::boottime_secs();
         match dhcp_once(iface, mac, attempt) {
             Ok(l) => {
                 con.say(format_args!("DHCP on {iface}: {} from {:?} ({:.3} s)", l.address, l.server_id, t.elapsed().as_secs_f64()));
-                return l;
+                return (l, sent);
             }
             Err(e) => con.say(format_args!("DHCP on {iface} failed (attempt {attempt}): {e}; is a DHCP server on this segment? retrying")),
         }
@@ -580,34 +619,146 @@ fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> dhcp::Lease {
     }
 }
 
-fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, String> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:68").map_err(|e| format!("binding UDP port 68: {e}"))?;
-    sock.set_broadcast(true).map_err(|e| e.to_string())?;
-    sys::bind_to_device(sock.as_raw_fd(), iface).map_err(|e| format!("SO_BINDTODEVICE {iface}: {e}"))?;
-    sock.set_read_timeout(Some(DHCP_REPLY_WAIT)).map_err(|e| e.to_string())?;
+/// A UDP socket on the DHCP client port of `iface`, for broadcasts too.
+fn dhcp_socket(iface: &str) -> std::io::Result<std::net::UdpSocket> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:68")?;
+    sock.set_broadcast(true)?;
+    sys::bind_to_device(sock.as_raw_fd(), iface)?;
+    sock.set_read_timeout(Some(DHCP_REPLY_WAIT))?;
+    Ok(sock)
+}
+
+fn new_xid(mac: [u8; 6], attempt: u32) -> u32 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let xid = nanos ^ u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ attempt;
+    nanos ^ u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ attempt
+}
+
+/// The first reply for `xid` that is `kind` or a NAK, within DHCP_REPLY_WAIT.
+fn await_reply(sock: &std::net::UdpSocket, xid: u32, mac: [u8; 6], kind: u8) -> Option<dhcp::Lease> {
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + DHCP_REPLY_WAIT;
+    while Instant::now() < deadline {
+        let Ok(n) = sock.recv(&mut buf) else { break };
+        match dhcp::parse_reply(&buf[..n], xid, mac) {
+            Some(l) if l.message_type == kind || l.message_type == dhcp::NAK => return Some(l),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, String> {
+    let sock = dhcp_socket(iface).map_err(|e| format!("opening UDP port 68 on {iface}: {e}"))?;
+    let xid = new_xid(mac, attempt);
     let to = "255.255.255.255:67";
     let wait_for = |kind: u8| -> Result<dhcp::Lease, String> {
-        let mut buf = [0u8; 1500];
-        let deadline = Instant::now() + DHCP_REPLY_WAIT;
-        while Instant::now() < deadline {
-            let Ok(n) = sock.recv(&mut buf) else { break };
-            if let Some(l) = dhcp::parse_reply(&buf[..n], xid, mac) {
-                if l.message_type == kind {
-                    return Ok(l);
-                }
-                if l.message_type == dhcp::NAK {
-                    return Err("the server said NAK".into());
-                }
-            }
+        match await_reply(&sock, xid, mac, kind) {
+            Some(l) if l.message_type == dhcp::NAK => Err("the server said NAK".into()),
+            Some(l) => Ok(l),
+            None => Err(format!("no {} within {DHCP_REPLY_WAIT:?}", if kind == dhcp::OFFER { "OFFER" } else { "ACK" })),
         }
-        Err(format!("no {} within {DHCP_REPLY_WAIT:?}", if kind == dhcp::OFFER { "OFFER" } else { "ACK" }))
     };
     sock.send_to(&dhcp::discover(xid, mac), to).map_err(|e| format!("sending DISCOVER: {e}"))?;
     let offer = wait_for(dhcp::OFFER)?;
     sock.send_to(&dhcp::request(xid, mac, &offer), to).map_err(|e| format!("sending REQUEST: {e}"))?;
     wait_for(dhcp::ACK)
+}
+
+/// The lease keeper: `@pxeroot-dhcp --keep-lease ARGS` (lease::KeeperArgs).
+/// Renews at T1, rebinds at T2, and goes on asking past the lease's end:
+/// the root stays on the address whatever the server says, so every
+/// failure is said on the console with what it risks. Quiet while all is
+/// well (each renewal is said with `pxeroot.debug`, or after a failure).
+fn keep_lease(args: &[String]) -> ! {
+    let say = |msg: std::fmt::Arguments| eprintln!("pxeroot-dhcp: {msg}");
+    let Some(k) = lease::KeeperArgs::parse(args) else {
+        say(format_args!("bad arguments {args:?}"));
+        std::process::exit(2);
+    };
+    if let Err(e) = sys::harden_root_keeper() {
+        say(format_args!("hardening failed: {e}"));
+    }
+    let mut held = k.held;
+    let (mut last_try, mut failures) = (None, 0u32);
+    loop {
+        let (when, ask) = lease::next(&held, last_try);
+        let now = sys::boottime_secs();
+        if when > now {
+            std::thread::sleep(Duration::from_secs(when - now));
+        }
+        let sent = sys::boottime_secs();
+        let reply = match renew_once(&k.iface, k.mac, held.address, ask, failures) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                say(format_args!(
+                    "UDP port 68 on {} is taken (a DHCP client in the root?): that client keeps the lease of {}; this one stops",
+                    k.iface, held.address
+                ));
+                std::process::exit(0);
+            }
+            Err(e) => {
+                say(format_args!("asking for the lease of {}: {e}", held.address));
+                None
+            }
+        };
+        let why = match reply.map(|r| lease::answered(&held, &r, sent)) {
+            Some(Ok(Some(renewed))) => {
+                if k.debug || failures > 0 {
+                    say(format_args!("lease of {} extended by {}: {} s, next renewal {} s after boot", renewed.address, renewed.server.map_or("?".into(), |s| s.to_string()), renewed.secs, renewed.renew_at()));
+                }
+                (held, last_try, failures) = (renewed, None, 0);
+                continue;
+            }
+            Some(Ok(None)) => {
+                say(format_args!("the lease of {} is now infinite: nothing more to keep", held.address));
+                std::process::exit(0);
+            }
+            Some(Err(lease::Refused::Nak { server })) => format!(
+                "{} refused (NAK) to extend the lease of {}: it may give the address to another machine, which cuts this one's root off; reserve {} for {} on the DHCP server",
+                server.map_or("a DHCP server".into(), |s| s.to_string()),
+                held.address,
+                held.address,
+                mac_text(&k.mac)
+            ),
+            Some(Err(lease::Refused::Odd(what))) => format!("the DHCP server sent {what}"),
+            None => format!("no DHCP server answered for the lease of {}", held.address),
+        };
+        failures += 1;
+        last_try = Some(sent);
+        let (again, _) = lease::next(&held, last_try);
+        let left = held.ends_at() as i64 - sent as i64;
+        let state = if left > 0 {
+            format!("the lease ends in {left} s")
+        } else {
+            format!("the lease ended {} s ago and the root still uses the address", -left)
+        };
+        say(format_args!("{why}; {state}; asking again in {} s", again.saturating_sub(sent)));
+    }
+}
+
+/// One attempt at extending the lease: up to RENEW_SENDS REQUESTs, to the
+/// server (renewing) or broadcast (rebinding). `Ok(None)`: no reply.
+fn renew_once(
+    iface: &str,
+    mac: [u8; 6],
+    address: std::net::Ipv4Addr,
+    ask: lease::Ask,
+    attempt: u32,
+) -> std::io::Result<Option<dhcp::Lease>> {
+    let sock = dhcp_socket(iface)?;
+    let to = match ask {
+        lease::Ask::Renew(server) => std::net::SocketAddrV4::new(server, 67),
+        lease::Ask::Rebind => std::net::SocketAddrV4::new(std::net::Ipv4Addr::BROADCAST, 67),
+    };
+    let xid = new_xid(mac, attempt);
+    let request = dhcp::renew(xid, mac, address);
+    for _ in 0..RENEW_SENDS {
+        sock.send_to(&request, to)?;
+        if let Some(reply) = await_reply(&sock, xid, mac, dhcp::ACK) {
+            return Ok(Some(reply));
+        }
+    }
+    Ok(None)
 }
 
 /// Reach the server and negotiate, forever, with backoff: a server that is
@@ -673,7 +824,7 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
     // The keeper process sits in NBD_DO_IT for the life of the machine. It
     // is a fresh exec of this binary so its argv[0] can start with '@'.
     sys::keep_across_exec(fd).map_err(|e| format!("fcntl: {e}"))?;
-    spawn_helper("NBD keeper", &[KEEPER_FLAG.to_string(), fd.to_string()])?;
+    spawn_helper("NBD keeper", KEEPER_ARGV0, &[KEEPER_FLAG.to_string(), fd.to_string()])?;
     // The kernel holds its own references now; the device becomes usable
     // once the keeper is inside NBD_DO_IT and the kernel has set its size:
     // the pid appears in sysfs *before* the size does (nbd_start_device),
@@ -700,8 +851,8 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
 /// (posix_spawn, or a fork whose child only execs). The child is never
 /// waited for: it lives as long as the root, and the root's init inherits
 /// it.
-fn spawn_helper(what: &str, args: &[String]) -> Result<(), String> {
-    std::process::Command::new("/init").arg0(KEEPER_ARGV0).args(args).spawn().map(drop).map_err(|e| format!("starting the {what}: {e}"))
+fn spawn_helper(what: &str, argv0: &str, args: &[String]) -> Result<(), String> {
+    std::process::Command::new("/init").arg0(argv0).args(args).spawn().map(drop).map_err(|e| format!("starting the {what}: {e}"))
 }
 
 /// The keeper: `@pxeroot-nbd --keep-nbd-device FD`. Never returns while the

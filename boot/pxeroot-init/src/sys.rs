@@ -107,6 +107,16 @@ pub fn sync() {
     unsafe { libc::sync() }
 }
 
+/// Whole seconds since boot on CLOCK_BOOTTIME (it counts suspend too, as a
+/// DHCP lease's time runs on while the machine sleeps).
+pub fn boottime_secs() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists
+    // since Linux 2.6.39, so the call cannot fail (0 stays on error).
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec.max(0) as u64
+}
+
 /// Stop here for good without exiting (PID 1 must not exit: that is a kernel
 /// panic). Used only when nothing more can be tried.
 pub fn halt_forever() -> ! {
