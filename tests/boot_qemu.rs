@@ -829,6 +829,63 @@ fn test_boot_netlink_survives_a_daemon_restart_mid_io() {
 /// two CPUs, so the root's modules load beside the NIC drivers (the
 /// debug lines time each module), and a modern-only virtio-net device
 /// (PCI 1af4:1041, no legacy interface), which its driver group names.
+/// A pulled cable (QEMU's link off for 12 s, longer than the NBD request
+/// timeout of 5 s) while the root writes: the kernel declares the
+/// connection dead, the monitor keeps reconnecting until the link is back,
+/// the server takes the new connection while the old one is still open on
+/// its side (it never saw it close), and nothing is lost.
+#[test]
+fn test_boot_netlink_survives_a_pulled_cable_mid_io() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image_with(d.path(), LOOP_INIT);
+    let initrd = initramfs(d.path());
+    let kernel = kernel_dir().join("vmlinuz");
+    let ns = Netns::new("cable");
+    let state = d.path().join("state");
+    let log = d.path().join("pxeroot.log");
+    let server = start_server(&ns, &img, &state, &log);
+    let monitor = d.path().join("qemu-monitor.sock");
+    let set_link = |monitor: &Path, up: bool| {
+        use std::io::Write;
+        let mut m = std::os::unix::net::UnixStream::connect(monitor).expect("QEMU's monitor");
+        m.write_all(format!("set_link n0 {}\n", if up { "on" } else { "off" }).as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut pulled = None;
+    let cmd = format!("{} pxeroot.timeout=5", cmdline(SERVER_IP, MAC, "netlink"));
+    let qemu_monitor = format!("unix:{},server=on,wait=off", monitor.display());
+    let (lines, exited) = boot_with(&ns, &["-monitor", &qemu_monitor], &kernel, &initrd, &cmd, |l| {
+        if l.contains("LOOP 8 ok") && pulled.is_none() {
+            set_link(&monitor, false);
+            // The guest is silent while its I/O waits: plug it back in
+            // from another thread.
+            let m = monitor.clone();
+            pulled = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(12));
+                set_link(&m, true);
+            }));
+        }
+        l.contains("FATAL")
+    });
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    assert!(pulled.is_some_and(|t| t.join().is_ok()), "the loop never reached the point to pull the cable:\n{console}");
+    assert!(console.contains("connection to 10.99.0.1:10809 lost"), "the kernel never gave the connection up:\n{console}");
+    assert!(console.contains("reconnected to 10.99.0.1:10809"), "the monitor did not reconnect:\n{console}");
+    assert!(console.contains("LOOP 40 ok") && console.contains("PXEROOT-MARKER-DONE"), "{console}");
+    for bad in ["ERROR", "I/O error", "EXT4-fs error", "Kernel panic"] {
+        assert!(!console.contains(bad), "{bad} on the console:\n{console}");
+    }
+    assert!(exited, "the guest did not power off");
+    drop(server);
+    let flat = d.path().join("flat.img");
+    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(state.join(format!("{STEM}.qcow2"))).arg(&flat));
+    for i in [1, 8, 9, 40] {
+        let data = stdout(Command::new("debugfs").args(["-R", &format!("cat /data-{i}")]).arg(&flat));
+        assert!(data.contains(&format!("data {i}")), "/data-{i} missing from the overlay: {data}");
+    }
+}
+
 #[test]
 fn test_boot_without_ip_uses_dhcp_on_two_cpus() {
     require("dnsmasq");
@@ -863,6 +920,8 @@ fn test_boot_without_ip_uses_dhcp_on_two_cpus() {
     assert!(!console.contains("no network interface from the driver groups"), "the modern device's group did not match:\n{console}");
     assert!(console.contains("DHCP on eth0: 10.99.0."), "{console}");
     assert!(console.contains("gateway Some(10.99.0.1)"), "{console}");
+    // Its lease (dnsmasq's T1: half of 1 h) is kept from the DHCP's time.
+    assert!(console.contains("from 10.99.0.1: 3600 s; @pxeroot-dhcp renews it 180"), "{console}");
     // Export defaulted to the boot interface's MAC.
     assert!(console.contains("export 52:54:00:b0:07:01: ok"), "{console}");
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");

@@ -118,11 +118,12 @@ pub fn answered(held: &Held, reply: &dhcp::Lease, sent: u64) -> Result<Option<He
     }
 }
 
-/// What the lease keeper is started with: `IFACE MAC ADDRESS SERVER|-
+/// What the lease keeper is started with: `IFINDEX MAC ADDRESS SERVER|-
 /// GRANTED SECS T1 T2 DEBUG(0|1)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperArgs {
-    pub iface: String,
+    /// The boot interface, by index: the root's udev may rename it.
+    pub ifindex: u32,
     pub mac: [u8; 6],
     pub held: Held,
     pub debug: bool,
@@ -133,14 +134,14 @@ impl KeeperArgs {
         let h = &self.held;
         let mac = self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         let server = h.server.map_or("-".to_string(), |s| s.to_string());
-        [self.iface.clone(), mac, h.address.to_string(), server]
+        [self.ifindex.to_string(), mac, h.address.to_string(), server]
             .into_iter()
             .chain([h.granted, u64::from(h.secs), u64::from(h.t1), u64::from(h.t2), u64::from(self.debug)].map(|n| n.to_string()))
             .collect()
     }
 
     pub fn parse(args: &[String]) -> Option<KeeperArgs> {
-        let [iface, mac, address, server, granted, secs, t1, t2, debug] = args else { return None };
+        let [ifindex, mac, address, server, granted, secs, t1, t2, debug] = args else { return None };
         let mut m = [0u8; 6];
         let mut parts = mac.split(':');
         for b in m.iter_mut() {
@@ -155,7 +156,7 @@ impl KeeperArgs {
             t1: t1.parse().ok()?,
             t2: t2.parse().ok()?,
         };
-        Some(KeeperArgs { iface: iface.clone(), mac: m, held, debug: debug == "1" })
+        Some(KeeperArgs { ifindex: ifindex.parse().ok()?, mac: m, held, debug: debug == "1" })
     }
 }
 
@@ -237,8 +238,7 @@ mod tests {
     #[test]
     fn test_keeper_args_round_trip() {
         for server in [Some(SERVER), None] {
-            let k =
-                KeeperArgs { iface: "eth0".into(), mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], held: Held { server, ..held() }, debug: true };
+            let k = KeeperArgs { ifindex: 2, mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], held: Held { server, ..held() }, debug: true };
             assert_eq!(KeeperArgs::parse(&k.to_args()), Some(k));
         }
         assert_eq!(KeeperArgs::parse(&["eth0".to_string()]), None);

@@ -52,6 +52,9 @@ const LEASE_FLAG: &str = "--keep-lease";
 /// REQUESTs sent per attempt at extending the lease, each followed by a
 /// wait of DHCP_REPLY_WAIT for the reply.
 const RENEW_SENDS: u32 = 3;
+/// The lease keeper checks the boot clock at least this often (seconds)
+/// while it waits, so a suspend does not make it late.
+const LEASE_CLOCK_STEP: u64 = 60;
 /// Invoked under this name (a copy or link of this binary in the root
 /// image, e.g. in /usr/lib/systemd/system-shutdown/), it disconnects
 /// /dev/nbd0 cleanly: the kernel sends NBD's DISC to the server.
@@ -185,7 +188,10 @@ fn boot(con: &Console) -> Result<(), String> {
         let (settings, name) = (&settings, export.clone());
         let net = scope.spawn(move || -> Result<_, String> {
             let (link_up, held) = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
-            let keeper = held.map(|held| lease::KeeperArgs { iface, mac, held, debug: settings.debug });
+            let keeper = match held {
+                Some(held) => Some(lease::KeeperArgs { ifindex: ifindex(&iface)?, mac, held, debug: settings.debug }),
+                None => None,
+            };
             Ok((connect_with_retry(con, settings, &name, link_up), keeper))
         });
         let genl = match early {
@@ -619,11 +625,27 @@ fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> (dhcp::Lease, u6
     }
 }
 
-/// A UDP socket on the DHCP client port of `iface`, for broadcasts too.
-fn dhcp_socket(iface: &str) -> std::io::Result<std::net::UdpSocket> {
+/// An interface's index (`/sys/class/net/IFACE/ifindex`).
+fn ifindex(iface: &str) -> Result<u32, String> {
+    let path = format!("/sys/class/net/{iface}/ifindex");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    text.trim().parse().map_err(|_| format!("{path}: {text:?} is not an interface index"))
+}
+
+/// The interface a DHCP socket sends and receives through.
+enum Via<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
+/// A UDP socket on the DHCP client port of an interface, for broadcasts too.
+fn dhcp_socket(via: Via) -> std::io::Result<std::net::UdpSocket> {
     let sock = std::net::UdpSocket::bind("0.0.0.0:68")?;
     sock.set_broadcast(true)?;
-    sys::bind_to_device(sock.as_raw_fd(), iface)?;
+    match via {
+        Via::Name(name) => sys::bind_to_device(sock.as_raw_fd(), name)?,
+        Via::Index(index) => sys::bind_to_ifindex(sock.as_raw_fd(), index)?,
+    }
     sock.set_read_timeout(Some(DHCP_REPLY_WAIT))?;
     Ok(sock)
 }
@@ -648,7 +670,7 @@ fn await_reply(sock: &std::net::UdpSocket, xid: u32, mac: [u8; 6], kind: u8) -> 
 }
 
 fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, String> {
-    let sock = dhcp_socket(iface).map_err(|e| format!("opening UDP port 68 on {iface}: {e}"))?;
+    let sock = dhcp_socket(Via::Name(iface)).map_err(|e| format!("opening UDP port 68 on {iface}: {e}"))?;
     let xid = new_xid(mac, attempt);
     let to = "255.255.255.255:67";
     let wait_for = |kind: u8| -> Result<dhcp::Lease, String> {
@@ -682,46 +704,48 @@ fn keep_lease(args: &[String]) -> ! {
     let (mut last_try, mut failures) = (None, 0u32);
     loop {
         let (when, ask) = lease::next(&held, last_try);
-        let now = sys::boottime_secs();
-        if when > now {
-            std::thread::sleep(Duration::from_secs(when - now));
+        // In steps: a sleep does not count time suspended, the lease does.
+        loop {
+            let now = sys::boottime_secs();
+            if now >= when {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs((when - now).min(LEASE_CLOCK_STEP)));
         }
         let sent = sys::boottime_secs();
-        let reply = match renew_once(&k.iface, k.mac, held.address, ask, failures) {
-            Ok(r) => r,
+        let reply = match renew_once(k.ifindex, k.mac, held.address, ask, failures) {
+            Ok(r) => Ok(r),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 say(format_args!(
-                    "UDP port 68 on {} is taken (a DHCP client in the root?): that client keeps the lease of {}; this one stops",
-                    k.iface, held.address
+                    "UDP port 68 is taken (a DHCP client in the root?): that client keeps the lease of {}; this one stops",
+                    held.address
                 ));
                 std::process::exit(0);
             }
-            Err(e) => {
-                say(format_args!("asking for the lease of {}: {e}", held.address));
-                None
-            }
+            Err(e) => Err(format!("asking for the lease of {}: {e}", held.address)),
         };
-        let why = match reply.map(|r| lease::answered(&held, &r, sent)) {
-            Some(Ok(Some(renewed))) => {
+        let why = match reply.map(|r| r.map(|r| lease::answered(&held, &r, sent))) {
+            Err(e) => e,
+            Ok(Some(Ok(Some(renewed)))) => {
                 if k.debug || failures > 0 {
                     say(format_args!("lease of {} extended by {}: {} s, next renewal {} s after boot", renewed.address, renewed.server.map_or("?".into(), |s| s.to_string()), renewed.secs, renewed.renew_at()));
                 }
                 (held, last_try, failures) = (renewed, None, 0);
                 continue;
             }
-            Some(Ok(None)) => {
+            Ok(Some(Ok(None))) => {
                 say(format_args!("the lease of {} is now infinite: nothing more to keep", held.address));
                 std::process::exit(0);
             }
-            Some(Err(lease::Refused::Nak { server })) => format!(
+            Ok(Some(Err(lease::Refused::Nak { server }))) => format!(
                 "{} refused (NAK) to extend the lease of {}: it may give the address to another machine, which cuts this one's root off; reserve {} for {} on the DHCP server",
                 server.map_or("a DHCP server".into(), |s| s.to_string()),
                 held.address,
                 held.address,
                 mac_text(&k.mac)
             ),
-            Some(Err(lease::Refused::Odd(what))) => format!("the DHCP server sent {what}"),
-            None => format!("no DHCP server answered for the lease of {}", held.address),
+            Ok(Some(Err(lease::Refused::Odd(what)))) => format!("the DHCP server sent {what}"),
+            Ok(None) => format!("no DHCP server answered for the lease of {}", held.address),
         };
         failures += 1;
         last_try = Some(sent);
@@ -739,13 +763,13 @@ fn keep_lease(args: &[String]) -> ! {
 /// One attempt at extending the lease: up to RENEW_SENDS REQUESTs, to the
 /// server (renewing) or broadcast (rebinding). `Ok(None)`: no reply.
 fn renew_once(
-    iface: &str,
+    ifindex: u32,
     mac: [u8; 6],
     address: std::net::Ipv4Addr,
     ask: lease::Ask,
     attempt: u32,
 ) -> std::io::Result<Option<dhcp::Lease>> {
-    let sock = dhcp_socket(iface)?;
+    let sock = dhcp_socket(Via::Index(ifindex))?;
     let to = match ask {
         lease::Ask::Renew(server) => std::net::SocketAddrV4::new(server, 67),
         lease::Ask::Rebind => std::net::SocketAddrV4::new(std::net::Ipv4Addr::BROADCAST, 67),

@@ -294,6 +294,12 @@ pub fn bind_to_device(fd: RawFd, name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// SO_BINDTOIFINDEX (Linux 5.0): like SO_BINDTODEVICE, by the interface's
+/// index, which a rename (udev's, in the root) does not change.
+pub fn bind_to_ifindex(fd: RawFd, index: u32) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, index as libc::c_int)
+}
+
 /// What to do after disconnecting the root device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finally {
