@@ -379,6 +379,7 @@ pub fn initramfs(
     nics: Vec<crate::initramfs::Nic>,
     compression: crate::initramfs::Compression,
     init: Option<PathBuf>,
+    firmware_dir: PathBuf,
 ) -> Result<()> {
     use crate::initramfs::{build, Options};
     let init = match init {
@@ -395,10 +396,21 @@ pub fn initramfs(
         }
     };
     println!("building {} from {} (init: {})", output.display(), modules_dir.display(), init.display());
-    let r = build(&Options { modules_dir, output: output.clone(), extra_modules, nics, compression, init })
-        .context("building the initramfs failed")?;
+    let r =
+        build(&Options { modules_dir, firmware_dir: firmware_dir.clone(), output: output.clone(), extra_modules, nics, compression, init })
+            .context("building the initramfs failed")?;
     for (m, size) in &r.modules {
         println!("  module {m:<24} {size:>9} bytes");
+    }
+    for (f, size) in &r.firmware {
+        println!("  firmware {f:<22} {size:>9} bytes");
+    }
+    for (m, n) in &r.firmware_missing {
+        println!(
+            "  ({m} names {n} firmware files, none under {}: most of its NICs come up without, those that need one do not; install {})",
+            firmware_dir.display(),
+            crate::initramfs::firmware_package(m)
+        );
     }
     for m in &r.skipped {
         println!("  (no {m} in this kernel: skipped)");

@@ -76,6 +76,11 @@ enum Command {
         /// The static pxeroot-init binary (default: built by boot/pxeroot-init/build-static).
         #[arg(long)]
         init: Option<PathBuf>,
+        /// Where the drivers' firmware files are (r8169's rtl_nic/*, tg3's
+        /// tigon/*): those there go in; a NIC that needs one it cannot find
+        /// may not come up.
+        #[arg(long, default_value = "/lib/firmware")]
+        firmware_dir: PathBuf,
     },
 }
 
@@ -89,8 +94,8 @@ fn main() -> ExitCode {
         Command::Serve { config } => pxeroot::cli::serve(&config),
         Command::CheckConfig { config } => pxeroot::cli::check_config(&config),
         Command::Nbd { base, state_dir, listen, policy, name } => pxeroot::cli::adhoc_nbd(&base, state_dir, listen, policy, name),
-        Command::Initramfs { kernel_modules, output, modules, nics, compress, init } => {
-            pxeroot::cli::initramfs(kernel_modules, output, modules, nics, compress, init)
+        Command::Initramfs { kernel_modules, output, modules, nics, compress, init, firmware_dir } => {
+            pxeroot::cli::initramfs(kernel_modules, output, modules, nics, compress, init, firmware_dir)
         }
     };
     match result {

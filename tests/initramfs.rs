@@ -30,10 +30,14 @@ fn build_with(out: &Path, args: &[&str]) -> String {
 }
 
 /// `pxeroot initramfs` from the module tree `modules` into `out`, with
-/// `args`, and the static pxeroot-init.
+/// `args`, and the static pxeroot-init; with no firmware unless `args`
+/// names a firmware directory (the host's /lib/firmware varies).
 fn initramfs_command(modules: &Path, out: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin());
     c.args(["initramfs", "--kernel-modules"]).arg(modules).arg("-o").arg(out).args(args).arg("--init").arg(init_binary());
+    if !args.contains(&"--firmware-dir") {
+        c.arg("--firmware-dir").arg(out.with_extension("no-firmware"));
+    }
     c
 }
 
@@ -208,6 +212,39 @@ fn test_initramfs_nics_chooses_the_drivers() {
     let nic: Vec<Vec<String>> = groups.iter().filter(|g| !g.when.is_empty()).map(names).collect();
     assert_eq!(nic, [vec!["igc".to_string()], vec!["libphy".to_string(), "tg3".to_string()]], "{groups:?}");
     assert!(groups.iter().filter(|g| !g.when.is_empty()).all(|g| g.when.iter().any(|a| a.starts_with("pci:v0000"))), "{groups:?}");
+}
+
+/// The NIC drivers' firmware files that the firmware directory has go in
+/// where the kernel looks (as found: plain or compressed); a driver whose
+/// firmware is not there at all is named, with the package that has it.
+#[test]
+fn test_initramfs_carries_the_drivers_firmware() {
+    require("cpio");
+    let d = tempfile::tempdir().unwrap();
+    let fw = d.path().join("firmware");
+    std::fs::create_dir_all(fw.join("rtl_nic")).unwrap();
+    std::fs::create_dir_all(fw.join("tigon")).unwrap();
+    std::fs::write(fw.join("rtl_nic/rtl8125b-2.fw"), b"realtek patch").unwrap();
+    std::fs::write(fw.join("tigon/tg3_tso.bin.zst"), b"zstd bytes").unwrap();
+    std::fs::write(fw.join("unrelated.bin"), b"not named by any module").unwrap();
+    let out = d.path().join("fw.cpio");
+    let dir = fw.to_str().unwrap();
+    let report = build_with(&out, &["--compress", "none", "--nics", "virtio,r8169,tg3", "--firmware-dir", dir]);
+    assert!(report.contains("firmware rtl_nic/rtl8125b-2.fw") && report.contains("firmware tigon/tg3_tso.bin.zst"), "{report}");
+    assert!(!report.contains("none under"), "{report}");
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("cpio").args(["-idm", "--quiet", "--no-absolute-filenames", "-F"]).arg(&out).current_dir(&x).stderr(Stdio::null()));
+    assert_eq!(std::fs::read(x.join("lib/firmware/rtl_nic/rtl8125b-2.fw")).unwrap(), b"realtek patch");
+    assert_eq!(std::fs::read(x.join("lib/firmware/tigon/tg3_tso.bin.zst")).unwrap(), b"zstd bytes");
+    assert!(!x.join("lib/firmware/unrelated.bin").exists());
+    // None there: said, and the build goes on.
+    let report = build_with(&d.path().join("none.cpio"), &["--compress", "none", "--nics", "virtio,r8169"]);
+    assert!(
+        report.contains("(r8169 names ") && report.contains(" firmware files, none under ") && report.contains("install firmware-realtek"),
+        "{report}"
+    );
+    assert!(!report.contains("  firmware "), "{report}");
 }
 
 /// A soft dependency that a built-in module provides needs no module:

@@ -1,8 +1,9 @@
 //! `pxeroot initramfs`: build the initramfs that boots a diskless client:
 //! pxeroot-init as `/init`, the device nodes it needs, and the kernel
 //! modules for NBD, common NICs and the root filesystem, with their
-//! dependencies in load order (`modules.rs`), packed as newc cpio
-//! (`cpio.rs`) and compressed. Same input, same bytes.
+//! dependencies in load order (`modules.rs`) and the firmware files they
+//! name that the build host has, packed as newc cpio (`cpio.rs`) and
+//! compressed. Same input, same bytes.
 
 pub mod compress;
 pub mod cpio;
@@ -91,6 +92,85 @@ impl Nic {
 /// attaches add devices on demand, and `nbd.nbds_max=N` restores more.
 pub const MODULE_PARAMS: &[(&str, &str)] = &[("nbd", "nbds_max=1")];
 pub use modlist::PATH as MODULE_LIST;
+/// The kernel looks for firmware here (and under `updates/`), on the root
+/// it has when a driver asks: the initramfs while pxeroot-init brings the
+/// NIC up.
+const FIRMWARE_ROOT: &str = "/lib/firmware";
+/// Forms a firmware file may take on the build host, in the order tried:
+/// as named, or compressed as the kernel's firmware loader reads it
+/// (CONFIG_FW_LOADER_COMPRESS; Debian 12's kernel has both).
+const FIRMWARE_FORMS: &[&str] = &["", ".zst", ".xz"];
+
+/// Whether a firmware name from a module's `.modinfo` stays inside the
+/// firmware directory: relative, no `..`, no empty parts.
+fn firmware_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('/') && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
+/// What [`add_firmware`] did: the files that went in (path under the
+/// firmware root, bytes) and the modules of which none was found (with how
+/// many they name).
+struct FirmwareAdded {
+    included: Vec<(String, u64)>,
+    missing: Vec<(String, usize)>,
+}
+
+/// Each included module's firmware files that `dir` has, in the archive at
+/// [`FIRMWARE_ROOT`].
+fn add_firmware(
+    tree: &mut ModuleTree,
+    modules: &[(String, u64)],
+    dir: &Path,
+    files: &mut Vec<Entry>,
+    dirs: &mut std::collections::BTreeSet<String>,
+) -> Result<FirmwareAdded, InitramfsError> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut missing = Vec::new();
+    for (m, _) in modules {
+        let names: Vec<String> = tree.firmware(m)?.into_iter().filter(|n| firmware_name_ok(n)).collect();
+        let mut any = false;
+        for name in &names {
+            for form in FIRMWARE_FORMS {
+                let rel = format!("{name}{form}");
+                if let Ok(data) = std::fs::read(dir.join(&rel)) {
+                    found.insert(rel, data);
+                    any = true;
+                    break;
+                }
+            }
+        }
+        if !names.is_empty() && !any {
+            missing.push((m.clone(), names.len()));
+        }
+    }
+    let mut report = Vec::new();
+    for (rel, data) in found {
+        let path = format!("{FIRMWARE_ROOT}/{rel}");
+        add_parents(&path, dirs);
+        report.push((rel, data.len() as u64));
+        files.push(Entry::File { path, mode: 0o644, data });
+    }
+    Ok(FirmwareAdded { included: report, missing })
+}
+
+/// Every directory above `path` (not `/`), for the archive's directory entries.
+fn add_parents(path: &str, dirs: &mut std::collections::BTreeSet<String>) {
+    let mut d = Path::new(path).parent();
+    while let Some(p) = d.filter(|p| *p != Path::new("/")) {
+        dirs.insert(p.to_string_lossy().into_owned());
+        d = p.parent();
+    }
+}
+
+/// The Debian package with a module's firmware, for the build's note.
+pub fn firmware_package(module: &str) -> &'static str {
+    match module {
+        "r8169" => "firmware-realtek",
+        "tg3" | "bnx2" => "firmware-misc-nonfree or firmware-bnx2",
+        _ => "its vendor's firmware package",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
     #[error(transparent)]
@@ -113,6 +193,9 @@ pub enum InitramfsError {
 
 pub struct Options {
     pub modules_dir: PathBuf,
+    /// Where the modules' firmware files are looked for (`/lib/firmware`);
+    /// a directory that is not there holds none.
+    pub firmware_dir: PathBuf,
     pub output: PathBuf,
     /// Modules wanted in addition to the defaults (e.g. xfs).
     pub extra_modules: Vec<String>,
@@ -129,6 +212,11 @@ pub struct Report {
     pub compression: Compression,
     pub modules: Vec<(String, u64)>,
     pub skipped: Vec<String>,
+    /// Firmware files included (path under /lib/firmware, bytes).
+    pub firmware: Vec<(String, u64)>,
+    /// Modules that name firmware files of which the firmware directory
+    /// has none, with how many they name.
+    pub firmware_missing: Vec<(String, usize)>,
     pub init_size: u64,
     pub cpio_size: u64,
     pub output_size: u64,
@@ -224,14 +312,7 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
                     .find_map(|ext| rel.strip_suffix(ext))
                     .map_or(rel.to_string(), |stem| format!("{stem}.ko"));
                 let path = format!("/lib/modules/{release}/{rel_ko}");
-                let mut d = Path::new(&path).parent();
-                while let Some(p) = d {
-                    if p == Path::new("/") {
-                        break;
-                    }
-                    dirs.insert(p.to_string_lossy().into_owned());
-                    d = p.parent();
-                }
+                add_parents(&path, &mut dirs);
                 report_modules.push((m.clone(), data.len() as u64));
                 files.push(Entry::File { path: path.clone(), mode: 0o644, data });
                 paths.insert(m.clone(), path);
@@ -243,6 +324,8 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
             groups.push(group);
         }
     }
+    let FirmwareAdded { included: firmware, missing: firmware_missing } =
+        add_firmware(&mut tree, &report_modules, &opts.firmware_dir, &mut files, &mut dirs)?;
     // Directories first, parents before children (BTreeSet order does that).
     entries.extend(dirs.into_iter().map(|path| Entry::Dir { path, mode: 0o755 }));
     entries.extend(files);
@@ -254,8 +337,32 @@ pub fn build(opts: &Options) -> Result<Report, InitramfsError> {
         compression,
         modules: report_modules,
         skipped,
+        firmware,
+        firmware_missing,
         init_size: init.len() as u64,
         cpio_size: archive.len() as u64,
         output_size: out.len() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_firmware_names_stay_in_the_firmware_directory() {
+        for ok in ["rtl_nic/rtl8125b-2.fw", "tigon/tg3.bin", "a.fw"] {
+            assert!(firmware_name_ok(ok), "{ok}");
+        }
+        for bad in ["", "/etc/shadow", "../etc/shadow", "rtl_nic/../../x", "a//b", "./a", "a/"] {
+            assert!(!firmware_name_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_parents_up_to_the_root() {
+        let mut dirs = std::collections::BTreeSet::new();
+        add_parents("/lib/firmware/rtl_nic/a.fw", &mut dirs);
+        assert_eq!(dirs.into_iter().collect::<Vec<_>>(), ["/lib", "/lib/firmware", "/lib/firmware/rtl_nic"]);
+    }
 }

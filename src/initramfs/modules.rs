@@ -40,6 +40,8 @@ pub struct ModInfo {
     pub soft_pre: Vec<String>,
     pub soft_post: Vec<String>,
     pub aliases: Vec<String>,
+    /// Firmware files it may ask for, relative to /lib/firmware.
+    pub firmware: Vec<String>,
 }
 
 /// Module names use `_` and `-` interchangeably.
@@ -83,6 +85,7 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
                 info.soft_post.extend(post);
             }
             "alias" => info.aliases.push(v.to_string()),
+            "firmware" => info.firmware.push(v.to_string()),
             _ => {}
         }
     }
@@ -249,6 +252,11 @@ impl ModuleTree {
     /// The device aliases a module claims (`alias=` in its `.modinfo`).
     pub fn aliases(&mut self, name: &str) -> Result<Vec<String>, ModuleError> {
         Ok(self.info(name)?.aliases)
+    }
+
+    /// The firmware files a module may ask for (`firmware=` in its `.modinfo`).
+    pub fn firmware(&mut self, name: &str) -> Result<Vec<String>, ModuleError> {
+        Ok(self.info(name)?.firmware)
     }
 
     /// Hard dependencies and soft pre/post dependencies of `name`.
@@ -440,7 +448,10 @@ mod tests {
 
     #[test]
     fn test_parse_modinfo_fields() {
-        let i = parse_modinfo(b"license=GPL\0depends=jbd2,mbcache,crc16\0softdep=pre: crc32c post: foo-bar\0alias=fs-ext4\0\0");
+        let i = parse_modinfo(
+            b"license=GPL\0depends=jbd2,mbcache,crc16\0softdep=pre: crc32c post: foo-bar\0alias=fs-ext4\0firmware=rtl_nic/a.fw\0\0",
+        );
+        assert_eq!(i.firmware, vec!["rtl_nic/a.fw"]);
         assert_eq!(i.depends, vec!["jbd2", "mbcache", "crc16"]);
         assert_eq!(i.soft_pre, vec!["crc32c"]);
         assert_eq!(i.soft_post, vec!["foo_bar"]);
