@@ -132,10 +132,15 @@ fn add_firmware(
         for name in &names {
             for form in FIRMWARE_FORMS {
                 let rel = format!("{name}{form}");
-                if let Ok(data) = std::fs::read(dir.join(&rel)) {
-                    found.insert(rel, data);
-                    any = true;
-                    break;
+                let path = dir.join(&rel);
+                match std::fs::read(&path) {
+                    Ok(data) => {
+                        found.insert(rel, data);
+                        any = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(InitramfsError::Firmware { path, source }),
                 }
             }
         }
@@ -166,7 +171,7 @@ fn add_parents(path: &str, dirs: &mut std::collections::BTreeSet<String>) {
 pub fn firmware_package(module: &str) -> &'static str {
     match module {
         "r8169" => "firmware-realtek",
-        "tg3" | "bnx2" => "firmware-misc-nonfree or firmware-bnx2",
+        "tg3" => "firmware-misc-nonfree",
         _ => "its vendor's firmware package",
     }
 }
@@ -177,6 +182,12 @@ pub enum InitramfsError {
     Module(#[from] ModuleError),
     #[error("cannot read the pxeroot-init binary {path}; build it with boot/pxeroot-init/build-static")]
     Init {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the firmware file {path}")]
+    Firmware {
         path: PathBuf,
         #[source]
         source: std::io::Error,

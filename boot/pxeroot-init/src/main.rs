@@ -537,7 +537,6 @@ fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), Stri
     }
 }
 
-/// Bring `iface` up and address it; when its carrier came up.
 /// Bring the interface up with its address; returns when the link came
 /// up, and the DHCP lease to keep (none for a static address without
 /// `pxeroot.lease`, or an infinite lease).
@@ -604,8 +603,8 @@ fn wait_for_carrier(con: &Console, iface: &str) -> Instant {
 const DHCP_REPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// DISCOVER, take the first OFFER, REQUEST it, wait for the ACK. Retried
-/// forever with backoff: a DHCP server may be slow to come up.
-/// The lease, and when (boot clock) the exchange that got it started.
+/// forever with backoff: a DHCP server may be slow to come up. Returns the
+/// lease, and when (boot clock) the exchange that got it started.
 fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> (dhcp::Lease, u64) {
     let mut backoff = Duration::from_millis(500);
     let mut attempt = 1u32;
