@@ -30,7 +30,7 @@ mod tcpstate;
 
 use std::fmt::Display;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -691,7 +691,7 @@ fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, Str
 /// failure is said on the console with what it risks. Quiet while all is
 /// well (each renewal is said with `pxeroot.debug`, or after a failure).
 fn keep_lease(args: &[String]) -> ! {
-    let say = |msg: std::fmt::Arguments| eprintln!("pxeroot-dhcp: {msg}");
+    let say = |msg: std::fmt::Arguments| helper_say("pxeroot-dhcp", msg);
     let Some(k) = lease::KeeperArgs::parse(args) else {
         say(format_args!("bad arguments {args:?}"));
         std::process::exit(2);
@@ -875,7 +875,40 @@ fn attach_ioctl(s: &Settings, sock: std::net::TcpStream, info: nbd::Export) -> R
 /// waited for: it lives as long as the root, and the root's init inherits
 /// it.
 fn spawn_helper(what: &str, argv0: &str, args: &[String]) -> Result<(), String> {
-    std::process::Command::new("/init").arg0(argv0).args(args).spawn().map(drop).map_err(|e| format!("starting the {what}: {e}"))
+    let mut c = std::process::Command::new("/init");
+    c.arg0(argv0).args(args);
+    // The kernel log as its stdout (see `helper_say`): opened here, while
+    // /dev is still mounted where the helper's root can reach it.
+    if let Ok(kmsg) = std::fs::OpenOptions::new().write(true).open(KMSG) {
+        c.stdout(kmsg);
+    }
+    c.spawn().map(drop).map_err(|e| format!("starting the {what}: {e}"))
+}
+
+/// The kernel log's device (char 1:11).
+const KMSG: &str = "/dev/kmsg";
+/// The level of the helpers' lines in the kernel log: notice, below the
+/// threshold of a `quiet` console (4), which has them once, from stderr.
+const KMSG_LEVEL: u8 = 5;
+
+/// A line from a helper that outlives /init (`@pxeroot-nbd`, `@pxeroot-dhcp`):
+/// on the console (stderr) and, when its stdout is /dev/kmsg, in the
+/// kernel log too, where it outlasts the console (`dmesg`, `journalctl -k`
+/// in a systemd root). One write per line: /dev/kmsg takes each write as
+/// one record.
+fn helper_say(tag: &str, msg: std::fmt::Arguments) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    static KMSG_OUT: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let line = format!("{tag}: {msg}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let kmsg = KMSG_OUT.get_or_init(|| {
+        let out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned().ok()?);
+        let m = out.metadata().ok()?;
+        (m.file_type().is_char_device() && m.rdev() == libc::makedev(1, 11)).then_some(out)
+    });
+    if let Some(mut k) = kmsg.as_ref() {
+        let _ = k.write_all(format!("<{KMSG_LEVEL}>{line}").as_bytes());
+    }
 }
 
 /// The keeper: `@pxeroot-nbd --keep-nbd-device FD`. Never returns while the
@@ -883,11 +916,11 @@ fn spawn_helper(what: &str, argv0: &str, args: &[String]) -> Result<(), String> 
 fn keep_nbd_device(args: &[String]) -> ! {
     let fd: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1);
     if let Err(e) = sys::harden_root_keeper() {
-        eprintln!("pxeroot-nbd: hardening failed: {e}");
+        helper_say("pxeroot-nbd", format_args!("hardening failed: {e}"));
     }
     match sys::ioctl_arg(fd, nbd::NBD_DO_IT, 0) {
-        Ok(_) => eprintln!("pxeroot-nbd: NBD_DO_IT returned: the device was disconnected"),
-        Err(e) => eprintln!("pxeroot-nbd: NBD_DO_IT failed: {e}"),
+        Ok(_) => helper_say("pxeroot-nbd", format_args!("NBD_DO_IT returned: the device was disconnected")),
+        Err(e) => helper_say("pxeroot-nbd", format_args!("NBD_DO_IT failed: {e}")),
     }
     std::process::exit(0)
 }
@@ -944,13 +977,13 @@ fn attach_netlink(
 /// The monitor: `@pxeroot-nbd --monitor FD INDEX SERVER EXPORT SIZE FLAGS`.
 fn run_monitor(args: &[String]) -> ! {
     let Some(m) = nbdnl::MonitorArgs::parse(args) else {
-        eprintln!("pxeroot-nbd: bad monitor arguments {args:?}");
+        helper_say("pxeroot-nbd", format_args!("bad monitor arguments {args:?}"));
         std::process::exit(2);
     };
     if let Err(e) = sys::harden_root_keeper() {
-        eprintln!("pxeroot-nbd: hardening failed: {e}");
+        helper_say("pxeroot-nbd", format_args!("hardening failed: {e}"));
     }
-    nbdnl::monitor(&m, |msg| eprintln!("pxeroot-nbd: {msg}"))
+    nbdnl::monitor(&m, |msg| helper_say("pxeroot-nbd", format_args!("{msg}")))
 }
 
 /// `pxeroot-disconnect [poweroff|reboot|halt|kexec]`: sync, NBD_DISCONNECT
