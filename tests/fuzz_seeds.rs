@@ -3,6 +3,14 @@
 
 include!("../fuzz/check_nbd_decode.rs");
 include!("../fuzz/check_partition_table.rs");
+include!("../fuzz/check_dhcp_reply.rs");
+
+#[allow(dead_code)]
+#[path = "../boot/pxeroot-init/src/dhcp.rs"]
+mod dhcp;
+#[allow(dead_code)]
+#[path = "../boot/pxeroot-init/src/lease.rs"]
+mod lease;
 
 #[test]
 fn test_fuzz_seed_corpus_passes_checks() {
@@ -54,4 +62,29 @@ fn test_partition_table_seeds_pass_checks() {
     assert_eq!(gpt::fsid::identify(&seed("btrfs-whole-disk")).map(|f| (f.kind, f.label)), Some(("btrfs", "btrfs".to_string())));
     assert_eq!(gpt::fsid::identify(&seed("ext4-whole-disk")).map(|f| f.label), Some("cloudimg-rootfs".to_string()));
     assert_eq!(gpt::fsid::identify(&seed("mbr-logical")[10 * 512..]).map(|f| (f.kind, f.label)), Some(("xfs", "xfsroot".to_string())));
+}
+
+/// The DHCP reply target's seeds (dnsmasq's OFFERs and ACKs from the OVMF
+/// capture, a NAK made from one) pass its checks, whole and cut short, and
+/// the ACKs still carry the lease times the keeper schedules by.
+#[test]
+fn test_dhcp_reply_seeds_pass_checks() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/dhcp_reply");
+    let (mut n, mut acks) = (0, 0);
+    for entry in std::fs::read_dir(dir).expect("seed corpus") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+        check_dhcp_reply(&data);
+        for cut in 0..data.len() {
+            check_dhcp_reply(&data[..cut]);
+        }
+        let mac: [u8; 6] = data[28..34].try_into().unwrap();
+        let xid = u32::from_be_bytes(data[4..8].try_into().unwrap());
+        let reply = dhcp::parse_reply(&data, xid, mac).expect("a seed parses");
+        if reply.message_type == dhcp::ACK {
+            assert_eq!((reply.lease_secs, reply.renew_secs, reply.rebind_secs), (Some(43200), Some(21600), Some(37800)));
+            acks += 1;
+        }
+        n += 1;
+    }
+    assert!(n >= 6 && acks >= 2, "seed corpus went missing: {n} seeds, {acks} ACKs");
 }
