@@ -783,15 +783,29 @@ fn start_server(ns: &Netns, img: &Path, state: &Path, log: &Path) -> Proc {
     p
 }
 
-#[test]
-fn test_boot_netlink_survives_a_daemon_restart_mid_io() {
+/// A LOOP_INIT root, its initramfs and kernel, and a namespace `tag` for
+/// `pxeroot nbd` (state and log in the temporary directory).
+struct LoopWorld {
+    d: tempfile::TempDir,
+    img: PathBuf,
+    initrd: PathBuf,
+    kernel: PathBuf,
+    ns: Netns,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+fn loop_world(tag: &str) -> LoopWorld {
     let d = tempfile::tempdir().unwrap();
     let img = root_image_with(d.path(), LOOP_INIT);
     let initrd = initramfs(d.path());
-    let kernel = kernel_dir().join("vmlinuz");
-    let ns = Netns::new("netlink");
-    let state = d.path().join("state");
-    let log = d.path().join("pxeroot.log");
+    let (state, log) = (d.path().join("state"), d.path().join("pxeroot.log"));
+    LoopWorld { img, initrd, kernel: kernel_dir().join("vmlinuz"), ns: Netns::new(tag), state, log, d }
+}
+
+#[test]
+fn test_boot_netlink_survives_a_daemon_restart_mid_io() {
+    let LoopWorld { d, img, initrd, kernel, ns, state, log } = loop_world("netlink");
     let mut server = Some(start_server(&ns, &img, &state, &log));
     let mut restarted = false;
     let (lines, exited) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "netlink"), |l| {
@@ -846,13 +860,7 @@ fn assert_the_loop_survived(dir: &Path, state: &Path, lines: &[String], exited: 
 /// its side (it never saw it close), and nothing is lost.
 #[test]
 fn test_boot_netlink_survives_a_pulled_cable_mid_io() {
-    let d = tempfile::tempdir().unwrap();
-    let img = root_image_with(d.path(), LOOP_INIT);
-    let initrd = initramfs(d.path());
-    let kernel = kernel_dir().join("vmlinuz");
-    let ns = Netns::new("cable");
-    let state = d.path().join("state");
-    let log = d.path().join("pxeroot.log");
+    let LoopWorld { d, img, initrd, kernel, ns, state, log } = loop_world("cable");
     let server = start_server(&ns, &img, &state, &log);
     let monitor = d.path().join("qemu-monitor.sock");
     let set_link = |monitor: &Path, up: bool| {
