@@ -911,7 +911,7 @@ fn test_boot_without_ip_uses_dhcp_on_two_cpus() {
     let _dnsmasq = Proc(
         ns.command(Path::new("dnsmasq"))
             .args(["--no-daemon", "--port=0", "--interface=tap0", "--bind-interfaces", "--no-ping", "--dhcp-authoritative"])
-            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h", "--dhcp-option=3,10.99.0.1"])
+            .args(["--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h", "--dhcp-option=3,10.99.0.1", "--dhcp-option=26,1450"])
             .arg(format!("--dhcp-leasefile={}", d.path().join("leases").display()))
             .arg(format!("--pid-file={}", d.path().join("dnsmasq.pid").display()))
             .stderr(Stdio::null())
@@ -933,6 +933,7 @@ fn test_boot_without_ip_uses_dhcp_on_two_cpus() {
     assert!(console.contains("gateway Some(10.99.0.1)"), "{console}");
     // Its lease (dnsmasq's T1: half of 1 h) is kept from the DHCP's time.
     assert!(console.contains("from 10.99.0.1: 3600 s; @pxeroot-dhcp renews it 180"), "{console}");
+    assert!(console.contains("eth0: MTU 1450 (DHCP option 26)"), "{console}");
     // Export defaulted to the boot interface's MAC.
     assert!(console.contains("export 52:54:00:b0:07:01: ok"), "{console}");
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "{console}");
@@ -1030,7 +1031,8 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
 /// A diskless client outlives its DHCP lease only if something renews it:
 /// the site's dnsmasq (T1 of 12 s, the shortest lease it grants, 2 min)
 /// sees pxeroot-init's keeper renew the address iPXE got, unicast, while
-/// the root runs; the boot says when it will.
+/// the root runs; the boot says when it will. The segment's MTU (option
+/// 26) reaches the kernel the same way.
 #[test]
 fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
     require("dnsmasq");
@@ -1043,7 +1045,12 @@ fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
     let (lan, srv) = lan_and_server("lease");
     let (_server, log_path) = serve(d.path(), &srv, &img, "", PROXY_DHCP, &the_client());
     let dnsmasq_log = d.path().join("dnsmasq.log");
-    let extra = ["--dhcp-option=option:T1,12".to_string(), "--log-dhcp".into(), format!("--log-facility={}", dnsmasq_log.display())];
+    let extra = [
+        "--dhcp-option=option:T1,12".to_string(),
+        "--dhcp-option=option:mtu,1400".into(),
+        "--log-dhcp".into(),
+        format!("--log-facility={}", dnsmasq_log.display()),
+    ];
     let _dnsmasq = dnsmasq_dhcp_with(&lan, "br0", d.path(), true, "2m", &extra);
     let acks = || {
         let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
@@ -1059,6 +1066,7 @@ fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
     assert!(console.contains("PXEROOT-MARKER root init running"), "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
     let said = lines.iter().find(|l| l.contains("DHCP lease of 10.99.0.")).unwrap_or_else(|| panic!("no lease line:\n{console}"));
     assert!(said.contains("from 10.99.0.254: 120 s; @pxeroot-dhcp renews it 12 s after boot"), "{said}");
+    assert!(console.contains("eth0: MTU 1400 (pxeroot.mtu)"), "{console}");
     assert_eq!(acks(), 2, "iPXE's ACK, then the keeper's renewal:\n{log}\n--- console:\n{console}");
     assert!(!console.contains("pxeroot-dhcp:"), "the keeper complained:\n{console}");
     // The renewal came from the address, not from a new DISCOVER.
@@ -1324,6 +1332,8 @@ fn test_uefi_client_native_pxe_loads_ipxe_efi_then_boots() {
     );
     assert!(server_log.contains("file=ipxe.efi"), "ipxe.efi was not sent over TFTP:\n{server_log}");
     assert!(server_log.contains("boot script requested"), "{server_log}");
+    // Debian's ipxe.efi, like the ROM, passes its lease on to be kept.
+    assert!(console.contains("DHCP lease of 10.99.0.") && console.contains("@pxeroot-dhcp renews it"), "{console}");
 }
 
 /// The x64 UEFI chain as most sites run it: pxeroot as a proxy beside the

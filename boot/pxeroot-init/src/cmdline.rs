@@ -12,7 +12,8 @@
 //!   disk, 1 to [`MAX_PARTITION`]; default: the whole disk), `pxeroot.debug`,
 //!   `pxeroot.lease=SERVER,SECONDS[,T1[,T2]]` (the DHCP lease behind `ip=`,
 //!   as iPXE's script passes it: decimal or `0x` hex, empty fields unknown;
-//!   pxeroot-init keeps it renewed);
+//!   pxeroot-init keeps it renewed), `pxeroot.mtu=N` (the segment's MTU,
+//!   DHCP option 26 as iPXE passes it; empty: the NIC's default);
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -104,7 +105,13 @@ pub struct Settings {
     /// `pxeroot.lease=`: present when the command line carries one, even
     /// with its fields empty (iPXE had no lease to tell of).
     pub lease: Option<LeaseHint>,
+    /// `pxeroot.mtu=`: the MTU to give the boot interface.
+    pub mtu: Option<u16>,
 }
+
+/// The smallest MTU an IPv4 host must accept (RFC 791), and so the smallest
+/// DHCP's option 26 may carry (RFC 2132, 5.1).
+pub const MIN_MTU: u16 = 68;
 
 /// The DHCP lease `ip=` came from, as `pxeroot.lease=` tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +182,14 @@ fn parse_ip(v: &str) -> Result<NetConfig, CmdlineError> {
 }
 
 /// `BOOTIF=01-52-54-00-12-34-56` (the leading 01 is the ARP hardware type).
+/// A number as iPXE formats integer settings (`0x` hex) or decimal.
+fn ipxe_number(n: &str) -> Option<u32> {
+    match n.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => n.parse().ok(),
+    }
+}
+
 /// `SERVER,SECONDS[,T1[,T2]]`; each number decimal or `0x` hex (iPXE's
 /// `:uint32` format), any field empty.
 fn parse_lease(v: &str) -> Result<LeaseHint, CmdlineError> {
@@ -188,12 +203,7 @@ fn parse_lease(v: &str) -> Result<LeaseHint, CmdlineError> {
     let mut number = || -> Result<Option<u32>, CmdlineError> {
         match fields.next().unwrap_or("") {
             "" => Ok(None),
-            n => match n.strip_prefix("0x") {
-                Some(hex) => u32::from_str_radix(hex, 16),
-                None => n.parse(),
-            }
-            .map(Some)
-            .map_err(|_| bad()),
+            n => ipxe_number(n).map(Some).ok_or_else(bad),
         }
     };
     let hint = LeaseHint { server, secs: number()?, t1: number()?, t2: number()? };
@@ -236,6 +246,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         read_only: false,
         init: "/sbin/init".into(),
         lease: None,
+        mtu: None,
     };
     for word in cmdline.split_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -257,6 +268,15 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
             }
             "pxeroot.debug" => s.debug = true,
             "pxeroot.lease" => s.lease = Some(parse_lease(value)?),
+            "pxeroot.mtu" if value.is_empty() => s.mtu = None,
+            "pxeroot.mtu" => {
+                s.mtu = Some(
+                    ipxe_number(value)
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|&n| n >= MIN_MTU)
+                        .ok_or_else(|| err("pxeroot.mtu", value, "an MTU, 68 to 65535 (decimal or 0x hex)"))?,
+                )
+            }
             "pxeroot.partition" => {
                 s.partition = Some(
                     value
@@ -420,6 +440,18 @@ mod tests {
             assert_eq!(lease(bad).unwrap_err().key, "pxeroot.lease", "{bad}");
         }
         assert_eq!(parse("pxeroot.server=1.2.3.4").unwrap().lease, None);
+    }
+
+    #[test]
+    fn test_mtu_as_ipxe_writes_it() {
+        let mtu = |v: &str| parse(&format!("pxeroot.server=1.2.3.4 pxeroot.mtu={v}")).map(|s| s.mtu);
+        assert_eq!(mtu("0x578").unwrap(), Some(1400));
+        assert_eq!(mtu("9000").unwrap(), Some(9000));
+        assert_eq!(mtu("").unwrap(), None, "iPXE had no option 26");
+        assert_eq!(mtu("68").unwrap(), Some(MIN_MTU));
+        for bad in ["67", "0x10000", "big", "-1"] {
+            assert_eq!(mtu(bad).unwrap_err().key, "pxeroot.mtu", "{bad}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const INFINITE: u32 = u32::MAX;
 
 pub const OPT_SUBNET_MASK: u8 = 1;
 pub const OPT_ROUTER: u8 = 3;
+pub const OPT_MTU: u8 = 26;
 pub const OPT_REQUESTED_IP: u8 = 50;
 pub const OPT_MESSAGE_TYPE: u8 = 53;
 pub const OPT_SERVER_ID: u8 = 54;
@@ -47,6 +48,8 @@ pub struct Lease {
     pub prefix: u8,
     pub router: Option<Ipv4Addr>,
     pub server_id: Option<Ipv4Addr>,
+    /// Option 26, the segment's MTU.
+    pub mtu: Option<u16>,
     /// Options 51, 58 and 59 (T1, T2), in seconds.
     pub lease_secs: Option<u32>,
     pub renew_secs: Option<u32>,
@@ -73,7 +76,7 @@ fn message(xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, kind: u8, extra: &[(u8, Vec
         (OPT_MESSAGE_TYPE, vec![kind]),
         (OPT_CLIENT_ID, client_id),
         (OPT_MAX_SIZE, 1500u16.to_be_bytes().to_vec()),
-        (OPT_PARAM_LIST, vec![OPT_SUBNET_MASK, OPT_ROUTER, OPT_LEASE_TIME, OPT_RENEWAL_TIME, OPT_REBINDING_TIME]),
+        (OPT_PARAM_LIST, vec![OPT_SUBNET_MASK, OPT_ROUTER, OPT_MTU, OPT_LEASE_TIME, OPT_RENEWAL_TIME, OPT_REBINDING_TIME]),
     ];
     opts.extend(extra.iter().cloned());
     for (code, data) in opts {
@@ -127,6 +130,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
         prefix: 24,
         router: None,
         server_id: None,
+        mtu: None,
         lease_secs: None,
         renew_secs: None,
         rebind_secs: None,
@@ -154,6 +158,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
             }
             OPT_ROUTER => lease.router = ip(data),
             OPT_SERVER_ID => lease.server_id = ip(data),
+            OPT_MTU => lease.mtu = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])),
             OPT_LEASE_TIME => lease.lease_secs = secs(data),
             OPT_RENEWAL_TIME => lease.renew_secs = secs(data),
             OPT_REBINDING_TIME => lease.rebind_secs = secs(data),
@@ -182,6 +187,7 @@ mod tests {
             (OPT_SERVER_ID, vec![10, 0, 0, 2]),
             (OPT_LEASE_TIME, 3600u32.to_be_bytes().to_vec()),
             (OPT_RENEWAL_TIME, 1800u32.to_be_bytes().to_vec()),
+            (OPT_MTU, 1400u16.to_be_bytes().to_vec()),
         ] {
             m.push(c);
             m.push(d.len() as u8);
@@ -214,6 +220,7 @@ mod tests {
                 prefix: 16,
                 router: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 server_id: Some(Ipv4Addr::new(10, 0, 0, 2)),
+                mtu: Some(1400),
                 lease_secs: Some(3600),
                 renew_secs: Some(1800),
                 rebind_secs: None,

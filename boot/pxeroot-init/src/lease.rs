@@ -178,6 +178,7 @@ mod tests {
             prefix: 24,
             router: None,
             server_id: Some(SERVER),
+            mtu: None,
             lease_secs: secs,
             renew_secs: None,
             rebind_secs: None,

@@ -549,6 +549,7 @@ fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Resu
             // link comes up. iPXE's lease was granted before the kernel
             // started: count it from boot (time 0).
             set_address(iface, st)?;
+            set_mtu(con, iface, s.mtu, "pxeroot.mtu");
             let held = s.lease.and_then(|h| lease::Held::new(st.client, h.server, 0, h.secs?, h.t1, h.t2));
             (st.clone(), wait_for_carrier(con, iface), held)
         }
@@ -557,12 +558,23 @@ fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Resu
             let (l, sent) = dhcp_with_retry(con, iface, mac);
             let st = cmdline::StaticIp { client: l.address, gateway: l.router, prefix: l.prefix, device: None };
             set_address(iface, &st)?;
+            set_mtu(con, iface, l.mtu, "DHCP option 26");
             let held = l.lease_secs.and_then(|secs| lease::Held::new(l.address, l.server_id, sent, secs, l.renew_secs, l.rebind_secs));
             (st, up, held)
         }
     };
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
     Ok((link_up, held))
+}
+
+/// The segment's MTU, when it names one (`from`). A NIC that cannot take it
+/// keeps its default, which still works where the segment's MTU is larger.
+fn set_mtu(con: &Console, iface: &str, mtu: Option<u16>, from: &str) {
+    let Some(m) = mtu else { return };
+    match sys::set_mtu(iface, m) {
+        Ok(()) => con.say(format_args!("{iface}: MTU {m} ({from})")),
+        Err(e) => con.say(format_args!("{iface}: cannot set MTU {m} ({from}): {e}; going on with the NIC's default")),
+    }
 }
 
 fn set_address(iface: &str, st: &cmdline::StaticIp) -> Result<(), String> {

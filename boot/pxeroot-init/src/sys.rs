@@ -158,7 +158,7 @@ fn control_socket() -> io::Result<std::os::fd::OwnedFd> {
 }
 
 fn ifreq_ioctl(sock: RawFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request passed here (SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFADDR, SIOCSIFNETMASK) reads or writes one struct ifreq, and `req` points at a live, initialised one.
+    // SAFETY: every request passed here (SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFADDR, SIOCSIFNETMASK, SIOCSIFMTU) reads or writes one struct ifreq, and `req` points at a live, initialised one.
     check(unsafe { libc::ioctl(sock, request as _, req as *mut libc::ifreq) })?;
     Ok(())
 }
@@ -183,6 +183,14 @@ pub fn set_address(name: &str, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let mut req = ifreq_with_name(name)?;
     req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
     ifreq_ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &mut req)
+}
+
+/// Set an interface's MTU.
+pub fn set_mtu(name: &str, mtu: u16) -> io::Result<()> {
+    let sock = control_socket()?;
+    let mut req = ifreq_with_name(name)?;
+    req.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
+    ifreq_ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut req)
 }
 
 /// Add a default route through `gateway`.
