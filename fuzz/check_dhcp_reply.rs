@@ -5,7 +5,7 @@
 /// pxeroot-init's DHCP client reads replies off the wire as PID 1 (where a
 /// panic is a kernel panic) and in `@pxeroot-dhcp`. For any bytes: nothing
 /// panics; a reply is taken only for its own xid; its netmask gives a
-/// prefix of at most 32; answering a held lease with it never panics, and
+/// prefix of at most 32 and its MTU is one IPv4 allows; answering a held lease with it never panics, and
 /// a lease it extends has T1 <= T2 <= its length and a schedule that moves
 /// forward (no busy loop in the keeper).
 pub fn check_dhcp_reply(data: &[u8]) {
@@ -18,6 +18,7 @@ pub fn check_dhcp_reply(data: &[u8]) {
     let Some(reply) = dhcp::parse_reply(data, xid, mac) else { return };
     assert!(dhcp::parse_reply(data, xid.wrapping_add(1), mac).is_none(), "another exchange's reply was taken");
     assert!(reply.prefix <= 32, "prefix {}", reply.prefix);
+    assert!(reply.mtu.is_none_or(|m| m >= dhcp::MIN_MTU), "MTU {:?}", reply.mtu);
     let Some(held) = lease::Held::new(reply.address, reply.server_id, 100, 3600, None, None) else {
         panic!("a one-hour lease is one to keep")
     };

@@ -28,6 +28,8 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use crate::dhcp::MIN_MTU;
+
 pub use nbd_wire::limits::MAX_PARTITION;
 
 /// NBD's IANA port.
@@ -108,10 +110,6 @@ pub struct Settings {
     /// `pxeroot.mtu=`: the MTU to give the boot interface.
     pub mtu: Option<u16>,
 }
-
-/// The smallest MTU an IPv4 host must accept (RFC 791), and so the smallest
-/// DHCP's option 26 may carry (RFC 2132, 5.1).
-pub const MIN_MTU: u16 = 68;
 
 /// The DHCP lease `ip=` came from, as `pxeroot.lease=` tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

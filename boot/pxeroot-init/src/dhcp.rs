@@ -18,6 +18,9 @@ const FIXED_LEN: usize = 236;
 const FLAG_BROADCAST: u16 = 0x8000;
 /// A lease time that never ends (RFC 2132, 9.2).
 pub const INFINITE: u32 = u32::MAX;
+/// The smallest MTU an IPv4 host must accept (RFC 791), and so the smallest
+/// option 26 may carry (RFC 2132, 5.1); a smaller one is ignored.
+pub const MIN_MTU: u16 = 68;
 
 pub const OPT_SUBNET_MASK: u8 = 1;
 pub const OPT_ROUTER: u8 = 3;
@@ -158,7 +161,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
             }
             OPT_ROUTER => lease.router = ip(data),
             OPT_SERVER_ID => lease.server_id = ip(data),
-            OPT_MTU => lease.mtu = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])),
+            OPT_MTU => lease.mtu = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).filter(|&m| m >= MIN_MTU),
             OPT_LEASE_TIME => lease.lease_secs = secs(data),
             OPT_RENEWAL_TIME => lease.renew_secs = secs(data),
             OPT_REBINDING_TIME => lease.rebind_secs = secs(data),
