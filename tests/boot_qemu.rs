@@ -985,11 +985,12 @@ fn the_client() -> String {
 const PROXY_DHCP: &str = "mode = \"proxy\"\nipv6_router_advertisements = true\n";
 
 /// Start pxeroot in `srv` as the only DHCP server of the test LAN (full
-/// mode, router advertisements on) serving `img`; `clients` is the TOML of
-/// the client tables. Returns the process and its log's path.
+/// mode, router advertisements on, an MTU of 1400 for the segment) serving
+/// `img`; `clients` is the TOML of the client tables. Returns the process
+/// and its log's path.
 fn start_full_mode(dir: &Path, srv: &Netns, img: &Path, clients: &str) -> (Proc, PathBuf) {
     let dhcp = "mode = \"full\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
-                netmask = \"255.255.255.0\"\n";
+                netmask = \"255.255.255.0\"\nmtu = 1400\n";
     serve(dir, srv, img, "", dhcp, clients)
 }
 
@@ -1198,6 +1199,8 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     // The reservation was honoured, and the lease is on disk for a restart.
     assert!(console.contains("net0: 10.99.0.42/255.255.255.0"), "{console}");
     assert!(console.contains("pxeroot-init") && console.contains("10.99.0.42"), "{console}");
+    // The pool's MTU went through iPXE and the script to the kernel.
+    assert!(console.contains("eth0: MTU 1400 (pxeroot.mtu)"), "{console}");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap_or_default();
     assert!(leases.contains(&format!("10.99.0.42 {MAC}")) && leases.contains("bound"), "{leases}");
 }

@@ -146,7 +146,7 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
 /// One pool from its keys; `key` names a key (`start`, `end`, `netmask`,
-/// `router`, `dns`) as the file spells it, for errors.
+/// `router`, `dns`, `mtu`) as the file spells it, for errors.
 fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
     let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
@@ -179,7 +179,13 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
             })?,
         );
     }
-    let network = crate::dhcp::decide::Network { netmask, router, dns };
+    let mtu = match p.mtu {
+        None => None,
+        Some(m) => Some(u16::try_from(m).ok().filter(|&m| m >= crate::dhcp::decide::MIN_MTU).ok_or_else(|| {
+            err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
+        })?),
+    };
+    let network = crate::dhcp::decide::Network { netmask, router, dns, mtu };
     Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new() })
 }
 
@@ -196,6 +202,7 @@ fn full_dhcp_mode(
         netmask: d.netmask.clone(),
         router: d.router.clone(),
         dns: d.dns.clone(),
+        mtu: d.mtu,
     };
     let own_key = |name: &str| match name {
         "start" | "end" => format!("dhcp.pool_{name}"),
@@ -640,13 +647,14 @@ image = "debian"
                  pool_start = \"10.0.0.100\"\npool_end = \"10.0.0.199\"\n{extra}"
             )
         };
-        let relayed = "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\n";
+        let relayed = "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\nmtu = 9000\n";
         let text = full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.8.50\"");
         let c = with_base(&text).1.unwrap();
         let Some(crate::dhcp::Mode::Full { pools, .. }) = c.pxe.and_then(|p| p.dhcp).map(|d| d.mode) else { panic!("not full mode") };
         assert_eq!(pools.len(), 2);
         assert_eq!(pools[1].range, ("10.0.8.100".parse().unwrap(), "10.0.8.199".parse().unwrap()));
         assert_eq!(pools[1].network.router, Some("10.0.8.1".parse().unwrap()));
+        assert_eq!((pools[0].network.mtu, pools[1].network.mtu), (None, Some(9000)));
         let mac: Mac = "52:54:00:12:34:56".parse().unwrap();
         assert!(pools[0].reservations.is_empty());
         assert_eq!(pools[1].reservations[&mac], "10.0.8.50".parse::<std::net::Ipv4Addr>().unwrap());
@@ -656,6 +664,8 @@ image = "debian"
             (full("[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.9.10\"\n"), "dhcp.pools[0].end", "spans more than one"),
             (full("[[dhcp.pools]]\nend = \"10.0.8.10\"\n"), "dhcp.pools[0].start", "required"),
             (full("netmask = \"255.0.255.0\"\n"), "dhcp.netmask", "not a netmask"),
+            (full("mtu = 67\n"), "dhcp.mtu", "not an MTU"),
+            (full("[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nmtu = 70000\n"), "dhcp.pools[0].mtu", "not an MTU"),
             (
                 full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.9.50\""),
                 "clients.\"52-54-00-12-34-56\".address",

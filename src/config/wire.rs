@@ -48,6 +48,7 @@ pub struct Dhcp {
     pub netmask: Option<String>,
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
+    pub mtu: Option<u32>,
     pub lease_seconds: Option<u64>,
     pub uefi_by_class: Option<BTreeMap<String, String>>,
     /// Full mode: pools of segments behind DHCP relays, besides the one of
@@ -63,6 +64,7 @@ pub struct Pool {
     pub netmask: Option<String>,
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

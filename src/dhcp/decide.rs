@@ -343,7 +343,13 @@ pub struct Network {
     pub netmask: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// Option 26: the segment's MTU, when it is not Ethernet's 1500.
+    pub mtu: Option<u16>,
 }
+
+/// The smallest MTU an IPv4 host must accept (RFC 791), and so the smallest
+/// option 26 may carry (RFC 2132, 5.1).
+pub const MIN_MTU: u16 = 68;
 
 /// One full-mode pool: a subnet's addresses (`range`, inclusive), its
 /// network parameters, and the addresses reserved on it.
@@ -453,6 +459,9 @@ pub fn decide_full(
     }
     if !net.dns.is_empty() {
         o.insert(DhcpOption::DomainNameServer(net.dns.clone()));
+    }
+    if let Some(m) = net.mtu {
+        o.insert(DhcpOption::InterfaceMtu(m));
     }
     let mut seen = Seen::new(mac, kind);
     let class = client_class(req, ctx);
@@ -683,7 +692,7 @@ mod full_tests {
             uefi_by_class: &[],
             in_use: &|_| false,
         };
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 0, 0, 254)), dns: vec![] };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 0, 0, 254)), dns: vec![], mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
         let (offer, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 1], true), &ctx, &net, &mut leases, 0).unwrap().unwrap();
         assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
@@ -725,6 +734,11 @@ mod full_tests {
         stolen.set_ciaddr(offer.yiaddr()).opts_mut().remove(OptionCode::RequestedIpAddress);
         let (nak, _) = decide_full(&stolen, &ctx, &net, &mut leases, 1800).unwrap().unwrap();
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak), "renewing another client's address");
+        // The segment's MTU, when the pool names one (option 26).
+        assert_eq!(ack.opts().get(OptionCode::InterfaceMtu), None);
+        let jumbo = Network { mtu: Some(9000), ..net.clone() };
+        let (offer, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 4], true), &ctx, &jumbo, &mut leases, 1900).unwrap().unwrap();
+        assert_eq!(offer.opts().get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(9000)));
     }
 
     /// Full mode answers a UEFI HTTP boot client with an address and the
@@ -734,7 +748,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![] };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
         req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
@@ -758,7 +772,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 98, 0, 1)), dns: vec![] };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 98, 0, 1)), dns: vec![], mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 200), 3600, BTreeMap::new());
         let mut req = discover([0x52, 0x54, 0, 0, 0, 1], true);
         req.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
@@ -781,6 +795,7 @@ mod full_tests {
                 netmask: Ipv4Addr::new(255, 255, 255, 0),
                 router: Some(Ipv4Addr::new(net[0], net[1], net[2], router)),
                 dns: vec![],
+                mtu: None,
             },
             range: (Ipv4Addr::new(net[0], net[1], net[2], 100), Ipv4Addr::new(net[0], net[1], net[2], 200)),
             reservations: BTreeMap::new(),
@@ -807,7 +822,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![] };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mac = [0x52, 0x54, 0, 0, 0, 9];
         let (offer, seen) = decide_full(&discover(mac, true), &c, &net, &mut leases, 0).unwrap().unwrap();
