@@ -1077,6 +1077,59 @@ fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
     assert!(renew.contains("10.99.0."), "{log}");
 }
 
+/// The keeper's failure said where an operator looks: the client's
+/// reserved address moves to another machine (a reload) while it runs, so
+/// pxeroot (full mode, 60 s leases) NAKs its renewal; the console says
+/// so, with the fix, and the root goes on.
+#[test]
+fn test_a_refused_renewal_is_said_with_the_fix() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image_with(
+        d.path(),
+        "#!/bin/busybox sh\necho PXEROOT-MARKER root init running\nwhile true; do /bin/busybox sleep 1; echo tick; done\n",
+    );
+    boot_dir(d.path());
+    let (lan, srv) = lan_and_server("nak");
+    let dhcp = "mode = \"full\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
+                lease_seconds = 60\n";
+    let mine = format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\n");
+    let (server, log_path) = serve(d.path(), &srv, &img, "", dhcp, &mine);
+    let cfg = d.path().join("pxeroot.toml");
+    let (mut moved, mut refused) = (false, false);
+    let t = Instant::now();
+    let (lines, _) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| {
+        if l.contains("PXEROOT-MARKER root init running") && !moved {
+            // Give 10.99.0.42 to another machine; this one gets .43 next time.
+            let text = std::fs::read_to_string(&cfg).unwrap().replace(
+                &mine,
+                &format!(
+                    "{}[clients.\"52:54:00:00:00:99\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\n",
+                    mine.replace("10.99.0.42", "10.99.0.43")
+                ),
+            );
+            std::fs::write(&cfg, text).unwrap();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.0.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+            moved = true;
+        }
+        // Up to the root's next line after the keeper's.
+        let ticked = refused && l.contains("tick");
+        refused |= l.contains("pxeroot-dhcp:");
+        l.contains("FATAL") || ticked || t.elapsed() > Duration::from_secs(90)
+    });
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(moved, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
+    assert!(server_log.contains("configuration reloaded"), "{server_log}");
+    let said = lines.iter().find(|l| l.contains("pxeroot-dhcp:")).unwrap_or_else(|| panic!("the keeper said nothing:\n{console}"));
+    assert!(
+        said.contains("10.99.0.1 refused (NAK) to extend the lease of 10.99.0.42")
+            && said.contains(&format!("reserve 10.99.0.42 for {MAC} on the DHCP server"))
+            && said.contains("the lease ends in "),
+        "{said}"
+    );
+    assert!(lines.last().is_some_and(|l| l.contains("tick")), "the root stopped:\n{console}");
+}
+
 /// One PXE boot of the client behind the router of `routed_site` (with the
 /// site's DHCP server or without), pxeroot serving with `dhcp` as its
 /// `[dhcp]` table. Returns the console, whether the guest powered off, and
