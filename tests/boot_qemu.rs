@@ -34,6 +34,10 @@ fn init_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(out.trim())
 }
 
+/// Says it runs, then ticks every second until QEMU is stopped: a root
+/// that stays up while a test watches something else (the lease keeper).
+const TICK_INIT: &str = "#!/bin/busybox sh\necho PXEROOT-MARKER root init running\nwhile true; do /bin/busybox sleep 1; echo tick; done\n";
+
 /// Writes, syncs, drops caches and reads back, 40 times, then powers off.
 const LOOP_INIT: &str = "#!/bin/busybox sh\n\
     i=0\n\
@@ -1038,10 +1042,7 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
 fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
     require("dnsmasq");
     let d = tempfile::tempdir().unwrap();
-    let img = root_image_with(
-        d.path(),
-        "#!/bin/busybox sh\necho PXEROOT-MARKER root init running\nwhile true; do /bin/busybox sleep 1; echo tick; done\n",
-    );
+    let img = root_image_with(d.path(), TICK_INIT);
     boot_dir(d.path());
     let (lan, srv) = lan_and_server("lease");
     let (_server, log_path) = serve(d.path(), &srv, &img, "", PROXY_DHCP, &the_client());
@@ -1084,10 +1085,7 @@ fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
 #[test]
 fn test_a_refused_renewal_is_said_with_the_fix() {
     let d = tempfile::tempdir().unwrap();
-    let img = root_image_with(
-        d.path(),
-        "#!/bin/busybox sh\necho PXEROOT-MARKER root init running\nwhile true; do /bin/busybox sleep 1; echo tick; done\n",
-    );
+    let img = root_image_with(d.path(), TICK_INIT);
     boot_dir(d.path());
     let (lan, srv) = lan_and_server("nak");
     let dhcp = "mode = \"full\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
