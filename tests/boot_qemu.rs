@@ -989,13 +989,19 @@ fn the_client() -> String {
 const PROXY_DHCP: &str = "mode = \"proxy\"\nipv6_router_advertisements = true\n";
 
 /// Start pxeroot in `srv` as the only DHCP server of the test LAN (full
-/// mode, router advertisements on, an MTU of 1400 for the segment) serving
-/// `img`; `clients` is the TOML of the client tables. Returns the process
-/// and its log's path.
+/// mode, router advertisements on) serving `img`; `clients` is the TOML of
+/// the client tables. Returns the process and its log's path.
 fn start_full_mode(dir: &Path, srv: &Netns, img: &Path, clients: &str) -> (Proc, PathBuf) {
-    let dhcp = "mode = \"full\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
-                netmask = \"255.255.255.0\"\nmtu = 1400\n";
-    serve(dir, srv, img, "", dhcp, clients)
+    start_full_mode_with(dir, srv, img, clients, "")
+}
+
+/// `start_full_mode` with more `[dhcp]` keys.
+fn start_full_mode_with(dir: &Path, srv: &Netns, img: &Path, clients: &str, more: &str) -> (Proc, PathBuf) {
+    let dhcp = format!(
+        "mode = \"full\"\nipv6_router_advertisements = true\npool_start = \"10.99.0.100\"\npool_end = \"10.99.0.110\"\n\
+         netmask = \"255.255.255.0\"\n{more}"
+    );
+    serve(dir, srv, img, "", &dhcp, clients)
 }
 
 #[test]
@@ -1240,8 +1246,9 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     // An LZ4 initramfs (`--compress lz4`), which iPXE pads with zeros.
     boot_dir_compressed(d.path(), "lz4");
     let (lan, srv) = lan_and_server("full");
-    let (_server, log_path) =
-        start_full_mode(d.path(), &srv, &img, &format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\n"));
+    // A segment of MTU 1400 (option 26).
+    let clients = format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\n");
+    let (_server, log_path) = start_full_mode_with(d.path(), &srv, &img, &clients, "mtu = 1400\n");
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
