@@ -275,6 +275,15 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
 /// the root read-only and its system-shutdown hook sends DISC, so the
 /// overlay holds a clean filesystem. The same MAC boots it again and finds
 /// the file.
+///
+/// The root runs systemd-networkd with a stock `.network` (DHCP on every
+/// `en*`/`eth*` interface, KeepConfiguration left at its default), which
+/// without pxeroot-init's files in /run renames nothing (the NIC is up)
+/// but waits for the rename 2 minutes, or, with the rename out of the way,
+/// drops the address and hangs the root. Here the NIC keeps its name and
+/// address, networkd configures it from pxeroot-init's file: the first
+/// boot with a static address, the second with pxeroot-init's DHCP, whose
+/// lease networkd takes over from the same server.
 #[test]
 fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     require("debootstrap");
@@ -291,6 +300,7 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
         .arg("--modules")
         .arg(kernel_dir().join("modules"))
         .args(["--run", "echo pxeroot-test > /etc/pxeroot-run-test"])
+        .args(["--run", &format!("systemctl enable systemd-networkd && printf '{STOCK_NETWORK}' > /etc/systemd/network/50-stock.network")])
         .arg("--cache-dir")
         .arg(&cache));
     // --run ran in the tree.
@@ -302,8 +312,8 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     let state = d.path().join("state");
     let log_path = d.path().join("pxeroot.log");
     let server = start_server(&ns, &img, &state, &log_path);
-    let boot_once = |attach: &str| {
-        let (lines, exited) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, attach), |l| l.contains("FATAL"));
+    let boot_once = |cmd: &str| {
+        let (lines, exited) = boot(&ns, &kernel, &initrd, cmd, |l| l.contains("FATAL"));
         let console = lines.join("\n");
         eprintln!("{console}");
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -317,9 +327,20 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
         // The root carries the kernel's modules (--modules): systemd finds
         // the ones it asks for.
         assert!(!console.contains("Failed to find module"), "{console}");
+        // networkd configured the boot NIC from pxeroot-init's file, under
+        // the kernel's name (no rename), before network-online.target.
+        assert!(
+            console.contains("hand eth0 to the root's udev and networkd (/run/systemd/network/00-pxeroot-boot-nic.*): ok"),
+            "{console}"
+        );
+        assert!(console.contains("PXEROOT-NICS /sys/class/net/eth0 /sys/class/net/lo"), "{console}");
+        let netif =
+            "PXEROOT-NETIF /run/systemd/netif/links/2 ADMIN_STATE=configured NETWORK_FILE=/run/systemd/network/00-pxeroot-boot-nic.network";
+        assert!(console.contains(netif), "networkd did not configure eth0 from pxeroot-init's file:\n{console}");
         console
     };
-    let first = boot_once("netlink");
+    let first = boot_once(&cmdline(SERVER_IP, MAC, "netlink"));
+    assert!(!first.contains("PXEROOT-NETIF /run/systemd/netif/leases/"), "a static address got a DHCP lease:\n{first}");
     assert!(!first.contains("PXEROOT-FOUND-MARKER"), "a fresh overlay already had /marker:\n{first}");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log.contains("client sent DISC"), "systemd's shutdown hook did not send DISC:\n{log}");
@@ -335,14 +356,30 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
     assert_eq!(marker.trim(), "written by systemd");
     // Netlink again: an ioctl-attached root does not survive systemd's
-    // shutdown (README), which this test showed.
-    let second = boot_once("netlink");
+    // shutdown (README), which this test showed. No ip=: pxeroot-init
+    // asks the segment's DHCP server for the address.
+    let dnsmasq_log = d.path().join("dnsmasq.log");
+    let extra = ["--log-dhcp".to_string(), format!("--log-facility={}", dnsmasq_log.display())];
+    let dnsmasq = dnsmasq_dhcp_with(&ns, "tap0", d.path(), true, "1h", &extra);
+    let dhcp = format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} BOOTIF=01-{}", MAC.replace(':', "-"));
+    let second = boot_once(&dhcp);
+    drop(dnsmasq);
     assert!(second.contains("PXEROOT-FOUND-MARKER written by systemd"), "the second boot lost /marker:\n{second}");
+    // networkd holds the lease pxeroot-init got, from the same server.
+    let address = second.split("DHCP on eth0: ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_else(|| panic!("no DHCP:\n{second}"));
+    assert!(second.contains(&format!("PXEROOT-NETIF /run/systemd/netif/leases/2 ADDRESS={address}")), "{second}");
+    let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+    let acks = log.lines().filter(|l| l.contains(&format!("DHCPACK(tap0) {address} {MAC}"))).count();
+    assert!(acks >= 2, "no ACK for networkd after pxeroot-init's ({acks}):\n{log}");
     drop(server);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert_eq!(log.matches("client sent DISC").count(), 2, "the second boot's shutdown sent no DISC:\n{log}");
     assert_eq!(sha256(&img), base_sum, "the base image changed");
 }
+
+/// A distribution's stock systemd-networkd file (printf's text): DHCP on
+/// every Ethernet interface, KeepConfiguration= at its default (no).
+const STOCK_NETWORK: &str = "[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n";
 
 /// Where the root filesystem starts in the partitioned test disk.
 const ROOT_PARTITION_OFFSET: u64 = 10 << 20;

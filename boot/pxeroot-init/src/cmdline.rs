@@ -13,7 +13,9 @@
 //!   `pxeroot.lease=SERVER,SECONDS[,T1[,T2]]` (the DHCP lease behind `ip=`,
 //!   as iPXE's script passes it: decimal or `0x` hex, empty fields unknown;
 //!   pxeroot-init keeps it renewed), `pxeroot.mtu=N` (the segment's MTU,
-//!   DHCP option 26 as iPXE passes it; empty: the NIC's default);
+//!   DHCP option 26 as iPXE passes it; empty: the NIC's default),
+//!   `pxeroot.handoff=0|1` (default 1: leave the root's udev and
+//!   systemd-networkd files in `/run` that keep the boot interface as it is);
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -109,6 +111,9 @@ pub struct Settings {
     pub lease: Option<LeaseHint>,
     /// `pxeroot.mtu=`: the MTU to give the boot interface.
     pub mtu: Option<u16>,
+    /// `pxeroot.handoff=`: write the root's `/run/systemd/network` files
+    /// for the boot interface (handoff.rs).
+    pub handoff: bool,
 }
 
 /// The DHCP lease `ip=` came from, as `pxeroot.lease=` tells it.
@@ -245,6 +250,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         init: "/sbin/init".into(),
         lease: None,
         mtu: None,
+        handoff: true,
     };
     for word in cmdline.split_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -265,6 +271,13 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                 s.reconnect = value.parse().ok().filter(|&t| t > 0).ok_or_else(|| err("pxeroot.reconnect", value, "seconds, > 0"))?
             }
             "pxeroot.debug" => s.debug = true,
+            "pxeroot.handoff" => {
+                s.handoff = match value {
+                    "1" | "yes" | "" => true,
+                    "0" | "no" => false,
+                    _ => return Err(err("pxeroot.handoff", value, "1 (the default) or 0")),
+                }
+            }
             "pxeroot.lease" => s.lease = Some(parse_lease(value)?),
             "pxeroot.mtu" if value.is_empty() => s.mtu = None,
             "pxeroot.mtu" => {
@@ -450,6 +463,16 @@ mod tests {
         for bad in ["67", "0x10000", "big", "-1"] {
             assert_eq!(mtu(bad).unwrap_err().key, "pxeroot.mtu", "{bad}");
         }
+    }
+
+    #[test]
+    fn test_handoff_is_on_unless_turned_off() {
+        let handoff = |v: &str| parse(&format!("pxeroot.server=1.2.3.4 {v}")).map(|s| s.handoff);
+        assert!(handoff("").unwrap());
+        assert!(handoff("pxeroot.handoff=1").unwrap());
+        assert!(!handoff("pxeroot.handoff=0").unwrap());
+        assert!(!handoff("pxeroot.handoff=no").unwrap());
+        assert_eq!(handoff("pxeroot.handoff=off!").unwrap_err().key, "pxeroot.handoff");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 mod cmdline;
 mod dhcp;
+mod handoff;
 mod lease;
 mod nbd;
 mod nbdnl;
@@ -161,7 +162,7 @@ fn boot(con: &Console) -> Result<(), String> {
     // trips, so the network comes up as early as it can.
     let spare = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
     let netlink = settings.attach == Attach::Netlink;
-    let (export, net, genl) = std::thread::scope(|scope| -> Result<_, String> {
+    let (export, net, genl, nic) = std::thread::scope(|scope| -> Result<_, String> {
         // A module the kernel refuses ends the boot at once, whatever the
         // network is doing (it may retry DHCP forever). Once nbd is loaded
         // its netlink family exists: open the attach's sockets here, beside
@@ -182,6 +183,7 @@ fn boot(con: &Console) -> Result<(), String> {
         let (iface, mac) = con.step("find the boot interface", || find_interface(con, &settings))?;
         con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
         let export = settings.export.clone().unwrap_or_else(|| mac_text(&mac));
+        let nic = (iface.clone(), mac);
         // The network comes up and the NBD handshake runs while the root's
         // modules load: under TCG that overlaps 0.3 s of module loading
         // with the carrier wait and the server's round trips.
@@ -198,7 +200,7 @@ fn boot(con: &Console) -> Result<(), String> {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
             None => load_rest(1),
         };
-        Ok((export, net.join(), genl))
+        Ok((export, net.join(), genl, nic))
     })?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
     let ((sock, info), keeper) = net.map_err(|_| "the network thread panicked".to_string())??;
@@ -219,6 +221,14 @@ fn boot(con: &Console) -> Result<(), String> {
         _ => {}
     }
     con.say(format_args!("export {export}: {} bytes, flags 0x{:x}", info.size, info.flags));
+    // The address came from DHCP when pxeroot-init leased it or iPXE's
+    // script says it did.
+    let leased = match (&keeper, &settings.net) {
+        (Some(k), _) => Some(k.held.address),
+        (None, NetConfig::Static(st)) if settings.lease.is_some() => Some(st.client),
+        _ => None,
+    };
+    let nic = handoff::BootNic { name: nic.0, mac: nic.1, leased };
     let monitor = match genl {
         Some(genl) => Some(con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, genl?, sock, info))?),
         None => {
@@ -259,6 +269,9 @@ fn boot(con: &Console) -> Result<(), String> {
         None => root_fstype(&device).unwrap_or_else(|| DEFAULT_FSTYPE.to_string()),
     };
     con.step(&format!("mount {device} ({fstype}) on {NEWROOT}"), || mount_root(&settings, &fstype, partition, &device))?;
+    if settings.handoff {
+        hand_off_network(con, &nic);
+    }
     after_attach.join().map_err(|_| "the thread after the attach panicked".to_string())??;
     con.say(format_args!("switching root, exec {}", settings.init));
     let err = switch_root(&settings);
@@ -1187,6 +1200,35 @@ fn mount_root(s: &Settings, fstype: &str, partition: Option<u32>, device: &str) 
             )
         }
     })
+}
+
+/// Leave the root's udev and systemd-networkd the files that keep the boot
+/// interface as it is (handoff.rs), in a `/run` mounted as systemd mounts
+/// it: never on the root filesystem. Only for a root with systemd and a
+/// `/run` to mount on; a failure is said and the boot goes on.
+fn hand_off_network(con: &Console, nic: &handoff::BootNic) {
+    let run = format!("{NEWROOT}/run");
+    if !Path::new(&run).is_dir() || !handoff::SYSTEMD_DIRS.iter().any(|d| Path::new(NEWROOT).join(d).is_dir()) {
+        return;
+    }
+    let what = format!("hand {} to the root's udev and networkd (/run/{}/{}.*)", nic.name, handoff::DIR, handoff::STEM);
+    let done = con.step(&what, || -> Result<(), String> {
+        sys::mount("tmpfs", &run, "tmpfs", sys::MS_NOSUID | sys::MS_NODEV | sys::MS_STRICTATIME, handoff::RUN_OPTIONS)
+            .map_err(|e| format!("mounting a tmpfs on {run}: {e}"))?;
+        let dir = Path::new(&run).join(handoff::DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        for (suffix, text) in [("link", nic.link_file()), ("network", nic.network_file())] {
+            let path = dir.join(format!("{}.{suffix}", handoff::STEM));
+            std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(())
+    });
+    if let Err(e) = done {
+        con.say(format_args!(
+            "{e}: the root's own network configuration applies to {}, and must keep its address (KeepConfiguration=yes)",
+            nic.name
+        ));
+    }
 }
 
 /// Delete the initramfs's files (they would pin memory forever), staying on

@@ -23,6 +23,9 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 pub const MS_RDONLY: u64 = libc::MS_RDONLY;
 pub const MS_MOVE: u64 = libc::MS_MOVE;
+pub const MS_NOSUID: u64 = libc::MS_NOSUID;
+pub const MS_NODEV: u64 = libc::MS_NODEV;
+pub const MS_STRICTATIME: u64 = libc::MS_STRICTATIME;
 
 pub fn mount(source: &str, target: &str, fstype: &str, flags: u64, data: &str) -> io::Result<()> {
     let (s, t, f, d) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);

@@ -1,0 +1,152 @@
+//! What pxeroot-init leaves in the root's `/run` for the root's udev and
+//! systemd-networkd, so that they keep the boot interface as it is: the
+//! root filesystem reaches its disk through it. Pure: the caller mounts
+//! the tmpfs and writes the files.
+//!
+//! Without them, a stock systemd root cuts itself off (seen in QEMU with
+//! Debian 12's systemd 252):
+//! - udev renames the interface to its predictable name (`eth0` to
+//!   `ens2`); the kernel refuses while the interface is up, and networkd
+//!   then waits for the rename forever: `systemd-networkd-wait-online`
+//!   fails after 2 minutes and the interface is never configured;
+//! - with the rename out of the way (`net.ifnames=0`), a `.network` that
+//!   matches the interface with `DHCP=yes` and the default
+//!   `KeepConfiguration=no` removes the address pxeroot-init set before
+//!   asking for a lease. networkd then needs a page of the root, which is
+//!   behind that address: the machine hangs.
+//!
+//! The `.link` keeps the kernel's name (and gives the predictable names as
+//! alternative names, which `.network` files' `Name=` also match); the
+//! `.network` sorts before the root's own files, so it is the one
+//! networkd applies to the boot interface: keep the configuration, and ask
+//! for the same lease when the address came from DHCP (networkd then
+//! brings the lease's DNS and NTP servers to the root); a static address
+//! (`ip=` with autoconfiguration off) gets no dynamic configuration.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+/// The directory under the root's `/run` that udev and networkd read.
+pub const DIR: &str = "systemd/network";
+/// The files' name, without the suffix: `00` sorts before the root's own
+/// files (networkd and udev apply the first file that matches).
+pub const STEM: &str = "00-pxeroot-boot-nic";
+/// The tmpfs options systemd itself mounts `/run` with (systemd keeps a
+/// `/run` it finds mounted, as initramfs-tools and dracut hand it over).
+pub const RUN_OPTIONS: &str = "mode=0755,size=20%,nr_inodes=800k";
+/// The root's directories that say it runs systemd's udev or networkd.
+pub const SYSTEMD_DIRS: [&str; 2] = ["usr/lib/systemd", "lib/systemd"];
+
+/// The interface the root is reached through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootNic {
+    pub name: String,
+    pub mac: [u8; 6],
+    /// The address, when it came from a DHCP lease (the root's networkd
+    /// then keeps it renewed); `None` for a static address.
+    pub leased: Option<Ipv4Addr>,
+}
+
+impl BootNic {
+    fn mac_text(&self) -> String {
+        let m = self.mac;
+        format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+
+    /// `STEM.link`: udev keeps the interface's name.
+    pub fn link_file(&self) -> String {
+        format!(
+            "# Written by pxeroot-init: the root filesystem is on NBD through this\n\
+             # interface. It is up, so a rename would fail and leave networkd waiting:\n\
+             # it keeps its name, and gets the predictable ones as alternative names.\n\
+             [Match]\n\
+             MACAddress={mac}\n\
+             OriginalName={name}\n\
+             \n\
+             [Link]\n\
+             NamePolicy=\n\
+             Name={name}\n\
+             AlternativeNamesPolicy=database onboard slot path\n\
+             MACAddressPolicy=none\n",
+            mac = self.mac_text(),
+            name = self.name
+        )
+    }
+
+    /// `STEM.network`: networkd keeps the address and routes.
+    pub fn network_file(&self) -> String {
+        let mut f = format!(
+            "# Written by pxeroot-init: the root filesystem is on NBD through this\n\
+             # interface. Dropping its address (networkd's default) cuts the root off.\n\
+             # To configure it yourself, boot with pxeroot.handoff=0 and set\n\
+             # KeepConfiguration=yes in your own .network file.\n\
+             [Match]\n\
+             Name={name}\n\
+             MACAddress={mac}\n\
+             \n\
+             [Network]\n\
+             KeepConfiguration=yes\n",
+            mac = self.mac_text(),
+            name = self.name
+        );
+        match self.leased {
+            // The client identifier iPXE and pxeroot-init send (type 1 and
+            // the MAC), so the server sees the same client and its lease.
+            Some(address) => {
+                let _ = write!(f, "DHCP=yes\n\n[DHCPv4]\nClientIdentifier=mac\nRequestAddress={address}\n");
+            }
+            // `ip=` with autoconfiguration off: none for IPv6 either. With
+            // router advertisements as its only dynamic source, networkd
+            // holds the interface "configuring" until its solicitations
+            // time out, and network-online.target 12 s with it.
+            None => f.push_str("IPv6AcceptRA=no\n"),
+        }
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic(leased: Option<Ipv4Addr>) -> BootNic {
+        BootNic { name: "eth0".into(), mac: [0x52, 0x54, 0, 0xab, 0, 0x0f], leased }
+    }
+
+    fn section<'a>(file: &'a str, name: &str) -> Vec<&'a str> {
+        let head = format!("[{name}]");
+        file.lines().skip_while(|l| *l != head).skip(1).take_while(|l| !l.starts_with('[')).filter(|l| !l.is_empty()).collect()
+    }
+
+    #[test]
+    fn the_link_keeps_the_kernel_name_for_this_mac_only() {
+        let f = nic(None).link_file();
+        assert_eq!(section(&f, "Match"), ["MACAddress=52:54:00:ab:00:0f", "OriginalName=eth0"]);
+        let link = section(&f, "Link");
+        // An empty NamePolicy= leaves Name=: no policy may pick another name.
+        assert_eq!(&link[..2], ["NamePolicy=", "Name=eth0"]);
+        assert!(link.contains(&"AlternativeNamesPolicy=database onboard slot path"), "{f}");
+    }
+
+    #[test]
+    fn a_static_address_is_kept_and_nothing_dynamic_is_started() {
+        let f = nic(None).network_file();
+        assert_eq!(section(&f, "Match"), ["Name=eth0", "MACAddress=52:54:00:ab:00:0f"]);
+        assert_eq!(section(&f, "Network"), ["KeepConfiguration=yes", "IPv6AcceptRA=no"]);
+        assert!(section(&f, "DHCPv4").is_empty(), "{f}");
+    }
+
+    #[test]
+    fn a_leased_address_is_kept_and_its_lease_asked_for_again() {
+        let f = nic(Some(Ipv4Addr::new(10, 99, 0, 100))).network_file();
+        assert_eq!(section(&f, "Network"), ["KeepConfiguration=yes", "DHCP=yes"]);
+        assert_eq!(section(&f, "DHCPv4"), ["ClientIdentifier=mac", "RequestAddress=10.99.0.100"]);
+    }
+
+    #[test]
+    fn the_files_sort_before_the_roots_own() {
+        for theirs in ["10-netplan-all-en.network", "50-cloud-init.network", "80-dhcp.network", "99-default.link"] {
+            assert!(format!("{STEM}.network").as_str() < theirs && format!("{STEM}.link").as_str() < theirs, "{theirs}");
+        }
+    }
+}
