@@ -452,7 +452,15 @@ pub fn decide_full(
     };
     let mut r = reply_to(req, reply_kind, ctx.server, address);
     let o = r.opts_mut();
-    o.insert(DhcpOption::AddressLeaseTime(leases.lease_secs() as u32));
+    // T1 and T2 at RFC 2131's defaults (4.4.5), said outright as dnsmasq
+    // and Kea do: some clients renew only when told when.
+    let secs = u32::try_from(leases.lease_secs()).unwrap_or(u32::MAX);
+    o.insert(DhcpOption::AddressLeaseTime(secs));
+    if secs != u32::MAX {
+        // (u32::MAX is an infinite lease: nothing to renew.)
+        o.insert(DhcpOption::Renewal(secs / 2));
+        o.insert(DhcpOption::Rebinding((u64::from(secs) * 7 / 8) as u32));
+    }
     o.insert(DhcpOption::SubnetMask(net.netmask));
     if let Some(gw) = net.router {
         o.insert(DhcpOption::Router(vec![gw]));
@@ -707,6 +715,11 @@ mod full_tests {
         req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
         let (ack, _) = decide_full(&req, &ctx, &net, &mut leases, 1).unwrap().unwrap();
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        let times: Vec<_> = [OptionCode::AddressLeaseTime, OptionCode::Renewal, OptionCode::Rebinding]
+            .iter()
+            .map(|c| ack.opts().get(*c).cloned())
+            .collect();
+        assert_eq!(times, [Some(DhcpOption::AddressLeaseTime(3600)), Some(DhcpOption::Renewal(1800)), Some(DhcpOption::Rebinding(3150))]);
         let mut steal = discover([0x52, 0x54, 0, 0, 0, 3], false);
         steal.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
         steal.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));

@@ -153,7 +153,8 @@ fn leases_text(tables: &[leases::LeaseTable]) -> String {
 pub async fn serve(cfg: DhcpConfig, leases: Option<Leases>, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<(), DhcpError> {
     let dhcp = socket(cfg.dhcp_port, cfg.interface.as_deref(), DHCP_SHARED_PORT_FIX)?;
     let pxe = socket(cfg.pxe_port, cfg.interface.as_deref(), PXE_PORT_FIX)?;
-    info!(server = %cfg.server, interface = ?cfg.interface, "proxy DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
+    let mode = if matches!(cfg.mode, Mode::Full { .. }) { "full" } else { "proxy" };
+    info!(server = %cfg.server, interface = ?cfg.interface, "{mode} DHCP listening on UDP {} and {}", cfg.dhcp_port, cfg.pxe_port);
     if let Mode::Full { pools, .. } = &cfg.mode {
         for (i, pool) in pools.iter().enumerate() {
             let serves = if i == 0 { "this segment and relays from its subnet" } else { "relays from its subnet" };
