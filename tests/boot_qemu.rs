@@ -288,52 +288,20 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
 fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     require("debootstrap");
     let d = tempfile::tempdir().unwrap();
-    // images/debian-test's units print markers and power off.
-    let add = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/debian-test"));
-    let img = d.path().join("debian.img");
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debootstrap-cache");
-    run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/build-debian-root"))
-        .arg(&img)
-        .arg(init_binary())
-        .args(["--size", "2G", "--add"])
-        .arg(add)
-        .arg("--modules")
-        .arg(kernel_dir().join("modules"))
-        .args(["--run", "echo pxeroot-test > /etc/pxeroot-run-test"])
-        .args(["--run", &format!("systemctl enable systemd-networkd && printf '{STOCK_NETWORK}' > /etc/systemd/network/50-stock.network")])
-        .arg("--cache-dir")
-        .arg(&cache));
+    let networkd = format!("systemctl enable systemd-networkd && printf '{STOCK_NETWORK}' > /etc/systemd/network/50-stock.network");
+    let img = debian_root(d.path(), &["echo pxeroot-test > /etc/pxeroot-run-test", &networkd]);
     // --run ran in the tree.
     assert_eq!(stdout(Command::new("debugfs").args(["-R", "cat /etc/pxeroot-run-test"]).arg(&img)).trim(), "pxeroot-test");
     let base_sum = sha256(&img);
     let initrd = initramfs(d.path());
-    let kernel = kernel_dir().join("vmlinuz");
     let ns = Netns::new("deb");
     let state = d.path().join("state");
     let log_path = d.path().join("pxeroot.log");
     let server = start_server(&ns, &img, &state, &log_path);
     let boot_once = |cmd: &str| {
-        let (lines, exited) = boot(&ns, &kernel, &initrd, cmd, |l| l.contains("FATAL"));
-        let console = lines.join("\n");
-        eprintln!("{console}");
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        assert!(console.contains("PXEROOT-MARKER systemd started"), "systemd never started:\n{console}\n{log}");
-        assert!(console.contains("PXEROOT-MARKER systemd root up") && console.contains("PXEROOT-MARKER-DONE"), "{console}");
-        assert!(console.contains("reboot: Power down") && exited, "the guest did not power off:\n{console}");
-        // systemd marks a failed unit "FAILED"; the root, its remount and
-        // the shutdown must all have worked.
-        assert!(!console.contains("FAILED") && !console.contains("Kernel panic"), "{console}");
-        assert!(!console.contains("I/O error") && !console.contains("EXT4-fs error"), "{console}");
-        // The root carries the kernel's modules (--modules): systemd finds
-        // the ones it asks for.
-        assert!(!console.contains("Failed to find module"), "{console}");
-        // networkd configured the boot NIC from pxeroot-init's file, under
-        // the kernel's name (no rename), before network-online.target.
-        assert!(
-            console.contains("hand eth0 to the root's udev and networkd (/run/systemd/network/00-pxeroot-boot-nic.*): ok"),
-            "{console}"
-        );
-        assert!(console.contains("PXEROOT-NICS /sys/class/net/eth0 /sys/class/net/lo"), "{console}");
+        let console = boot_debian(&ns, &initrd, cmd, &log_path);
+        // networkd configured the boot NIC from pxeroot-init's file, before
+        // network-online.target.
         let netif =
             "PXEROOT-NETIF /run/systemd/netif/links/2 ADMIN_STATE=configured NETWORK_FILE=/run/systemd/network/00-pxeroot-boot-nic.network";
         assert!(console.contains(netif), "networkd did not configure eth0 from pxeroot-init's file:\n{console}");
@@ -344,37 +312,145 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     assert!(!first.contains("PXEROOT-FOUND-MARKER"), "a fresh overlay already had /marker:\n{first}");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log.contains("client sent DISC"), "systemd's shutdown hook did not send DISC:\n{log}");
-    // The overlay holds a clean filesystem: remounted read-only before the
-    // DISC, no journal to replay, nothing for e2fsck to fix.
-    let overlay = state.join(format!("{STEM}.qcow2"));
-    run(Command::new("qemu-img").args(["check", "-U"]).arg(&overlay));
-    let flat = d.path().join("flat.img");
-    run(Command::new("qemu-img").args(["convert", "-U", "-O", "raw"]).arg(&overlay).arg(&flat));
-    let header = stdout(Command::new("dumpe2fs").arg("-h").arg(&flat));
-    assert!(header.contains("Filesystem state:         clean") && !header.contains("needs_recovery"), "{header}");
-    run(Command::new("e2fsck").args(["-fn"]).arg(&flat));
-    let marker = stdout(Command::new("debugfs").args(["-R", "cat /marker"]).arg(&flat));
-    assert_eq!(marker.trim(), "written by systemd");
+    assert_eq!(clean_ext4_marker(d.path(), &state.join(format!("{STEM}.qcow2"))), "written by systemd");
     // Netlink again: an ioctl-attached root does not survive systemd's
     // shutdown (README), which this test showed. No ip=: pxeroot-init
     // asks the segment's DHCP server for the address.
-    let dnsmasq_log = d.path().join("dnsmasq.log");
-    let extra = ["--log-dhcp".to_string(), format!("--log-facility={}", dnsmasq_log.display())];
-    let dnsmasq = dnsmasq_dhcp_with(&ns, "tap0", d.path(), true, "1h", &extra);
-    let dhcp = format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} BOOTIF=01-{}", MAC.replace(':', "-"));
-    let second = boot_once(&dhcp);
+    let (dnsmasq, dnsmasq_log) = logged_dnsmasq(&ns, d.path());
+    let second = boot_once(&dhcp_cmdline());
     drop(dnsmasq);
     assert!(second.contains("PXEROOT-FOUND-MARKER written by systemd"), "the second boot lost /marker:\n{second}");
     // networkd holds the lease pxeroot-init got, from the same server.
-    let address = second.split("DHCP on eth0: ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_else(|| panic!("no DHCP:\n{second}"));
+    let address = leased_address(&second);
     assert!(second.contains(&format!("PXEROOT-NETIF /run/systemd/netif/leases/2 ADDRESS={address}")), "{second}");
-    let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
-    let acks = log.lines().filter(|l| l.contains(&format!("DHCPACK(tap0) {address} {MAC}"))).count();
-    assert!(acks >= 2, "no ACK for networkd after pxeroot-init's ({acks}):\n{log}");
+    let acks = acks_for(&dnsmasq_log, &address);
+    assert!(acks >= 2, "no ACK for networkd after pxeroot-init's ({acks}):\n{}", std::fs::read_to_string(&dnsmasq_log).unwrap_or_default());
     drop(server);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert_eq!(log.matches("client sent DISC").count(), 2, "the second boot's shutdown sent no DISC:\n{log}");
     assert_eq!(sha256(&img), base_sum, "the base image changed");
+}
+
+/// A Debian root with ifupdown and isc-dhcp-client bringing the boot NIC
+/// up (`allow-hotplug eth0`, `iface eth0 inet dhcp`), as a Debian server
+/// install has it. dhclient gets a lease of its own; at shutdown, without pxeroot-init's drop-ins, `ifdown` released
+/// it and flushed the address before systemd remounted the root read-only,
+/// and the shutdown hung on the root's I/O (by hand: the NBD monitor found
+/// the network unreachable for 5 minutes). Here the NIC stays up: DISC,
+/// power off, a clean filesystem.
+#[test]
+fn test_debian_ifupdown_root_keeps_the_boot_nic_through_shutdown() {
+    require("debootstrap");
+    let d = tempfile::tempdir().unwrap();
+    let interfaces =
+        "printf 'auto lo\\niface lo inet loopback\\n\\nallow-hotplug eth0\\niface eth0 inet dhcp\\n' > /etc/network/interfaces";
+    let img = debian_root_with(d.path(), "ifupdown,isc-dhcp-client", &[interfaces]);
+    let initrd = initramfs(d.path());
+    let ns = Netns::new("ifup");
+    let state = d.path().join("state");
+    let log_path = d.path().join("pxeroot.log");
+    let server = start_server(&ns, &img, &state, &log_path);
+    let (dnsmasq, dnsmasq_log) = logged_dnsmasq(&ns, d.path());
+    let console = boot_debian(&ns, &initrd, &dhcp_cmdline(), &log_path);
+    drop(dnsmasq);
+    // pxeroot-init's DHCP, then dhclient's. dhclient sends no client
+    // identifier, so dnsmasq takes it for another client and leases it a
+    // second address (README); the root stays on the first.
+    let address = leased_address(&console);
+    let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+    let acks: Vec<&str> = log.lines().filter(|l| l.contains("DHCPACK(tap0) ") && l.contains(MAC)).collect();
+    assert!(acks.len() >= 2 && acks[0].contains(&format!(" {address} ")), "no ACK for dhclient after pxeroot-init's:\n{log}");
+    drop(server);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.contains("client sent DISC"), "the shutdown sent no DISC (the NIC went down first?):\n{log}");
+    assert_eq!(clean_ext4_marker(d.path(), &state.join(format!("{STEM}.qcow2"))), "written by systemd");
+}
+
+/// images/build-debian-root's root in `dir`, with images/debian-test's
+/// units (they print markers and power off), the guest kernel's modules
+/// and `runs` run in the tree.
+fn debian_root(dir: &Path, runs: &[&str]) -> PathBuf {
+    debian_root_with(dir, "", runs)
+}
+
+/// `debian_root` with more packages (`--include`, comma-separated).
+fn debian_root_with(dir: &Path, include: &str, runs: &[&str]) -> PathBuf {
+    let add = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/debian-test"));
+    let img = dir.join("debian.img");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debootstrap-cache");
+    let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/build-debian-root"));
+    c.arg(&img).arg(init_binary()).args(["--size", "2G", "--add"]).arg(add).arg("--modules").arg(kernel_dir().join("modules"));
+    if !include.is_empty() {
+        c.args(["--include", include]);
+    }
+    for r in runs {
+        c.args(["--run", r]);
+    }
+    run(c.arg("--cache-dir").arg(&cache));
+    img
+}
+
+/// Boot a root from `debian_root` with `cmd` and check what every such boot
+/// must show: systemd up, the marker, no failed unit, no I/O error, power
+/// off, and the boot NIC handed over under the kernel's name. The console.
+fn boot_debian(ns: &Netns, initrd: &Path, cmd: &str, log_path: &Path) -> String {
+    let (lines, exited) = boot(ns, &kernel_dir().join("vmlinuz"), initrd, cmd, |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    eprintln!("{console}");
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER systemd started"), "systemd never started:\n{console}\n{log}");
+    assert!(console.contains("PXEROOT-MARKER systemd root up") && console.contains("PXEROOT-MARKER-DONE"), "{console}");
+    assert!(console.contains("reboot: Power down") && exited, "the guest did not power off:\n{console}");
+    // systemd marks a failed unit "FAILED"; the root, its remount and
+    // the shutdown must all have worked.
+    assert!(!console.contains("FAILED") && !console.contains("Kernel panic"), "{console}");
+    assert!(!console.contains("I/O error") && !console.contains("EXT4-fs error"), "{console}");
+    // The root carries the kernel's modules (--modules): systemd finds
+    // the ones it asks for.
+    assert!(!console.contains("Failed to find module"), "{console}");
+    assert!(
+        console.contains("hand eth0 to the root's udev, networkd and ifupdown (/run/systemd/network/00-pxeroot-boot-nic.*): ok"),
+        "{console}"
+    );
+    // Not renamed (udev's rename of an up NIC fails and stalls networkd).
+    assert!(console.contains("PXEROOT-NICS /sys/class/net/eth0 /sys/class/net/lo"), "{console}");
+    console
+}
+
+/// The kernel command line for a DHCP boot: no `ip=`.
+fn dhcp_cmdline() -> String {
+    format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} BOOTIF=01-{}", MAC.replace(':', "-"))
+}
+
+/// dnsmasq as the segment's DHCP server in `ns`, logging to the returned path.
+fn logged_dnsmasq(ns: &Netns, dir: &Path) -> (Proc, PathBuf) {
+    let log = dir.join("dnsmasq.log");
+    let extra = ["--log-dhcp".to_string(), format!("--log-facility={}", log.display())];
+    (dnsmasq_dhcp_with(ns, "tap0", dir, true, "1h", &extra), log)
+}
+
+/// The address pxeroot-init's DHCP got, from its console line.
+fn leased_address(console: &str) -> String {
+    let found = console.split("DHCP on eth0: ").nth(1).and_then(|r| r.split(' ').next());
+    found.unwrap_or_else(|| panic!("no DHCP:\n{console}")).to_string()
+}
+
+/// How many ACKs for `address` and the test's MAC dnsmasq logged.
+fn acks_for(dnsmasq_log: &Path, address: &str) -> usize {
+    let log = std::fs::read_to_string(dnsmasq_log).unwrap_or_default();
+    log.lines().filter(|l| l.contains(&format!("DHCPACK(tap0) {address} {MAC}"))).count()
+}
+
+/// The overlay holds a clean ext4 (remounted read-only before the DISC, no
+/// journal to replay, nothing for e2fsck to fix): its /marker.
+fn clean_ext4_marker(dir: &Path, overlay: &Path) -> String {
+    run(Command::new("qemu-img").args(["check", "-U"]).arg(overlay));
+    let marker = overlay_marker(dir, overlay);
+    let flat = dir.join("flat.img");
+    let header = stdout(Command::new("dumpe2fs").arg("-h").arg(&flat));
+    assert!(header.contains("Filesystem state:         clean") && !header.contains("needs_recovery"), "{header}");
+    run(Command::new("e2fsck").args(["-fn"]).arg(&flat));
+    marker.trim().to_string()
 }
 
 /// A distribution's stock systemd-networkd file (printf's text): DHCP on

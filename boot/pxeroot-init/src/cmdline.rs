@@ -14,8 +14,9 @@
 //!   as iPXE's script passes it: decimal or `0x` hex, empty fields unknown;
 //!   pxeroot-init keeps it renewed), `pxeroot.mtu=N` (the segment's MTU,
 //!   DHCP option 26 as iPXE passes it; empty: the NIC's default),
-//!   `pxeroot.handoff=0|1` (default 1: leave the root's udev and
-//!   systemd-networkd files in `/run` that keep the boot interface as it is);
+//!   `pxeroot.handoff=0|1` (default 1: leave the root's udev,
+//!   systemd-networkd and ifupdown units the files in `/run` that keep the boot
+//!   interface as it is);
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -111,8 +112,8 @@ pub struct Settings {
     pub lease: Option<LeaseHint>,
     /// `pxeroot.mtu=`: the MTU to give the boot interface.
     pub mtu: Option<u16>,
-    /// `pxeroot.handoff=`: write the root's `/run/systemd/network` files
-    /// for the boot interface (handoff.rs).
+    /// `pxeroot.handoff=`: write the files in the root's `/run` that keep
+    /// the boot interface as it is (handoff.rs).
     pub handoff: bool,
 }
 

@@ -15,6 +15,9 @@
 //!   asking for a lease. networkd then needs a page of the root, which is
 //!   behind that address: the machine hangs.
 //!
+//! Likewise ifupdown takes every interface down at shutdown, before the
+//! root is read-only: its units get drop-ins that leave the boot NIC up.
+//!
 //! The `.link` keeps the kernel's name (and gives the predictable names as
 //! alternative names, which `.network` files' `Name=` also match); the
 //! `.network` sorts before the root's own files, so it is the one
@@ -31,6 +34,9 @@ pub const DIR: &str = "systemd/network";
 /// The files' name, without the suffix: `00` sorts before the root's own
 /// files (networkd and udev apply the first file that matches).
 pub const STEM: &str = "00-pxeroot-boot-nic";
+/// The drop-in's name in the ifupdown units' `.d` directories under the
+/// root's `/run/systemd/system`.
+pub const DROP_IN: &str = "50-pxeroot-boot-nic.conf";
 /// The tmpfs options systemd itself mounts `/run` with (systemd keeps a
 /// `/run` it finds mounted, as initramfs-tools and dracut hand it over).
 pub const RUN_OPTIONS: &str = "mode=0755,size=20%,nr_inodes=800k";
@@ -51,6 +57,31 @@ impl BootNic {
     fn mac_text(&self) -> String {
         let m = self.mac;
         format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+
+    /// Every file to write, its path relative to the root's `/run`.
+    pub fn files(&self) -> Vec<(String, String)> {
+        vec![
+            (format!("{DIR}/{STEM}.link"), self.link_file()),
+            (format!("{DIR}/{STEM}.network"), self.network_file()),
+            (format!("systemd/system/networking.service.d/{DROP_IN}"), self.networking_drop_in()),
+            (format!("systemd/system/ifup@{}.service.d/{DROP_IN}", self.name), IFUP_DROP_IN.to_string()),
+        ]
+    }
+
+    /// ifupdown's `networking.service` takes every interface down when the
+    /// machine shuts down (`ifdown -a`): dhclient releases the lease and
+    /// flushes the address while the root is still mounted read-write, and
+    /// the shutdown then hangs on the root's I/O (seen in QEMU with Debian
+    /// 12's ifupdown). The same command (Debian's), the boot NIC excluded.
+    pub fn networking_drop_in(&self) -> String {
+        format!(
+            "# Written by pxeroot-init: the root filesystem is on NBD through {name}.\n\
+             [Service]\n\
+             ExecStop=\n\
+             ExecStop=/sbin/ifdown -a --read-environment --exclude=lo --exclude={name}\n",
+            name = self.name
+        )
     }
 
     /// `STEM.link`: udev keeps the interface's name.
@@ -105,6 +136,12 @@ impl BootNic {
     }
 }
 
+/// ifupdown's `ifup@IFACE.service` (an `allow-hotplug` interface) runs
+/// `ifdown IFACE` when it stops, at shutdown: for the boot NIC, nothing.
+const IFUP_DROP_IN: &str = "# Written by pxeroot-init: the root filesystem is on NBD through this interface.\n\
+     [Service]\n\
+     ExecStop=\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +178,19 @@ mod tests {
         let f = nic(Some(Ipv4Addr::new(10, 99, 0, 100))).network_file();
         assert_eq!(section(&f, "Network"), ["KeepConfiguration=yes", "DHCP=yes"]);
         assert_eq!(section(&f, "DHCPv4"), ["ClientIdentifier=mac", "RequestAddress=10.99.0.100"]);
+    }
+
+    #[test]
+    fn ifupdown_never_takes_the_boot_nic_down() {
+        let files = nic(None).files();
+        let find = |path: &str| files.iter().find(|(p, _)| p == path).map(|(_, t)| t.clone()).unwrap();
+        // An empty ExecStop= first: a drop-in adds to the unit's list otherwise.
+        let all = find("systemd/system/networking.service.d/50-pxeroot-boot-nic.conf");
+        assert_eq!(section(&all, "Service"), ["ExecStop=", "ExecStop=/sbin/ifdown -a --read-environment --exclude=lo --exclude=eth0"]);
+        let one = find("systemd/system/ifup@eth0.service.d/50-pxeroot-boot-nic.conf");
+        assert_eq!(section(&one, "Service"), ["ExecStop="]);
+        let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(&paths[..2], ["systemd/network/00-pxeroot-boot-nic.link", "systemd/network/00-pxeroot-boot-nic.network"]);
     }
 
     #[test]

@@ -1202,8 +1202,8 @@ fn mount_root(s: &Settings, fstype: &str, partition: Option<u32>, device: &str) 
     })
 }
 
-/// Leave the root's udev and systemd-networkd the files that keep the boot
-/// interface as it is (handoff.rs), in a `/run` mounted as systemd mounts
+/// Leave the root's udev, systemd-networkd and ifupdown units the files
+/// that keep the boot interface as it is (handoff.rs), in a `/run` mounted as systemd mounts
 /// it: never on the root filesystem. Only for a root with systemd and a
 /// `/run` to mount on; a failure is said and the boot goes on.
 fn hand_off_network(con: &Console, nic: &handoff::BootNic) {
@@ -1211,14 +1211,15 @@ fn hand_off_network(con: &Console, nic: &handoff::BootNic) {
     if !Path::new(&run).is_dir() || !handoff::SYSTEMD_DIRS.iter().any(|d| Path::new(NEWROOT).join(d).is_dir()) {
         return;
     }
-    let what = format!("hand {} to the root's udev and networkd (/run/{}/{}.*)", nic.name, handoff::DIR, handoff::STEM);
+    let what = format!("hand {} to the root's udev, networkd and ifupdown (/run/{}/{}.*)", nic.name, handoff::DIR, handoff::STEM);
     let done = con.step(&what, || -> Result<(), String> {
         sys::mount("tmpfs", &run, "tmpfs", sys::MS_NOSUID | sys::MS_NODEV | sys::MS_STRICTATIME, handoff::RUN_OPTIONS)
             .map_err(|e| format!("mounting a tmpfs on {run}: {e}"))?;
-        let dir = Path::new(&run).join(handoff::DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        for (suffix, text) in [("link", nic.link_file()), ("network", nic.network_file())] {
-            let path = dir.join(format!("{}.{suffix}", handoff::STEM));
+        for (file, text) in nic.files() {
+            let path = Path::new(&run).join(file);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+            }
             std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
         Ok(())
