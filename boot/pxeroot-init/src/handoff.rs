@@ -55,8 +55,7 @@ pub struct BootNic {
 
 impl BootNic {
     fn mac_text(&self) -> String {
-        let m = self.mac;
-        format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        crate::mac_text(&self.mac)
     }
 
     /// Every file to write, its path relative to the root's `/run`.

@@ -741,7 +741,11 @@ fn keep_lease(args: &[String]) -> ! {
             Ok(r) => Ok(r),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 say(format_args!(
-                    "UDP port 68 is taken (a DHCP client in the root?): that client keeps the lease of {}; this one stops",
+                    "UDP port 68 is taken (a DHCP client in the root?): that client keeps the lease of {}; this one stops. \
+                     It must send the client identifier 1:{} (ISC dhclient: `send dhcp-client-identifier = hardware;`), \
+                     or the server takes it for another client and {} is renewed by nobody",
+                    held.address,
+                    mac_text(&k.mac),
                     held.address
                 ));
                 std::process::exit(0);
