@@ -15,8 +15,8 @@
 //!   asking for a lease. networkd then needs a page of the root, which is
 //!   behind that address: the machine hangs.
 //!
-//! Likewise ifupdown takes every interface down at shutdown, before the
-//! root is read-only: its units get drop-ins that leave the boot NIC up.
+//! Likewise ifupdown takes interfaces down at shutdown, before the root is
+//! read-only: its units get drop-ins that take none down.
 //!
 //! The `.link` keeps the kernel's name (and gives the predictable names as
 //! alternative names, which `.network` files' `Name=` also match); the
@@ -63,24 +63,9 @@ impl BootNic {
         vec![
             (format!("{DIR}/{STEM}.link"), self.link_file()),
             (format!("{DIR}/{STEM}.network"), self.network_file()),
-            (format!("systemd/system/networking.service.d/{DROP_IN}"), self.networking_drop_in()),
-            (format!("systemd/system/ifup@{}.service.d/{DROP_IN}", self.name), IFUP_DROP_IN.to_string()),
+            (format!("systemd/system/networking.service.d/{DROP_IN}"), NO_IFDOWN.to_string()),
+            (format!("systemd/system/ifup@{}.service.d/{DROP_IN}", self.name), NO_IFDOWN.to_string()),
         ]
-    }
-
-    /// ifupdown's `networking.service` takes every interface down when the
-    /// machine shuts down (`ifdown -a`): dhclient releases the lease and
-    /// flushes the address while the root is still mounted read-write, and
-    /// the shutdown then hangs on the root's I/O (seen in QEMU with Debian
-    /// 12's ifupdown). The same command (Debian's), the boot NIC excluded.
-    pub fn networking_drop_in(&self) -> String {
-        format!(
-            "# Written by pxeroot-init: the root filesystem is on NBD through {name}.\n\
-             [Service]\n\
-             ExecStop=\n\
-             ExecStop=/sbin/ifdown -a --read-environment --exclude=lo --exclude={name}\n",
-            name = self.name
-        )
     }
 
     /// `STEM.link`: udev keeps the interface's name.
@@ -135,9 +120,16 @@ impl BootNic {
     }
 }
 
-/// ifupdown's `ifup@IFACE.service` (an `allow-hotplug` interface) runs
-/// `ifdown IFACE` when it stops, at shutdown: for the boot NIC, nothing.
-const IFUP_DROP_IN: &str = "# Written by pxeroot-init: the root filesystem is on NBD through this interface.\n\
+/// ifupdown's units take interfaces down when they stop, at shutdown:
+/// `networking.service` every `auto` one (`ifdown -a`), `ifup@IFACE.service`
+/// an `allow-hotplug` one. dhclient then releases the lease and flushes
+/// the address while the root is still mounted read-write, and the shutdown
+/// hangs on the root's I/O (seen in QEMU with Debian 12's ifupdown). Their
+/// `ExecStop` is cleared, not narrowed to spare the boot NIC: a stanza may
+/// name it by its predictable name (an alternative name here, which `ip`
+/// accepts), which pxeroot-init does not know. A machine that powers off
+/// needs no interface taken down.
+const NO_IFDOWN: &str = "# Written by pxeroot-init: the root filesystem is on NBD through the boot NIC.\n\
      [Service]\n\
      ExecStop=\n";
 
@@ -183,11 +175,12 @@ mod tests {
     fn ifupdown_never_takes_the_boot_nic_down() {
         let files = nic(None).files();
         let find = |path: &str| files.iter().find(|(p, _)| p == path).map(|(_, t)| t.clone()).unwrap();
-        // An empty ExecStop= first: a drop-in adds to the unit's list otherwise.
-        let all = find("systemd/system/networking.service.d/50-pxeroot-boot-nic.conf");
-        assert_eq!(section(&all, "Service"), ["ExecStop=", "ExecStop=/sbin/ifdown -a --read-environment --exclude=lo --exclude=eth0"]);
-        let one = find("systemd/system/ifup@eth0.service.d/50-pxeroot-boot-nic.conf");
-        assert_eq!(section(&one, "Service"), ["ExecStop="]);
+        // An empty ExecStop= clears the unit's list (a drop-in adds to it
+        // otherwise).
+        for unit in ["networking.service", "ifup@eth0.service"] {
+            let dropin = find(&format!("systemd/system/{unit}.d/50-pxeroot-boot-nic.conf"));
+            assert_eq!(section(&dropin, "Service"), ["ExecStop="], "{unit}");
+        }
         let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(&paths[..2], ["systemd/network/00-pxeroot-boot-nic.link", "systemd/network/00-pxeroot-boot-nic.network"]);
     }
