@@ -1,7 +1,7 @@
-//! What pxeroot-init leaves in the root's `/run` for the root's udev and
-//! systemd-networkd, so that they keep the boot interface as it is: the
-//! root filesystem reaches its disk through it. Pure: the caller mounts
-//! the tmpfs and writes the files.
+//! What pxeroot-init leaves in the root's `/run` for the root's udev,
+//! systemd-networkd and ifupdown units, so that they keep the boot
+//! interface as it is: the root filesystem reaches its disk through it.
+//! Pure: the caller mounts the tmpfs and writes the files.
 //!
 //! Without them, a stock systemd root cuts itself off (seen in QEMU with
 //! Debian 12's systemd 252):
