@@ -316,14 +316,14 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     // Netlink again: an ioctl-attached root does not survive systemd's
     // shutdown (README), which this test showed. No ip=: pxeroot-init
     // asks the segment's DHCP server for the address.
-    let (dnsmasq, dnsmasq_log) = logged_dnsmasq(&ns, d.path());
+    let (dnsmasq, dnsmasq_log) = logged_dnsmasq(&ns, "tap0", d.path(), "1h", &[]);
     let second = boot_once(&dhcp_cmdline());
     drop(dnsmasq);
     assert!(second.contains("PXEROOT-FOUND-MARKER written by systemd"), "the second boot lost /marker:\n{second}");
     // networkd holds the lease pxeroot-init got, from the same server.
     let address = leased_address(&second);
     assert!(second.contains(&format!("PXEROOT-NETIF /run/systemd/netif/leases/2 ADDRESS={address}")), "{second}");
-    let acks = acks_for(&dnsmasq_log, &address);
+    let acks = dnsmasq_acks(&dnsmasq_log, "tap0").iter().filter(|l| l.contains(&format!(" {address} "))).count();
     assert!(acks >= 2, "no ACK for networkd after pxeroot-init's ({acks}):\n{}", std::fs::read_to_string(&dnsmasq_log).unwrap_or_default());
     drop(server);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -350,16 +350,15 @@ fn test_debian_ifupdown_root_keeps_the_boot_nic_through_shutdown() {
     let state = d.path().join("state");
     let log_path = d.path().join("pxeroot.log");
     let server = start_server(&ns, &img, &state, &log_path);
-    let (dnsmasq, dnsmasq_log) = logged_dnsmasq(&ns, d.path());
+    let (dnsmasq, dnsmasq_log) = logged_dnsmasq(&ns, "tap0", d.path(), "1h", &[]);
     let console = boot_debian(&ns, &initrd, &dhcp_cmdline(), &log_path);
     drop(dnsmasq);
     // pxeroot-init's DHCP, then dhclient's. dhclient sends no client
     // identifier, so dnsmasq takes it for another client and leases it a
     // second address (README); the root stays on the first.
     let address = leased_address(&console);
-    let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
-    let acks: Vec<&str> = log.lines().filter(|l| l.contains("DHCPACK(tap0) ") && l.contains(MAC)).collect();
-    assert!(acks.len() >= 2 && acks[0].contains(&format!(" {address} ")), "no ACK for dhclient after pxeroot-init's:\n{log}");
+    let acks = dnsmasq_acks(&dnsmasq_log, "tap0");
+    assert!(acks.len() >= 2 && acks[0].contains(&format!(" {address} ")), "no ACK for dhclient after pxeroot-init's:\n{acks:?}");
     drop(server);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log.contains("client sent DISC"), "the shutdown sent no DISC (the NIC went down first?):\n{log}");
@@ -422,23 +421,25 @@ fn dhcp_cmdline() -> String {
     format!("console=ttyS0 panic=-1 loglevel=4 pxeroot.server={SERVER_IP} BOOTIF=01-{}", MAC.replace(':', "-"))
 }
 
-/// dnsmasq as the segment's DHCP server in `ns`, logging to the returned path.
-fn logged_dnsmasq(ns: &Netns, dir: &Path) -> (Proc, PathBuf) {
+/// dnsmasq as the segment's DHCP server in `ns` on `interface` (leases of
+/// `lease`, `more` arguments), logging each exchange to the returned path.
+fn logged_dnsmasq(ns: &Netns, interface: &str, dir: &Path, lease: &str, more: &[&str]) -> (Proc, PathBuf) {
     let log = dir.join("dnsmasq.log");
-    let extra = ["--log-dhcp".to_string(), format!("--log-facility={}", log.display())];
-    (dnsmasq_dhcp_with(ns, "tap0", dir, true, "1h", &extra), log)
+    let mut extra = vec!["--log-dhcp".to_string(), format!("--log-facility={}", log.display())];
+    extra.extend(more.iter().map(|m| m.to_string()));
+    (dnsmasq_dhcp_with(ns, interface, dir, true, lease, &extra), log)
+}
+
+/// The ACKs for the test's MAC in `logged_dnsmasq`'s log, in order.
+fn dnsmasq_acks(log: &Path, interface: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().filter(|l| l.contains(&format!("DHCPACK({interface}) ")) && l.contains(MAC)).map(str::to_string).collect()
 }
 
 /// The address pxeroot-init's DHCP got, from its console line.
 fn leased_address(console: &str) -> String {
     let found = console.split("DHCP on eth0: ").nth(1).and_then(|r| r.split(' ').next());
     found.unwrap_or_else(|| panic!("no DHCP:\n{console}")).to_string()
-}
-
-/// How many ACKs for `address` and the test's MAC dnsmasq logged.
-fn acks_for(dnsmasq_log: &Path, address: &str) -> usize {
-    let log = std::fs::read_to_string(dnsmasq_log).unwrap_or_default();
-    log.lines().filter(|l| l.contains(&format!("DHCPACK(tap0) {address} {MAC}"))).count()
 }
 
 /// The overlay holds a clean ext4 (remounted read-only before the DISC, no
@@ -1165,18 +1166,9 @@ fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
     boot_dir(d.path());
     let (lan, srv) = lan_and_server("lease");
     let (_server, log_path) = serve(d.path(), &srv, &img, "", PROXY_DHCP, &the_client());
-    let dnsmasq_log = d.path().join("dnsmasq.log");
-    let extra = [
-        "--dhcp-option=option:T1,12".to_string(),
-        "--dhcp-option=option:mtu,1400".into(),
-        "--log-dhcp".into(),
-        format!("--log-facility={}", dnsmasq_log.display()),
-    ];
-    let _dnsmasq = dnsmasq_dhcp_with(&lan, "br0", d.path(), true, "2m", &extra);
-    let acks = || {
-        let log = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
-        log.lines().filter(|l| l.contains("DHCPACK(br0)") && l.contains(MAC)).count()
-    };
+    let more = ["--dhcp-option=option:T1,12", "--dhcp-option=option:mtu,1400"];
+    let (_dnsmasq, dnsmasq_log) = logged_dnsmasq(&lan, "br0", d.path(), "2m", &more);
+    let acks = || dnsmasq_acks(&dnsmasq_log, "br0").len();
     let t = Instant::now();
     let (lines, _) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| {
         l.contains("FATAL") || l.contains("pxeroot-dhcp:") || acks() >= 2 || t.elapsed() > Duration::from_secs(90)

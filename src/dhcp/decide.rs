@@ -347,9 +347,7 @@ pub struct Network {
     pub mtu: Option<u16>,
 }
 
-/// The smallest MTU an IPv4 host must accept (RFC 791), and so the smallest
-/// option 26 may carry (RFC 2132, 5.1).
-pub const MIN_MTU: u16 = 68;
+pub use nbd_wire::limits::MIN_MTU;
 
 /// One full-mode pool: a subnet's addresses (`range`, inclusive), its
 /// network parameters, and the addresses reserved on it.

@@ -23,6 +23,12 @@ pub const MAX_OPTIONS_PER_HANDSHAKE: usize = 256;
 /// entries.
 pub const MAX_PARTITION: u32 = 128;
 
+/// The smallest MTU an IPv4 host must accept (RFC 791), and so the smallest
+/// DHCP option 26 may carry (RFC 2132, 5.1): the least `mtu` in the
+/// server's config, and what pxeroot-init takes from option 26 or
+/// `pxeroot.mtu=` (a smaller one is ignored or refused).
+pub const MIN_MTU: u16 = 68;
+
 /// Size of the server's initial greeting (NBDMAGIC, IHAVEOPT, u16 flags).
 pub const GREETING_LEN: usize = 18;
 /// Size of a client option header (IHAVEOPT, u32 option, u32 length).

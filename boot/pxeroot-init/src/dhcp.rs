@@ -18,9 +18,7 @@ const FIXED_LEN: usize = 236;
 const FLAG_BROADCAST: u16 = 0x8000;
 /// A lease time that never ends (RFC 2132, 9.2).
 pub const INFINITE: u32 = u32::MAX;
-/// The smallest MTU an IPv4 host must accept (RFC 791), and so the smallest
-/// option 26 may carry (RFC 2132, 5.1); a smaller one is ignored.
-pub const MIN_MTU: u16 = 68;
+pub use nbd_wire::limits::MIN_MTU;
 
 pub const OPT_SUBNET_MASK: u8 = 1;
 pub const OPT_ROUTER: u8 = 3;

@@ -114,8 +114,9 @@ pub fn sync() {
 /// DHCP lease's time runs on while the machine sleeps).
 pub fn boottime_secs() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists
-    // since Linux 2.6.39, so the call cannot fail (0 stays on error).
+    // CLOCK_BOOTTIME exists since Linux 2.6.39, so the call cannot fail
+    // (0 would stay on error).
+    // SAFETY: `ts` is a valid, writable timespec for the whole call.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec.max(0) as u64
 }
