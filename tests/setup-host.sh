@@ -8,11 +8,6 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# qemu-system-x86 and qemu-utils must come from the same QEMU release
-# (Debian 12's): installing one alone removes a newer other one.
-if [[ " ${missing[*]} " == *" qemu-system-x86 "* || " ${missing[*]} " == *" qemu-utils "* ]]; then
-    missing+=(qemu-utils qemu-system-x86)
-fi
 # On a terminal, long steps show their progress (apt's and cargo's bars);
 # in CI and logs they stay quiet.
 if [ -t 2 ]; then CARGO_QUIET=(); else CARGO_QUIET=(-q); fi
@@ -20,6 +15,17 @@ if ((${#missing[@]})); then
     echo "==> installing: ${missing[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
+    # qemu-system-x86 and qemu-utils must come from the same QEMU release
+    # (Debian 12's): a newer qemu-utils already there (this machine kind
+    # has bookworm-backports' 10.0, with no source for it) breaks Debian
+    # 12's qemu-system-common, and apt never downgrades on its own. Both
+    # are pinned to the version qemu-system-x86 is installed at.
+    if [[ " ${missing[*]} " == *" qemu-system-x86 "* || " ${missing[*]} " == *" qemu-utils "* ]]; then
+        qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+        kept=()
+        for p in "${missing[@]}"; do [[ $p == qemu-utils || $p == qemu-system-x86 ]] || kept+=("$p"); done
+        missing=("${kept[@]}" "qemu-utils=$qemu_version" "qemu-system-x86=$qemu_version")
+    fi
     if [ -t 1 ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q -o Dpkg::Progress-Fancy=1 --allow-downgrades "${missing[@]}"
     else
