@@ -46,6 +46,12 @@ pub const LEASE_ARG: &str = "pxeroot.lease=${netX.dhcp/dhcp-server},${netX.dhcp/
 /// names one, so the kernel uses what iPXE did.
 pub const MTU_ARG: &str = "pxeroot.mtu=${netX.dhcp/26:uint16}";
 
+/// `pxeroot.dns=` and `pxeroot.domain=`: options 6 and 15 of the same
+/// DHCP block, as raw hex (every DNS server, not only `${dns}`'s first;
+/// no byte of a domain can split the command line), for the root's
+/// resolver (pxeroot-init validates them).
+pub const DNS_ARGS: &str = "pxeroot.dns=${netX.dhcp/6:hexraw} pxeroot.domain=${netX.dhcp/15:hexraw}";
+
 /// Seconds between a failed fetch of the boot files and the next try.
 pub const RETRY_SECONDS: u32 = 5;
 
@@ -64,7 +70,7 @@ pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
     let _ = write!(
         s,
         "kernel {base}/{} initrd={initrd_name} {} pxeroot.server={}:{} pxeroot.export={mac} pxeroot.attach={} \
-         ip=${{ip}}::${{gateway}}:${{netmask}}:::off BOOTIF=01-${{mac:hexhyp}} {LEASE_ARG} {MTU_ARG}",
+         ip=${{ip}}::${{gateway}}:${{netmask}}:::off BOOTIF=01-${{mac:hexhyp}} {LEASE_ARG} {MTU_ARG} {DNS_ARGS}",
         boot.kernel.trim_start_matches('/'),
         boot.cmdline,
         p.server,
@@ -114,11 +120,12 @@ mod tests {
         assert!(s.contains("pxeroot.server=10.0.0.1:10809 pxeroot.export=52:54:00:12:34:56 pxeroot.attach=netlink"));
         assert!(s.contains("ip=${ip}::${gateway}:${netmask}:::off BOOTIF=01-${mac:hexhyp}"));
         assert!(s.contains(" pxeroot.lease=${netX.dhcp/dhcp-server},${netX.dhcp/51:uint32},"), "{s}");
-        assert!(s.contains(":uint32} pxeroot.mtu=${netX.dhcp/26:uint16}"), "{s}");
+        assert!(s.contains(":uint32} pxeroot.mtu=${netX.dhcp/26:uint16} pxeroot.dns=${netX.dhcp/6:hexraw} "), "{s}");
+        assert!(s.contains(" pxeroot.domain=${netX.dhcp/15:hexraw} || goto pxeroot_retry\n"), "{s}");
         assert!(s.contains("\ninitrd tftp://10.0.0.1/debian/initrd.zst || goto pxeroot_retry\nboot || goto pxeroot_retry\n"), "{s}");
         assert!(s.contains(":pxeroot_retry\n") && s.contains("sleep 5 || shell\ngoto pxeroot_fetch\n"), "{s}");
         assert!(!s.contains("pxeroot.partition"));
         let s = render(&p, "52:54:00:12:34:56".parse().unwrap(), &BootSpec { partition: Some(14), ..b });
-        assert!(s.contains(":uint16} pxeroot.partition=14 || goto pxeroot_retry\ninitrd "), "{s}");
+        assert!(s.contains(":hexraw} pxeroot.partition=14 || goto pxeroot_retry\ninitrd "), "{s}");
     }
 }

@@ -307,8 +307,10 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
         assert!(console.contains(netif), "networkd did not configure eth0 from pxeroot-init's file:\n{console}");
         console
     };
-    let first = boot_once(&cmdline(SERVER_IP, MAC, "netlink"));
+    // ip='s DNS0 field: networkd gets it for the link (no DHCP to bring one).
+    let first = boot_once(&cmdline(SERVER_IP, MAC, "netlink").replace(":::off ", ":::off:192.0.2.53 "));
     assert!(!first.contains("PXEROOT-NETIF /run/systemd/netif/leases/"), "a static address got a DHCP lease:\n{first}");
+    assert!(first.contains("NETWORK_FILE=/run/systemd/network/00-pxeroot-boot-nic.network DNS=192.0.2.53"), "{first}");
     assert!(!first.contains("PXEROOT-FOUND-MARKER"), "a fresh overlay already had /marker:\n{first}");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log.contains("client sent DISC"), "systemd's shutdown hook did not send DISC:\n{log}");
@@ -365,6 +367,68 @@ fn test_debian_ifupdown_root_keeps_the_boot_nic_through_shutdown() {
     assert_eq!(clean_ext4_marker(d.path(), &state.join(format!("{STEM}.qcow2"))), "written by systemd");
 }
 
+/// A Debian root with NetworkManager, as a desktop or thin client has it.
+/// On its own, NetworkManager 1.42 takes the boot NIC's configuration as
+/// external and leaves it, but a user's "disconnect" then flushes the
+/// address and the root is cut off; and it brings no DNS servers for a
+/// NIC it did not configure (both seen in QEMU). pxeroot-init's drop-in
+/// leaves the NIC unmanaged (the disconnect is refused, the root reads on)
+/// and gives NetworkManager the DNS servers and domain of pxeroot-init's
+/// lease as its global DNS, which it writes to resolv.conf.
+#[test]
+fn test_debian_networkmanager_root_cannot_drop_the_boot_nic_and_resolves_with_the_boots_dns() {
+    require("debootstrap");
+    let d = tempfile::tempdir().unwrap();
+    let network_manager = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                           network-manager >/dev/null";
+    // A unit that disconnects the boot NIC as a user would, then reads the
+    // root with its page cache dropped; the kernel's log carries the outcome.
+    let disconnect = r#"cat > /usr/local/sbin/pxeroot-nm-disconnect <<'END'
+#!/bin/sh
+out=$(nmcli device disconnect eth0 2>&1 | tr '\n' ' ')
+echo "<3>PXEROOT-NM-DISCONNECT $out" > /dev/kmsg
+sleep 2
+echo 3 > /proc/sys/vm/drop_caches
+if timeout 60 md5sum /usr/sbin/NetworkManager > /dev/null; then r=ok; else r=failed; fi
+echo "<3>PXEROOT-NM-READ $r" > /dev/kmsg
+END
+chmod 755 /usr/local/sbin/pxeroot-nm-disconnect
+cat > /etc/systemd/system/pxeroot-nm-disconnect.service <<'END'
+[Unit]
+After=NetworkManager.service NetworkManager-wait-online.service
+Before=pxeroot-marker.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/pxeroot-nm-disconnect
+[Install]
+WantedBy=multi-user.target
+END
+systemctl enable pxeroot-nm-disconnect.service"#;
+    let img = debian_root(d.path(), &[network_manager, disconnect]);
+    let initrd = initramfs(d.path());
+    let ns = Netns::new("nm");
+    let state = d.path().join("state");
+    let log_path = d.path().join("pxeroot.log");
+    let server = start_server(&ns, &img, &state, &log_path);
+    let dns = site_dns_options();
+    let (dnsmasq, _) = logged_dnsmasq(&ns, "tap0", d.path(), "1h", &dns.iter().map(String::as_str).collect::<Vec<_>>());
+    let console = boot_debian(&ns, &initrd, &dhcp_cmdline(), &log_path);
+    drop(dnsmasq);
+    // pxeroot-init's own DHCP took options 6 and 15 from dnsmasq.
+    assert!(console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example (for the root)"), "{console}");
+    assert!(console.contains("PXEROOT-NM eth0:ethernet:unmanaged:"), "NetworkManager manages the boot NIC:\n{console}");
+    let disconnect = console.lines().find(|l| l.contains("PXEROOT-NM-DISCONNECT")).unwrap_or_default();
+    assert!(disconnect.contains("not active") || disconnect.contains("not managed"), "{console}");
+    assert!(console.contains("PXEROOT-NM-READ ok"), "the root stopped answering after the disconnect:\n{console}");
+    for line in ["PXEROOT-RESOLV search lab.example", "PXEROOT-RESOLV nameserver 192.0.2.53", "PXEROOT-RESOLV nameserver 192.0.2.54"] {
+        assert!(console.contains(line), "no {line:?}: NetworkManager did not take the boot's DNS:\n{console}");
+    }
+    drop(server);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.contains("client sent DISC"), "the shutdown sent no DISC:\n{log}");
+    assert_eq!(clean_ext4_marker(d.path(), &state.join(format!("{STEM}.qcow2"))), "written by systemd");
+}
+
 /// images/build-debian-root's root in `dir`, with images/debian-test's
 /// units (they print markers and power off), the guest kernel's modules
 /// and `runs` run in the tree.
@@ -408,7 +472,9 @@ fn boot_debian(ns: &Netns, initrd: &Path, cmd: &str, log_path: &Path) -> String 
     // the ones it asks for.
     assert!(!console.contains("Failed to find module"), "{console}");
     assert!(
-        console.contains("hand eth0 to the root's udev, networkd and ifupdown (/run/systemd/network/00-pxeroot-boot-nic.*): ok"),
+        console.contains(
+            "hand eth0 to the root's udev, networkd, ifupdown and NetworkManager (/run/systemd/network/00-pxeroot-boot-nic.*): ok"
+        ),
         "{console}"
     );
     // Not renamed (udev's rename of an up NIC fails and stalls networkd).
@@ -1126,7 +1192,8 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     boot_dir(d.path());
     let (lan, srv) = lan_and_server("pxe");
     let (_server, log_path) = serve(d.path(), &srv, &img, "attach = \"ioctl\"\n", PROXY_DHCP, &the_client());
-    let _dnsmasq = site_dnsmasq(&lan, d.path());
+    // The site's server names DNS servers and a domain (options 6 and 15).
+    let _dnsmasq = dnsmasq_dhcp_with(&lan, "br0", d.path(), true, "1h", &site_dns_options());
     let t = Instant::now();
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
@@ -1151,6 +1218,16 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     assert!(server_log.contains("pxe.attach = \"ioctl\": a systemd root loses its last writes"), "{server_log}");
     let marker = overlay_marker(d.path(), &d.path().join("state").join(format!("{STEM}.qcow2")));
     assert!(marker.contains("written by the diskless client"), "{marker}");
+    // The site server's DNS servers and domain went through iPXE's
+    // script (`:hexraw`, from the site server's block, not the proxy's)
+    // to pxeroot-init.
+    assert!(console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example (for the root)"), "{console}");
+}
+
+/// dnsmasq arguments for DNS servers and a domain (options 6 and 15),
+/// addresses from TEST-NET-1: nothing is ever asked.
+fn site_dns_options() -> Vec<String> {
+    vec!["--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54".into(), "--domain=lab.example".into()]
 }
 
 /// A diskless client outlives its DHCP lease only if something renews it:
@@ -1353,7 +1430,8 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     let (lan, srv) = lan_and_server("full");
     // A segment of MTU 1400 (option 26).
     let clients = format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\n");
-    let (_server, log_path) = start_full_mode_with(d.path(), &srv, &img, &clients, "mtu = 1400\n");
+    let (_server, log_path) =
+        start_full_mode_with(d.path(), &srv, &img, &clients, "mtu = 1400\ndns = [\"192.0.2.53\"]\ndomain = \"lab.example\"\n");
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -1364,6 +1442,8 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     assert!(console.contains("pxeroot-init") && console.contains("10.99.0.42"), "{console}");
     // The pool's MTU went through iPXE and the script to the kernel.
     assert!(console.contains("eth0: MTU 1400 (pxeroot.mtu)"), "{console}");
+    // So did its DNS server and domain (options 6 and 15).
+    assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example (for the root)"), "{console}");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap_or_default();
     assert!(leases.contains(&format!("10.99.0.42 {MAC}")) && leases.contains("bound"), "{leases}");
 }

@@ -146,7 +146,7 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
 /// One pool from its keys; `key` names a key (`start`, `end`, `netmask`,
-/// `router`, `dns`, `mtu`) as the file spells it, for errors.
+/// `router`, `dns`, `domain`, `mtu`) as the file spells it, for errors.
 fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
     let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
@@ -179,13 +179,27 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
             })?,
         );
     }
+    let domain = match &p.domain {
+        None => None,
+        Some(d) => {
+            let name = d.trim_end_matches('.');
+            if !nbd_wire::limits::is_domain_name(name) {
+                return Err(err(
+                    &key("domain"),
+                    format!("{d:?} is not a domain name"),
+                    "give the clients' DNS domain, e.g. \"lab.example\" (letters, digits, '-', dots)",
+                ));
+            }
+            Some(name.to_ascii_lowercase())
+        }
+    };
     let mtu = match p.mtu {
         None => None,
         Some(m) => Some(u16::try_from(m).ok().filter(|&m| m >= crate::dhcp::decide::MIN_MTU).ok_or_else(|| {
             err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
         })?),
     };
-    let network = crate::dhcp::decide::Network { netmask, router, dns, mtu };
+    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, mtu };
     Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new() })
 }
 
@@ -202,6 +216,7 @@ fn full_dhcp_mode(
         netmask: d.netmask.clone(),
         router: d.router.clone(),
         dns: d.dns.clone(),
+        domain: d.domain.clone(),
         mtu: d.mtu,
     };
     let own_key = |name: &str| match name {
@@ -647,7 +662,8 @@ image = "debian"
                  pool_start = \"10.0.0.100\"\npool_end = \"10.0.0.199\"\n{extra}"
             )
         };
-        let relayed = "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\nmtu = 9000\n";
+        let relayed =
+            "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\nmtu = 9000\ndomain = \"Lab.Example.\"\n";
         let text = full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.8.50\"");
         let c = with_base(&text).1.unwrap();
         let Some(crate::dhcp::Mode::Full { pools, .. }) = c.pxe.and_then(|p| p.dhcp).map(|d| d.mode) else { panic!("not full mode") };
@@ -655,6 +671,7 @@ image = "debian"
         assert_eq!(pools[1].range, ("10.0.8.100".parse().unwrap(), "10.0.8.199".parse().unwrap()));
         assert_eq!(pools[1].network.router, Some("10.0.8.1".parse().unwrap()));
         assert_eq!((pools[0].network.mtu, pools[1].network.mtu), (None, Some(9000)));
+        assert_eq!((pools[0].network.domain.as_deref(), pools[1].network.domain.as_deref()), (None, Some("lab.example")));
         let mac: Mac = "52:54:00:12:34:56".parse().unwrap();
         assert!(pools[0].reservations.is_empty());
         assert_eq!(pools[1].reservations[&mac], "10.0.8.50".parse::<std::net::Ipv4Addr>().unwrap());
@@ -665,6 +682,12 @@ image = "debian"
             (full("[[dhcp.pools]]\nend = \"10.0.8.10\"\n"), "dhcp.pools[0].start", "required"),
             (full("netmask = \"255.0.255.0\"\n"), "dhcp.netmask", "not a netmask"),
             (full("mtu = 67\n"), "dhcp.mtu", "not an MTU"),
+            (full("domain = \"lab example\"\n"), "dhcp.domain", "not a domain name"),
+            (
+                full("[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\ndomain = \"a..b\"\n"),
+                "dhcp.pools[0].domain",
+                "not a domain",
+            ),
             (full("[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nmtu = 70000\n"), "dhcp.pools[0].mtu", "not an MTU"),
             (
                 full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.9.50\""),

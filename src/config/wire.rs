@@ -48,6 +48,7 @@ pub struct Dhcp {
     pub netmask: Option<String>,
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
+    pub domain: Option<String>,
     pub mtu: Option<u32>,
     pub lease_seconds: Option<u64>,
     pub uefi_by_class: Option<BTreeMap<String, String>>,
@@ -64,6 +65,7 @@ pub struct Pool {
     pub netmask: Option<String>,
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
+    pub domain: Option<String>,
     pub mtu: Option<u32>,
 }
 

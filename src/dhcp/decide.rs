@@ -343,6 +343,8 @@ pub struct Network {
     pub netmask: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// Option 15: the clients' DNS domain.
+    pub domain: Option<String>,
     /// Option 26: the segment's MTU, when it is not Ethernet's 1500.
     pub mtu: Option<u16>,
 }
@@ -465,6 +467,9 @@ pub fn decide_full(
     }
     if !net.dns.is_empty() {
         o.insert(DhcpOption::DomainNameServer(net.dns.clone()));
+    }
+    if let Some(d) = &net.domain {
+        o.insert(DhcpOption::DomainName(d.clone()));
     }
     if let Some(m) = net.mtu {
         o.insert(DhcpOption::InterfaceMtu(m));
@@ -698,7 +703,13 @@ mod full_tests {
             uefi_by_class: &[],
             in_use: &|_| false,
         };
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 0, 0, 254)), dns: vec![], mtu: None };
+        let net = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: Some(Ipv4Addr::new(10, 0, 0, 254)),
+            dns: vec![],
+            domain: None,
+            mtu: None,
+        };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
         let (offer, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 1], true), &ctx, &net, &mut leases, 0).unwrap().unwrap();
         assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
@@ -750,6 +761,12 @@ mod full_tests {
         let jumbo = Network { mtu: Some(9000), ..net.clone() };
         let (offer, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 4], true), &ctx, &jumbo, &mut leases, 1900).unwrap().unwrap();
         assert_eq!(offer.opts().get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(9000)));
+        // DNS servers and domain (options 6 and 15), when the pool names them.
+        assert_eq!((ack.opts().get(OptionCode::DomainNameServer), ack.opts().get(OptionCode::DomainName)), (None, None));
+        let named = Network { dns: vec![Ipv4Addr::new(10, 0, 0, 53)], domain: Some("lab.example".into()), ..net.clone() };
+        let (offer, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 5], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
+        assert_eq!(offer.opts().get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 53)])));
+        assert_eq!(offer.opts().get(OptionCode::DomainName), Some(&DhcpOption::DomainName("lab.example".into())));
     }
 
     /// Full mode answers a UEFI HTTP boot client with an address and the
@@ -759,7 +776,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], mtu: None };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
         req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
@@ -783,7 +800,13 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(Ipv4Addr::new(10, 98, 0, 1)), dns: vec![], mtu: None };
+        let net = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: Some(Ipv4Addr::new(10, 98, 0, 1)),
+            dns: vec![],
+            domain: None,
+            mtu: None,
+        };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 200), 3600, BTreeMap::new());
         let mut req = discover([0x52, 0x54, 0, 0, 0, 1], true);
         req.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
@@ -806,6 +829,7 @@ mod full_tests {
                 netmask: Ipv4Addr::new(255, 255, 255, 0),
                 router: Some(Ipv4Addr::new(net[0], net[1], net[2], router)),
                 dns: vec![],
+                domain: None,
                 mtu: None,
             },
             range: (Ipv4Addr::new(net[0], net[1], net[2], 100), Ipv4Addr::new(net[0], net[1], net[2], 200)),
@@ -833,7 +857,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], mtu: None };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mac = [0x52, 0x54, 0, 0, 0, 9];
         let (offer, seen) = decide_full(&discover(mac, true), &c, &net, &mut leases, 0).unwrap().unwrap();

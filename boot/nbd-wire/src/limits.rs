@@ -28,6 +28,22 @@ pub const MAX_PARTITION: u32 = 128;
 /// server's config, and what pxeroot-init takes from option 26 or
 /// `pxeroot.mtu=` (a smaller one is ignored or refused).
 pub const MIN_MTU: u16 = 68;
+/// The longest domain name DHCP option 15 may carry (RFC 1035, 2.3.4:
+/// 255 octets on the wire, 253 characters in text), and its longest label.
+pub const MAX_DOMAIN_LEN: usize = 253;
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// A plain DNS name (letters, digits, `-`, `_`, labels joined by single
+/// dots) within [`MAX_DOMAIN_LEN`] and [`MAX_LABEL_LEN`]: what the server's
+/// config and pxeroot-init accept as a domain, which ends up in the
+/// root's configuration files (no space, newline or bracket can).
+pub fn is_domain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_DOMAIN_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.len() <= MAX_LABEL_LEN && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
 
 /// Size of the server's initial greeting (NBDMAGIC, IHAVEOPT, u16 flags).
 pub const GREETING_LEN: usize = 18;

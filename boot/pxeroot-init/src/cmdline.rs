@@ -16,8 +16,10 @@
 //!   DHCP option 26 as iPXE passes it; empty: the NIC's default),
 //!   `pxeroot.handoff=0|1` (default 1: leave the root's udev,
 //!   systemd-networkd and ifupdown units the files in `/run` that keep the boot
-//!   interface as it is);
-//! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF` as the kernel
+//!   interface as it is), `pxeroot.dns=HEX` and `pxeroot.domain=HEX` (DHCP
+//!   options 6 and 15 as iPXE's `:hexraw` format prints them, for the
+//!   root's resolver; a domain that is not a plain DNS name is dropped);
+//! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
 //! - `root=PARTUUID=` (a GPT partition's unique GUID, or an MBR disk's
@@ -31,7 +33,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::dhcp::MIN_MTU;
+use crate::dhcp::{self, MIN_MTU};
 
 pub use nbd_wire::limits::MAX_PARTITION;
 
@@ -115,6 +117,10 @@ pub struct Settings {
     /// `pxeroot.handoff=`: write the files in the root's `/run` that keep
     /// the boot interface as it is (handoff.rs).
     pub handoff: bool,
+    /// `pxeroot.dns=`, else `ip=`'s DNS fields; with DHCP, the lease's.
+    pub dns: Vec<Ipv4Addr>,
+    /// `pxeroot.domain=`; with DHCP, the lease's.
+    pub domain: Option<String>,
 }
 
 /// The DHCP lease `ip=` came from, as `pxeroot.lease=` tells it.
@@ -162,16 +168,23 @@ fn netmask_prefix(v: &str) -> Option<u8> {
     (m.leading_ones() + m.trailing_zeros() == 32).then_some(m.leading_ones() as u8)
 }
 
-fn parse_ip(v: &str) -> Result<NetConfig, CmdlineError> {
-    let want = "dhcp, or CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:off";
+/// `ip=`: the network configuration, and the `DNS0` and `DNS1` fields.
+fn parse_ip(v: &str) -> Result<(NetConfig, Vec<Ipv4Addr>), CmdlineError> {
+    let want = "dhcp, or CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:off[:DNS0[:DNS1]]";
     if matches!(v, "dhcp" | "on" | "any" | "bootp") {
-        return Ok(NetConfig::Dhcp { device: None });
+        return Ok((NetConfig::Dhcp { device: None }, Vec::new()));
     }
     let f: Vec<&str> = v.split(':').collect();
     let field = |i: usize| f.get(i).copied().unwrap_or("");
+    let mut dns = Vec::new();
+    for i in [7, 8] {
+        if !field(i).is_empty() {
+            dns.push(field(i).parse().map_err(|_| err("ip", v, "DNS0 and DNS1 as IPv4 addresses"))?);
+        }
+    }
     let device = Some(field(5).to_string()).filter(|d| !d.is_empty());
     if field(0).is_empty() || matches!(field(6), "dhcp" | "on" | "any") {
-        return Ok(NetConfig::Dhcp { device });
+        return Ok((NetConfig::Dhcp { device }, dns));
     }
     let client = field(0).parse().map_err(|_| err("ip", v, want))?;
     let gateway = match field(2) {
@@ -182,7 +195,18 @@ fn parse_ip(v: &str) -> Result<NetConfig, CmdlineError> {
         "" => 24,
         m => netmask_prefix(m).ok_or_else(|| err("ip", v, "a netmask such as 255.255.255.0"))?,
     };
-    Ok(NetConfig::Static(StaticIp { client, gateway, prefix, device }))
+    Ok((NetConfig::Static(StaticIp { client, gateway, prefix, device }), dns))
+}
+
+/// Bytes as iPXE prints a setting in hex: two digits each, with `:` or
+/// `-` between them (`:hex`, `:hexhyp`) or nothing (`:hexraw`).
+fn parse_hex(key: &'static str, v: &str) -> Result<Vec<u8>, CmdlineError> {
+    let digits: Vec<u8> = v.bytes().filter(|&b| b != b':' && b != b'-').collect();
+    let bad = || err(key, v, "hex bytes, e.g. 0a000035 or 0a:00:00:35");
+    if !digits.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    digits.chunks_exact(2).map(|pair| std::str::from_utf8(pair).ok().and_then(|t| u8::from_str_radix(t, 16).ok()).ok_or_else(bad)).collect()
 }
 
 /// `BOOTIF=01-52-54-00-12-34-56` (the leading 01 is the ARP hardware type).
@@ -234,6 +258,7 @@ fn parse_bootif(v: &str) -> Result<[u8; 6], CmdlineError> {
 
 pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
     let mut server = None;
+    let mut ip_dns = Vec::new();
     let mut s = Settings {
         server: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT),
         export: None,
@@ -252,6 +277,8 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         lease: None,
         mtu: None,
         handoff: true,
+        dns: Vec::new(),
+        domain: None,
     };
     for word in cmdline.split_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -280,6 +307,8 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                 }
             }
             "pxeroot.lease" => s.lease = Some(parse_lease(value)?),
+            "pxeroot.dns" => s.dns = dhcp::dns_servers(&parse_hex("pxeroot.dns", value)?),
+            "pxeroot.domain" => s.domain = dhcp::domain_name(&parse_hex("pxeroot.domain", value)?),
             "pxeroot.mtu" if value.is_empty() => s.mtu = None,
             "pxeroot.mtu" => {
                 s.mtu = Some(
@@ -332,7 +361,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                     s.root = Some(RootRef::Label(label.to_string()));
                 }
             }
-            "ip" => s.net = parse_ip(value)?,
+            "ip" => (s.net, ip_dns) = parse_ip(value)?,
             "BOOTIF" => s.bootif = Some(parse_bootif(value)?),
             "rootfstype" => s.fstype = Some(value.to_string()),
             "rootflags" => s.rootflags = value.to_string(),
@@ -343,12 +372,35 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         }
     }
     s.server = server.ok_or_else(|| err("pxeroot.server", "", "required: the pxeroot server's IP[:PORT]"))?;
+    if s.dns.is_empty() {
+        s.dns = ip_dns;
+    }
     Ok(s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_dns_from_ipxe_hex_or_the_kernels_ip_fields() {
+        let base = "pxeroot.server=1.2.3.4 ip=10.0.0.7::10.0.0.1:255.255.255.0:::off:10.0.0.53:10.0.0.54";
+        let s = parse(base).unwrap();
+        assert_eq!(s.dns, vec![Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 54)], "ip='s DNS0 and DNS1");
+        assert_eq!(s.domain, None);
+        let s = parse(&format!("{base} pxeroot.dns=0a000001:0a-00-00-02 pxeroot.domain=6c61622e6c616e")).unwrap();
+        assert_eq!(s.dns, vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)], "pxeroot.dns wins");
+        assert_eq!(s.domain.as_deref(), Some("lab.lan"));
+        let s = parse("pxeroot.server=1.2.3.4 ip=10.0.0.7::10.0.0.1:255.255.255.0:::off pxeroot.dns= pxeroot.domain=").unwrap();
+        assert_eq!((s.dns, s.domain), (vec![], None), "iPXE prints an absent option as nothing");
+        // "lab.lan\nDNS=...": not a DNS name, dropped rather than written into the root's files.
+        assert_eq!(parse("pxeroot.server=1.2.3.4 pxeroot.domain=6c61622e6c616e0a444e533d").unwrap().domain, None);
+        for bad in ["pxeroot.dns=0a00001", "pxeroot.dns=zz000001", "pxeroot.domain=6c6"] {
+            let key = bad.split('=').next().unwrap();
+            assert_eq!(parse(&format!("pxeroot.server=1.2.3.4 {bad}")).unwrap_err().key, key, "{bad}");
+        }
+        assert_eq!(parse("pxeroot.server=1.2.3.4 ip=10.0.0.7::::::off:dns").unwrap_err().key, "ip");
+    }
 
     #[test]
     fn test_root_by_partuuid_uuid_or_label_and_other_forms_ignored() {

@@ -1,7 +1,7 @@
 //! A minimal DHCPv4 client codec (RFC 2131/2132), sans-IO: build DISCOVER,
 //! REQUEST and the renewing REQUEST, parse OFFER, ACK and NAK. Only what a
-//! diskless client needs: an address, a netmask, a router, and the lease's
-//! times to keep it. The socket loops are in `main.rs` and `lease.rs`.
+//! diskless client needs: an address, a netmask, a router, the lease's
+//! times to keep it, and the DNS servers and domain to hand to the root. The socket loops are in `main.rs` and `lease.rs`.
 //!
 //! Not dhcproto: it pulls in a DNS library, and every KB of the static init
 //! is TFTP time in a boot storm; this codec is about 150 lines.
@@ -22,6 +22,8 @@ pub use nbd_wire::limits::MIN_MTU;
 
 pub const OPT_SUBNET_MASK: u8 = 1;
 pub const OPT_ROUTER: u8 = 3;
+pub const OPT_DNS_SERVERS: u8 = 6;
+pub const OPT_DOMAIN_NAME: u8 = 15;
 pub const OPT_MTU: u8 = 26;
 pub const OPT_REQUESTED_IP: u8 = 50;
 pub const OPT_MESSAGE_TYPE: u8 = 53;
@@ -34,6 +36,10 @@ pub const OPT_REBINDING_TIME: u8 = 59;
 pub const OPT_CLIENT_ID: u8 = 61;
 pub const OPT_END: u8 = 255;
 pub const OPT_PAD: u8 = 0;
+
+/// DNS servers kept from option 6: the most a resolv.conf uses (glibc's
+/// and musl's MAXNS).
+pub const MAX_DNS_SERVERS: usize = 3;
 
 pub const DISCOVER: u8 = 1;
 pub const OFFER: u8 = 2;
@@ -55,6 +61,9 @@ pub struct Lease {
     pub lease_secs: Option<u32>,
     pub renew_secs: Option<u32>,
     pub rebind_secs: Option<u32>,
+    /// Option 6 (at most [`MAX_DNS_SERVERS`]) and option 15.
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
 }
 
 /// A BOOTREQUEST from `ciaddr` (unspecified: no address yet, so the
@@ -77,7 +86,19 @@ fn message(xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, kind: u8, extra: &[(u8, Vec
         (OPT_MESSAGE_TYPE, vec![kind]),
         (OPT_CLIENT_ID, client_id),
         (OPT_MAX_SIZE, 1500u16.to_be_bytes().to_vec()),
-        (OPT_PARAM_LIST, vec![OPT_SUBNET_MASK, OPT_ROUTER, OPT_MTU, OPT_LEASE_TIME, OPT_RENEWAL_TIME, OPT_REBINDING_TIME]),
+        (
+            OPT_PARAM_LIST,
+            vec![
+                OPT_SUBNET_MASK,
+                OPT_ROUTER,
+                OPT_DNS_SERVERS,
+                OPT_DOMAIN_NAME,
+                OPT_MTU,
+                OPT_LEASE_TIME,
+                OPT_RENEWAL_TIME,
+                OPT_REBINDING_TIME,
+            ],
+        ),
     ];
     opts.extend(extra.iter().cloned());
     for (code, data) in opts {
@@ -116,6 +137,22 @@ fn ip(data: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(*data.first()?, *data.get(1)?, *data.get(2)?, *data.get(3)?))
 }
 
+/// Option 6's payload: addresses, four octets each; a trailing partial
+/// one, `0.0.0.0` and broadcast are dropped, and no more than
+/// [`MAX_DNS_SERVERS`] kept.
+pub fn dns_servers(data: &[u8]) -> Vec<Ipv4Addr> {
+    data.chunks_exact(4).filter_map(ip).filter(|a| !a.is_unspecified() && !a.is_broadcast()).take(MAX_DNS_SERVERS).collect()
+}
+
+/// Option 15's payload, when it is a plain DNS name
+/// ([`nbd_wire::limits::is_domain_name`]; a trailing NUL or dot, which
+/// some servers send, is dropped). Anything else is refused: the name is
+/// written into the root's configuration files.
+pub fn domain_name(data: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(data).ok()?.trim_end_matches('\0').trim_end_matches('.');
+    nbd_wire::limits::is_domain_name(text).then(|| text.to_ascii_lowercase())
+}
+
 /// Parse a reply meant for us (`xid`, `mac`); `None` for anything else.
 pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
     if buf.len() < FIXED_LEN + 4 || buf[0] != OP_BOOTREPLY || buf[4..8] != xid.to_be_bytes() || buf[28..34] != mac {
@@ -135,6 +172,8 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
         lease_secs: None,
         renew_secs: None,
         rebind_secs: None,
+        dns: Vec::new(),
+        domain: None,
     };
     let secs = |data: &[u8]| Some(u32::from_be_bytes(data.get(..4)?.try_into().ok()?));
     let mut at = FIXED_LEN + 4;
@@ -158,6 +197,8 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
                 }
             }
             OPT_ROUTER => lease.router = ip(data),
+            OPT_DNS_SERVERS => lease.dns = dns_servers(data),
+            OPT_DOMAIN_NAME => lease.domain = domain_name(data),
             OPT_SERVER_ID => lease.server_id = ip(data),
             OPT_MTU => lease.mtu = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).filter(|&m| m >= MIN_MTU),
             OPT_LEASE_TIME => lease.lease_secs = secs(data),
@@ -189,6 +230,8 @@ mod tests {
             (OPT_LEASE_TIME, 3600u32.to_be_bytes().to_vec()),
             (OPT_RENEWAL_TIME, 1800u32.to_be_bytes().to_vec()),
             (OPT_MTU, 1400u16.to_be_bytes().to_vec()),
+            (OPT_DNS_SERVERS, vec![10, 0, 0, 53, 0, 0, 0, 0, 10, 0, 0, 54]),
+            (OPT_DOMAIN_NAME, b"Lab.Example\0".to_vec()),
         ] {
             m.push(c);
             m.push(d.len() as u8);
@@ -225,6 +268,8 @@ mod tests {
                 lease_secs: Some(3600),
                 renew_secs: Some(1800),
                 rebind_secs: None,
+                dns: vec![Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 54)],
+                domain: Some("lab.example".into()),
             }
         );
         assert!(parse_reply(&r, 10, MAC).is_none(), "other xid");
@@ -254,6 +299,19 @@ mod tests {
         assert!(has(OPT_PARAM_LIST) && has(OPT_CLIENT_ID));
         let d = discover(5, MAC);
         assert_eq!((&d[10..12], &d[12..16]), (&[0x80, 0][..], &[0, 0, 0, 0][..]), "no address yet: broadcast reply");
+    }
+
+    #[test]
+    fn test_dns_options_keep_only_what_a_resolver_can_use() {
+        let many: Vec<u8> = (1..=5u8).flat_map(|i| [10, 0, 0, i]).chain([9, 9]).collect();
+        assert_eq!(dns_servers(&many).len(), MAX_DNS_SERVERS);
+        assert_eq!(dns_servers(&[255, 255, 255, 255, 0, 0, 0, 0, 1]), Vec::<Ipv4Addr>::new());
+        assert_eq!(domain_name(b"lab.example."), Some("lab.example".into()));
+        assert_eq!(domain_name(b"my_site.lan"), Some("my_site.lan".into()));
+        for bad in [&b"lab example"[..], b"lab\nDNS=6.6.6.6", b"a..b", b"", b"\0", b"caf\xc3\xa9.lan", &[b'a'; 254][..]] {
+            assert_eq!(domain_name(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(domain_name(&[b'a'; 64]), None, "a label is at most 63 octets");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! systemd-networkd and ifupdown units, so that they keep the boot
 //! interface as it is: the root filesystem reaches its disk through it.
 //! Pure: the caller mounts the tmpfs and writes the files.
+//! NetworkManager gets a drop-in that leaves the interface unmanaged
+//! (below), and the root's resolvers the boot network's DNS servers.
 //!
 //! Without them, a stock systemd root cuts itself off (seen in QEMU with
 //! Debian 12's systemd 252):
@@ -24,7 +26,14 @@
 //! networkd applies to the boot interface: keep the configuration, and ask
 //! for the same lease when the address came from DHCP (networkd then
 //! brings the lease's DNS and NTP servers to the root); a static address
-//! (`ip=` with autoconfiguration off) gets no dynamic configuration.
+//! (`ip=` with autoconfiguration off) gets no dynamic configuration, and
+//! the boot's DNS servers on the link.
+//!
+//! The DNS servers and domain (DHCP options 6 and 15, from iPXE's script
+//! or pxeroot-init's own lease) also go to systemd-resolved as global
+//! servers, to NetworkManager as its global DNS (it has no connection on
+//! the unmanaged NIC to bring them), and to `/run/pxeroot/resolv.conf`
+//! for a root that links `/etc/resolv.conf` there.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -37,11 +46,26 @@ pub const STEM: &str = "00-pxeroot-boot-nic";
 /// The drop-in's name in the ifupdown units' `.d` directories under the
 /// root's `/run/systemd/system`.
 pub const DROP_IN: &str = "50-pxeroot-boot-nic.conf";
+/// NetworkManager's drop-in under the root's `/run` (it reads
+/// `/run/NetworkManager/conf.d` between `/usr/lib`'s and `/etc`'s).
+pub const NM_CONF: &str = "NetworkManager/conf.d/50-pxeroot-boot-nic.conf";
+/// A resolv.conf for roots that link `/etc/resolv.conf` to
+/// `../run/pxeroot/resolv.conf`.
+pub const RESOLV_CONF: &str = "pxeroot/resolv.conf";
 /// The tmpfs options systemd itself mounts `/run` with (systemd keeps a
 /// `/run` it finds mounted, as initramfs-tools and dracut hand it over).
 pub const RUN_OPTIONS: &str = "mode=0755,size=20%,nr_inodes=800k";
 /// The root's directories that say it runs systemd's udev or networkd.
 pub const SYSTEMD_DIRS: [&str; 2] = ["usr/lib/systemd", "lib/systemd"];
+
+/// The DNS servers and domain of the boot's network (DHCP options 6 and
+/// 15, or `ip=`'s DNS fields), validated: [`crate::dhcp::dns_servers`],
+/// [`crate::dhcp::domain_name`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolver {
+    pub servers: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+}
 
 /// The interface the root is reached through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +75,7 @@ pub struct BootNic {
     /// The address, when it came from a DHCP lease (the root's networkd
     /// then keeps it renewed); `None` for a static address.
     pub leased: Option<Ipv4Addr>,
+    pub resolver: Resolver,
 }
 
 impl BootNic {
@@ -60,12 +85,18 @@ impl BootNic {
 
     /// Every file to write, its path relative to the root's `/run`.
     pub fn files(&self) -> Vec<(String, String)> {
-        vec![
+        let mut files = vec![
             (format!("{DIR}/{STEM}.link"), self.link_file()),
             (format!("{DIR}/{STEM}.network"), self.network_file()),
             (format!("systemd/system/networking.service.d/{DROP_IN}"), NO_IFDOWN.to_string()),
             (format!("systemd/system/ifup@{}.service.d/{DROP_IN}", self.name), NO_IFDOWN.to_string()),
-        ]
+        ];
+        files.push((NM_CONF.to_string(), self.network_manager_file()));
+        if !self.resolver.servers.is_empty() {
+            files.push((format!("systemd/resolved.conf.d/{DROP_IN}"), self.resolver.resolved_file()));
+            files.push((RESOLV_CONF.to_string(), self.resolver.resolv_conf()));
+        }
+        files
     }
 
     /// `STEM.link`: udev keeps the interface's name.
@@ -114,7 +145,74 @@ impl BootNic {
             // router advertisements as its only dynamic source, networkd
             // holds the interface "configuring" until its solicitations
             // time out, and network-online.target 12 s with it.
-            None => f.push_str("IPv6AcceptRA=no\n"),
+            None => {
+                f.push_str("IPv6AcceptRA=no\n");
+                // Nothing dynamic: the boot's DNS servers for this link.
+                for server in &self.resolver.servers {
+                    let _ = writeln!(f, "DNS={server}");
+                }
+                if let Some(d) = &self.resolver.domain {
+                    let _ = writeln!(f, "Domains={d}");
+                }
+            }
+        }
+        f
+    }
+}
+
+impl BootNic {
+    /// [`NM_CONF`]: NetworkManager leaves the boot NIC unmanaged, and
+    /// takes the boot network's DNS servers as its global ones. On its own
+    /// NetworkManager 1.42 takes the NIC's configuration as external and
+    /// leaves it, but a user's "disconnect" (`nmcli device disconnect`, a
+    /// desktop's network menu) then flushes its address and the root is
+    /// cut off (both seen in QEMU with Debian 12); an unmanaged device
+    /// cannot be disconnected. No connection of NetworkManager's own
+    /// brings the DNS servers, hence the global ones.
+    pub fn network_manager_file(&self) -> String {
+        let mut f = format!(
+            "# Written by pxeroot-init: the root filesystem is on NBD through {name}; taking\n\
+             # it down cuts the root off. To manage it anyway, boot with pxeroot.handoff=0.\n\
+             [keyfile]\n\
+             unmanaged-devices+=mac:{mac}\n",
+            name = self.name,
+            mac = self.mac_text()
+        );
+        let r = &self.resolver;
+        if let Some(d) = r.domain.as_ref().filter(|_| !r.servers.is_empty()) {
+            let _ = write!(f, "\n[global-dns]\nsearches={d}\n");
+        }
+        if !r.servers.is_empty() {
+            let servers: Vec<String> = r.servers.iter().map(|a| a.to_string()).collect();
+            let _ = write!(f, "\n[global-dns-domain-*]\nservers={}\n", servers.join(","));
+        }
+        f
+    }
+}
+
+impl Resolver {
+    /// `systemd/resolved.conf.d/DROP_IN`: systemd-resolved's global
+    /// servers, for roots where no link manager tells it of the boot
+    /// network's (NetworkManager leaves the boot NIC alone, ifupdown with
+    /// a static stanza).
+    pub fn resolved_file(&self) -> String {
+        let mut f = String::from("# Written by pxeroot-init: the DNS servers of the network the machine booted from.\n[Resolve]\n");
+        let servers: Vec<String> = self.servers.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(f, "DNS={}", servers.join(" "));
+        if let Some(d) = &self.domain {
+            let _ = writeln!(f, "Domains={d}");
+        }
+        f
+    }
+
+    /// [`RESOLV_CONF`]: for a root whose `/etc/resolv.conf` links to it.
+    pub fn resolv_conf(&self) -> String {
+        let mut f = String::from("# Written by pxeroot-init: the DNS servers of the network the machine booted from.\n");
+        if let Some(d) = &self.domain {
+            let _ = writeln!(f, "search {d}");
+        }
+        for server in &self.servers {
+            let _ = writeln!(f, "nameserver {server}");
         }
         f
     }
@@ -138,7 +236,7 @@ mod tests {
     use super::*;
 
     fn nic(leased: Option<Ipv4Addr>) -> BootNic {
-        BootNic { name: "eth0".into(), mac: [0x52, 0x54, 0, 0xab, 0, 0x0f], leased }
+        BootNic { name: "eth0".into(), mac: [0x52, 0x54, 0, 0xab, 0, 0x0f], leased, resolver: Resolver::default() }
     }
 
     fn section<'a>(file: &'a str, name: &str) -> Vec<&'a str> {
@@ -169,6 +267,51 @@ mod tests {
         let f = nic(Some(Ipv4Addr::new(10, 99, 0, 100))).network_file();
         assert_eq!(section(&f, "Network"), ["KeepConfiguration=yes", "DHCP=yes"]);
         assert_eq!(section(&f, "DHCPv4"), ["ClientIdentifier=mac", "RequestAddress=10.99.0.100"]);
+    }
+
+    fn with_dns(leased: Option<Ipv4Addr>) -> BootNic {
+        let resolver =
+            Resolver { servers: vec![Ipv4Addr::new(10, 99, 0, 53), Ipv4Addr::new(10, 99, 0, 54)], domain: Some("lab.example".into()) };
+        BootNic { resolver, ..nic(leased) }
+    }
+
+    #[test]
+    fn a_static_address_gets_the_boots_dns_servers_on_its_link() {
+        let f = with_dns(None).network_file();
+        assert_eq!(
+            section(&f, "Network"),
+            ["KeepConfiguration=yes", "IPv6AcceptRA=no", "DNS=10.99.0.53", "DNS=10.99.0.54", "Domains=lab.example"]
+        );
+        // A leased address: networkd's own DHCP brings the lease's.
+        let f = with_dns(Some(Ipv4Addr::new(10, 99, 0, 100))).network_file();
+        assert!(!f.contains("DNS=") && !f.contains("Domains="), "{f}");
+    }
+
+    #[test]
+    fn the_dns_servers_reach_resolved_network_manager_and_a_plain_resolv_conf() {
+        let paths = |n: BootNic| n.files().into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        assert!(!paths(nic(None)).iter().any(|p| p.contains("resolv")), "no DNS servers known: no resolver files");
+        let files = with_dns(Some(Ipv4Addr::new(10, 99, 0, 100))).files();
+        let find = |path: &str| files.iter().find(|(p, _)| p == path).map(|(_, t)| t.clone()).unwrap();
+        let resolved = find("systemd/resolved.conf.d/50-pxeroot-boot-nic.conf");
+        assert_eq!(section(&resolved, "Resolve"), ["DNS=10.99.0.53 10.99.0.54", "Domains=lab.example"]);
+        let nm = find(NM_CONF);
+        assert_eq!(section(&nm, "keyfile"), ["unmanaged-devices+=mac:52:54:00:ab:00:0f"]);
+        assert_eq!(section(&nm, "global-dns"), ["searches=lab.example"]);
+        assert_eq!(section(&nm, "global-dns-domain-*"), ["servers=10.99.0.53,10.99.0.54"]);
+        let resolv = find(RESOLV_CONF);
+        assert_eq!(
+            resolv.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+            ["search lab.example", "nameserver 10.99.0.53", "nameserver 10.99.0.54"]
+        );
+        // Without a domain, no search domain anywhere; without servers,
+        // NetworkManager keeps its own DNS and only leaves the NIC alone.
+        let bare = BootNic { resolver: Resolver { domain: None, ..with_dns(None).resolver }, ..nic(None) };
+        let nm = bare.network_manager_file();
+        assert!(section(&nm, "global-dns").is_empty() && !section(&nm, "global-dns-domain-*").is_empty(), "{nm}");
+        assert!(!bare.resolver.resolved_file().contains("Domains=") && !bare.resolver.resolv_conf().contains("search"));
+        let nm = nic(None).network_manager_file();
+        assert_eq!(nm.lines().filter(|l| l.starts_with('[')).collect::<Vec<_>>(), ["[keyfile]"], "{nm}");
     }
 
     #[test]

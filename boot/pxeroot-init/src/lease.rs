@@ -182,6 +182,8 @@ mod tests {
             lease_secs: secs,
             renew_secs: None,
             rebind_secs: None,
+            dns: Vec::new(),
+            domain: None,
         }
     }
 

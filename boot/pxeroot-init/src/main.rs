@@ -189,12 +189,12 @@ fn boot(con: &Console) -> Result<(), String> {
         // with the carrier wait and the server's round trips.
         let (settings, name) = (&settings, export.clone());
         let net = scope.spawn(move || -> Result<_, String> {
-            let (link_up, held) = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
+            let (link_up, held, resolver) = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
             let keeper = match held {
                 Some(held) => Some(lease::KeeperArgs { ifindex: ifindex(&iface)?, mac, held, debug: settings.debug }),
                 None => None,
             };
-            Ok((connect_with_retry(con, settings, &name, link_up), keeper))
+            Ok((connect_with_retry(con, settings, &name, link_up), keeper, resolver))
         });
         let genl = match early {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
@@ -203,7 +203,7 @@ fn boot(con: &Console) -> Result<(), String> {
         Ok((export, net.join(), genl, nic))
     })?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
-    let ((sock, info), keeper) = net.map_err(|_| "the network thread panicked".to_string())??;
+    let ((sock, info), keeper, resolver) = net.map_err(|_| "the network thread panicked".to_string())??;
     match (&keeper, settings.lease) {
         (Some(k), _) => {
             let h = &k.held;
@@ -228,7 +228,7 @@ fn boot(con: &Console) -> Result<(), String> {
         (None, NetConfig::Static(st)) if settings.lease.is_some() => Some(st.client),
         _ => None,
     };
-    let nic = handoff::BootNic { name: nic.0, mac: nic.1, leased };
+    let nic = handoff::BootNic { name: nic.0, mac: nic.1, leased, resolver };
     let monitor = match genl {
         Some(genl) => Some(con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, genl?, sock, info))?),
         None => {
@@ -551,12 +551,19 @@ fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), Stri
 }
 
 /// Bring the interface up with its address; returns when the link came
-/// up, and the DHCP lease to keep (none for a static address without
-/// `pxeroot.lease`, or an infinite lease).
-fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Result<(Instant, Option<lease::Held>), String> {
+/// up, the DHCP lease to keep (none for a static address without
+/// `pxeroot.lease`, or an infinite lease), and the DNS servers and domain
+/// for the root.
+fn configure_net(
+    con: &Console,
+    s: &Settings,
+    iface: &str,
+    mac: [u8; 6],
+) -> Result<(Instant, Option<lease::Held>, handoff::Resolver), String> {
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
-    let (st, link_up, held) = match &s.net {
+    let given = handoff::Resolver { servers: s.dns.clone(), domain: s.domain.clone() };
+    let (st, link_up, held, resolver) = match &s.net {
         NetConfig::Static(st) => {
             // The address and route need no carrier: set them while the
             // link comes up. iPXE's lease was granted before the kernel
@@ -564,7 +571,7 @@ fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Resu
             set_address(iface, st)?;
             set_mtu(con, iface, s.mtu, "pxeroot.mtu");
             let held = s.lease.and_then(|h| lease::Held::new(st.client, h.server, 0, h.secs?, h.t1, h.t2));
-            (st.clone(), wait_for_carrier(con, iface), held)
+            (st.clone(), wait_for_carrier(con, iface), held, given)
         }
         NetConfig::Dhcp { .. } => {
             let up = wait_for_carrier(con, iface);
@@ -573,11 +580,19 @@ fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Resu
             set_address(iface, &st)?;
             set_mtu(con, iface, l.mtu, "DHCP option 26");
             let held = l.lease_secs.and_then(|secs| lease::Held::new(l.address, l.server_id, sent, secs, l.renew_secs, l.rebind_secs));
-            (st, up, held)
+            // The lease's own, where it has them.
+            let resolver =
+                handoff::Resolver { servers: if l.dns.is_empty() { given.servers } else { l.dns }, domain: l.domain.or(given.domain) };
+            (st, up, held, resolver)
         }
     };
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
-    Ok((link_up, held))
+    if !resolver.servers.is_empty() {
+        let servers: Vec<String> = resolver.servers.iter().map(|a| a.to_string()).collect();
+        let domain = resolver.domain.as_deref().map(|d| format!(", domain {d}")).unwrap_or_default();
+        con.say(format_args!("{iface}: DNS {}{domain} (for the root)", servers.join(" ")));
+    }
+    Ok((link_up, held, resolver))
 }
 
 /// The segment's MTU, when it names one (`from`). A NIC that cannot take it
@@ -1215,7 +1230,8 @@ fn hand_off_network(con: &Console, nic: &handoff::BootNic) {
     if !Path::new(&run).is_dir() || !handoff::SYSTEMD_DIRS.iter().any(|d| Path::new(NEWROOT).join(d).is_dir()) {
         return;
     }
-    let what = format!("hand {} to the root's udev, networkd and ifupdown (/run/{}/{}.*)", nic.name, handoff::DIR, handoff::STEM);
+    let what =
+        format!("hand {} to the root's udev, networkd, ifupdown and NetworkManager (/run/{}/{}.*)", nic.name, handoff::DIR, handoff::STEM);
     let done = con.step(&what, || -> Result<(), String> {
         sys::mount("tmpfs", &run, "tmpfs", sys::MS_NOSUID | sys::MS_NODEV | sys::MS_STRICTATIME, handoff::RUN_OPTIONS)
             .map_err(|e| format!("mounting a tmpfs on {run}: {e}"))?;
