@@ -5,7 +5,10 @@
 /// pxeroot-init's DHCP client reads replies off the wire as PID 1 (where a
 /// panic is a kernel panic) and in `@pxeroot-dhcp`. For any bytes: nothing
 /// panics; a reply is taken only for its own xid; its netmask gives a
-/// prefix of at most 32 and its MTU is one IPv4 allows; answering a held lease with it never panics, and
+/// prefix of at most 32 and its MTU is one IPv4 allows; its DNS servers are
+/// at most a resolver's three, its domain and hostname plain DNS names
+/// (they are written into the root's configuration files), the hostname
+/// one the kernel keeps; answering a held lease with it never panics, and
 /// a lease it extends has T1 <= T2 <= its length and a schedule that moves
 /// forward (no busy loop in the keeper).
 pub fn check_dhcp_reply(data: &[u8]) {
@@ -19,6 +22,11 @@ pub fn check_dhcp_reply(data: &[u8]) {
     assert!(dhcp::parse_reply(data, xid.wrapping_add(1), mac).is_none(), "another exchange's reply was taken");
     assert!(reply.prefix <= 32, "prefix {}", reply.prefix);
     assert!(reply.mtu.is_none_or(|m| m >= dhcp::MIN_MTU), "MTU {:?}", reply.mtu);
+    assert!(reply.dns.len() <= dhcp::MAX_DNS_SERVERS, "{:?}", reply.dns);
+    for name in reply.domain.iter().chain(&reply.hostname) {
+        assert!(nbd_wire::limits::is_domain_name(name) && !name.contains(['\n', ' ', '[', '=']), "{name:?}");
+    }
+    assert!(reply.hostname.as_ref().is_none_or(|h| h.len() <= dhcp::MAX_HOSTNAME_LEN), "{:?}", reply.hostname);
     let Some(held) = lease::Held::new(reply.address, reply.server_id, 100, 3600, None, None) else {
         panic!("a one-hour lease is one to keep")
     };

@@ -420,6 +420,9 @@ systemctl enable pxeroot-nm-disconnect.service"#;
     let disconnect = console.lines().find(|l| l.contains("PXEROOT-NM-DISCONNECT")).unwrap_or_default();
     assert!(disconnect.contains("not active") || disconnect.contains("not managed"), "{console}");
     assert!(console.contains("PXEROOT-NM-READ ok"), "the root stopped answering after the disconnect:\n{console}");
+    // The base has no static hostname: systemd kept the DHCP name
+    // pxeroot-init set.
+    assert!(console.contains("PXEROOT-HOSTNAME lab-07"), "{console}");
     for line in ["PXEROOT-RESOLV search lab.example", "PXEROOT-RESOLV nameserver 192.0.2.53", "PXEROOT-RESOLV nameserver 192.0.2.54"] {
         assert!(console.contains(line), "no {line:?}: NetworkManager did not take the boot's DNS:\n{console}");
     }
@@ -1222,12 +1225,14 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     // script (`:hexraw`, from the site server's block, not the proxy's)
     // to pxeroot-init.
     assert!(console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example (for the root)"), "{console}");
+    assert!(console.contains("] hostname lab-07"), "the site server's name for the client:\n{console}");
 }
 
-/// dnsmasq arguments for DNS servers and a domain (options 6 and 15),
-/// addresses from TEST-NET-1: nothing is ever asked.
+/// dnsmasq arguments for DNS servers and a domain (options 6 and 15,
+/// addresses from TEST-NET-1: nothing is ever asked) and the test
+/// client's name, lab-07 (option 12).
 fn site_dns_options() -> Vec<String> {
-    vec!["--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54".into(), "--domain=lab.example".into()]
+    vec!["--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54".into(), "--domain=lab.example".into(), format!("--dhcp-host={MAC},lab-07")]
 }
 
 /// A diskless client outlives its DHCP lease only if something renews it:
@@ -1429,7 +1434,7 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     boot_dir_compressed(d.path(), "lz4");
     let (lan, srv) = lan_and_server("full");
     // A segment of MTU 1400 (option 26).
-    let clients = format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\n");
+    let clients = format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\nhostname = \"lab-42\"\n");
     let (_server, log_path) =
         start_full_mode_with(d.path(), &srv, &img, &clients, "mtu = 1400\ndns = [\"192.0.2.53\"]\ndomain = \"lab.example\"\n");
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
@@ -1442,8 +1447,10 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     assert!(console.contains("pxeroot-init") && console.contains("10.99.0.42"), "{console}");
     // The pool's MTU went through iPXE and the script to the kernel.
     assert!(console.contains("eth0: MTU 1400 (pxeroot.mtu)"), "{console}");
-    // So did its DNS server and domain (options 6 and 15).
+    // So did its DNS server and domain (options 6 and 15) and the client's
+    // name (option 12).
     assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example (for the root)"), "{console}");
+    assert!(console.contains("] hostname lab-42"), "{console}");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap_or_default();
     assert!(leases.contains(&format!("10.99.0.42 {MAC}")) && leases.contains("bound"), "{leases}");
 }

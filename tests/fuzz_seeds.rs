@@ -65,14 +65,16 @@ fn test_partition_table_seeds_pass_checks() {
 }
 
 /// The DHCP reply target's seeds (dnsmasq's OFFERs and ACKs from the OVMF
-/// capture, a NAK made from one) pass its checks, whole and cut short, and
-/// the ACKs still carry the lease times the keeper schedules by.
+/// capture, a NAK made from one, an ACK with DNS servers and names) pass
+/// its checks, whole and cut short, and the captured ACKs still carry the
+/// lease times the keeper schedules by.
 #[test]
 fn test_dhcp_reply_seeds_pass_checks() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/dhcp_reply");
     let (mut n, mut acks) = (0, 0);
     for entry in std::fs::read_dir(dir).expect("seed corpus") {
-        let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+        let path = entry.expect("entry").path();
+        let data = std::fs::read(&path).expect("seed");
         check_dhcp_reply(&data);
         for cut in 0..data.len() {
             check_dhcp_reply(&data[..cut]);
@@ -80,7 +82,12 @@ fn test_dhcp_reply_seeds_pass_checks() {
         let mac: [u8; 6] = data[28..34].try_into().unwrap();
         let xid = u32::from_be_bytes(data[4..8].try_into().unwrap());
         let reply = dhcp::parse_reply(&data, xid, mac).expect("a seed parses");
-        if reply.message_type == dhcp::ACK {
+        if path.ends_with("ack-with-dns-and-names") {
+            // Four DNS servers and 0.0.0.0 sent, three kept; names with a
+            // trailing NUL or dot, as some servers send them.
+            assert_eq!(reply.dns.len(), dhcp::MAX_DNS_SERVERS);
+            assert_eq!((reply.domain.as_deref(), reply.hostname.as_deref()), (Some("lab.example"), Some("lab-07")));
+        } else if reply.message_type == dhcp::ACK {
             assert_eq!((reply.lease_secs, reply.renew_secs, reply.rebind_secs), (Some(43200), Some(21600), Some(37800)));
             acks += 1;
         }

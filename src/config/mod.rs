@@ -140,6 +140,10 @@ impl Config {
     }
 }
 
+/// The longest client hostname (`hostname`, option 12): what the Linux
+/// kernel keeps (HOST_NAME_MAX).
+pub const MAX_HOSTNAME_LEN: usize = 64;
+
 /// Default lease time in full-DHCP mode.
 pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 
@@ -199,7 +203,7 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
             err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
         })?),
     };
-    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, mtu };
+    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, hostnames: BTreeMap::new(), mtu };
     Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new() })
 }
 
@@ -243,6 +247,18 @@ fn full_dhcp_mode(
                 return Err(err(&key, format!("{addr} is on no pool's subnet"), "reserve an address on the client's segment"));
             };
             p.reservations.insert(mac, addr);
+        }
+        if let (Ok(mac), Some(name)) = (mac_text.parse::<Mac>(), &c.hostname) {
+            if !(nbd_wire::limits::is_domain_name(name) && name.len() <= MAX_HOSTNAME_LEN) {
+                return Err(err(
+                    &format!("clients.\"{mac_text}\".hostname"),
+                    format!("{name:?} is not a host name"),
+                    "give a name of letters, digits and '-' (dots for a domain), at most 64 characters",
+                ));
+            }
+            for p in pools.iter_mut() {
+                p.network.hostnames.insert(mac, name.to_ascii_lowercase());
+            }
         }
     }
     Ok(crate::dhcp::Mode::Full {
@@ -664,7 +680,8 @@ image = "debian"
         };
         let relayed =
             "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\nmtu = 9000\ndomain = \"Lab.Example.\"\n";
-        let text = full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.8.50\"");
+        let text =
+            full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.8.50\"\nhostname = \"Lab-07\"");
         let c = with_base(&text).1.unwrap();
         let Some(crate::dhcp::Mode::Full { pools, .. }) = c.pxe.and_then(|p| p.dhcp).map(|d| d.mode) else { panic!("not full mode") };
         assert_eq!(pools.len(), 2);
@@ -675,6 +692,8 @@ image = "debian"
         let mac: Mac = "52:54:00:12:34:56".parse().unwrap();
         assert!(pools[0].reservations.is_empty());
         assert_eq!(pools[1].reservations[&mac], "10.0.8.50".parse::<std::net::Ipv4Addr>().unwrap());
+        // A client's name, whichever pool its request comes through.
+        assert!(pools.iter().all(|p| p.network.hostnames.get(&mac).map(String::as_str) == Some("lab-07")));
 
         let cases = [
             (full("[[dhcp.pools]]\nstart = \"10.0.0.20\"\nend = \"10.0.0.30\"\n"), "dhcp.pools[0].start", "subnet of dhcp.pool_start"),
@@ -683,6 +702,11 @@ image = "debian"
             (full("netmask = \"255.0.255.0\"\n"), "dhcp.netmask", "not a netmask"),
             (full("mtu = 67\n"), "dhcp.mtu", "not an MTU"),
             (full("domain = \"lab example\"\n"), "dhcp.domain", "not a domain name"),
+            (
+                full("").replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\nhostname = \"lab 07\""),
+                "clients.\"52-54-00-12-34-56\".hostname",
+                "not a host name",
+            ),
             (
                 full("[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\ndomain = \"a..b\"\n"),
                 "dhcp.pools[0].domain",

@@ -119,6 +119,9 @@ pub struct Client {
     pub policy: Option<OverlayPolicy>,
     /// Full-DHCP mode: this client's reserved address.
     pub address: Option<String>,
+    /// Full-DHCP mode: this client's name (option 12), which pxeroot-init
+    /// makes the kernel's hostname.
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]

@@ -345,6 +345,9 @@ pub struct Network {
     pub dns: Vec<Ipv4Addr>,
     /// Option 15: the clients' DNS domain.
     pub domain: Option<String>,
+    /// Option 12: the names of the clients that have one (`hostname` in
+    /// their `[clients]` table), the same in every pool.
+    pub hostnames: std::collections::BTreeMap<Mac, String>,
     /// Option 26: the segment's MTU, when it is not Ethernet's 1500.
     pub mtu: Option<u16>,
 }
@@ -470,6 +473,9 @@ pub fn decide_full(
     }
     if let Some(d) = &net.domain {
         o.insert(DhcpOption::DomainName(d.clone()));
+    }
+    if let Some(name) = net.hostnames.get(&mac) {
+        o.insert(DhcpOption::Hostname(name.clone()));
     }
     if let Some(m) = net.mtu {
         o.insert(DhcpOption::InterfaceMtu(m));
@@ -708,6 +714,7 @@ mod full_tests {
             router: Some(Ipv4Addr::new(10, 0, 0, 254)),
             dns: vec![],
             domain: None,
+            hostnames: BTreeMap::new(),
             mtu: None,
         };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
@@ -763,10 +770,14 @@ mod full_tests {
         assert_eq!(offer.opts().get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(9000)));
         // DNS servers and domain (options 6 and 15), when the pool names them.
         assert_eq!((ack.opts().get(OptionCode::DomainNameServer), ack.opts().get(OptionCode::DomainName)), (None, None));
-        let named = Network { dns: vec![Ipv4Addr::new(10, 0, 0, 53)], domain: Some("lab.example".into()), ..net.clone() };
+        let mut named = Network { dns: vec![Ipv4Addr::new(10, 0, 0, 53)], domain: Some("lab.example".into()), ..net.clone() };
+        named.hostnames.insert(Mac([0x52, 0x54, 0, 0, 0, 5]), "pc-5".into());
         let (offer, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 5], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
         assert_eq!(offer.opts().get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 53)])));
         assert_eq!(offer.opts().get(OptionCode::DomainName), Some(&DhcpOption::DomainName("lab.example".into())));
+        assert_eq!(offer.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("pc-5".into())), "its name");
+        let (other, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 6], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
+        assert_eq!(other.opts().get(OptionCode::Hostname), None, "a client without a name");
     }
 
     /// Full mode answers a UEFI HTTP boot client with an address and the
@@ -776,7 +787,14 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
+        let net = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            domain: None,
+            hostnames: BTreeMap::new(),
+            mtu: None,
+        };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
         req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
@@ -805,6 +823,7 @@ mod full_tests {
             router: Some(Ipv4Addr::new(10, 98, 0, 1)),
             dns: vec![],
             domain: None,
+            hostnames: BTreeMap::new(),
             mtu: None,
         };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 200), 3600, BTreeMap::new());
@@ -830,6 +849,7 @@ mod full_tests {
                 router: Some(Ipv4Addr::new(net[0], net[1], net[2], router)),
                 dns: vec![],
                 domain: None,
+                hostnames: BTreeMap::new(),
                 mtu: None,
             },
             range: (Ipv4Addr::new(net[0], net[1], net[2], 100), Ipv4Addr::new(net[0], net[1], net[2], 200)),
@@ -857,7 +877,14 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
+        let net = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            domain: None,
+            hostnames: BTreeMap::new(),
+            mtu: None,
+        };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mac = [0x52, 0x54, 0, 0, 0, 9];
         let (offer, seen) = decide_full(&discover(mac, true), &c, &net, &mut leases, 0).unwrap().unwrap();

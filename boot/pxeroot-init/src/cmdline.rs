@@ -18,7 +18,8 @@
 //!   systemd-networkd and ifupdown units the files in `/run` that keep the boot
 //!   interface as it is), `pxeroot.dns=HEX` and `pxeroot.domain=HEX` (DHCP
 //!   options 6 and 15 as iPXE's `:hexraw` format prints them, for the
-//!   root's resolver; a domain that is not a plain DNS name is dropped);
+//!   root's resolver; a domain that is not a plain DNS name is dropped),
+//!   `pxeroot.hostname=HEX` (option 12, likewise: the kernel's hostname);
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -121,6 +122,9 @@ pub struct Settings {
     pub dns: Vec<Ipv4Addr>,
     /// `pxeroot.domain=`; with DHCP, the lease's.
     pub domain: Option<String>,
+    /// `pxeroot.hostname=`, else `ip=`'s HOSTNAME field; with DHCP, the
+    /// lease's.
+    pub hostname: Option<String>,
 }
 
 /// The DHCP lease `ip=` came from, as `pxeroot.lease=` tells it.
@@ -168,23 +172,31 @@ fn netmask_prefix(v: &str) -> Option<u8> {
     (m.leading_ones() + m.trailing_zeros() == 32).then_some(m.leading_ones() as u8)
 }
 
-/// `ip=`: the network configuration, and the `DNS0` and `DNS1` fields.
-fn parse_ip(v: &str) -> Result<(NetConfig, Vec<Ipv4Addr>), CmdlineError> {
+/// What `ip=` says besides the network configuration: the `HOSTNAME`,
+/// `DNS0` and `DNS1` fields.
+#[derive(Debug, Default)]
+struct IpExtras {
+    hostname: Option<String>,
+    dns: Vec<Ipv4Addr>,
+}
+
+/// `ip=`: the network configuration and the extra fields.
+fn parse_ip(v: &str) -> Result<(NetConfig, IpExtras), CmdlineError> {
     let want = "dhcp, or CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:off[:DNS0[:DNS1]]";
     if matches!(v, "dhcp" | "on" | "any" | "bootp") {
-        return Ok((NetConfig::Dhcp { device: None }, Vec::new()));
+        return Ok((NetConfig::Dhcp { device: None }, IpExtras::default()));
     }
     let f: Vec<&str> = v.split(':').collect();
     let field = |i: usize| f.get(i).copied().unwrap_or("");
-    let mut dns = Vec::new();
+    let mut extras = IpExtras { hostname: dhcp::host_name(field(4).as_bytes()), dns: Vec::new() };
     for i in [7, 8] {
         if !field(i).is_empty() {
-            dns.push(field(i).parse().map_err(|_| err("ip", v, "DNS0 and DNS1 as IPv4 addresses"))?);
+            extras.dns.push(field(i).parse().map_err(|_| err("ip", v, "DNS0 and DNS1 as IPv4 addresses"))?);
         }
     }
     let device = Some(field(5).to_string()).filter(|d| !d.is_empty());
     if field(0).is_empty() || matches!(field(6), "dhcp" | "on" | "any") {
-        return Ok((NetConfig::Dhcp { device }, dns));
+        return Ok((NetConfig::Dhcp { device }, extras));
     }
     let client = field(0).parse().map_err(|_| err("ip", v, want))?;
     let gateway = match field(2) {
@@ -195,7 +207,7 @@ fn parse_ip(v: &str) -> Result<(NetConfig, Vec<Ipv4Addr>), CmdlineError> {
         "" => 24,
         m => netmask_prefix(m).ok_or_else(|| err("ip", v, "a netmask such as 255.255.255.0"))?,
     };
-    Ok((NetConfig::Static(StaticIp { client, gateway, prefix, device }), dns))
+    Ok((NetConfig::Static(StaticIp { client, gateway, prefix, device }), extras))
 }
 
 /// Bytes as iPXE prints a setting in hex: two digits each, with `:` or
@@ -258,7 +270,7 @@ fn parse_bootif(v: &str) -> Result<[u8; 6], CmdlineError> {
 
 pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
     let mut server = None;
-    let mut ip_dns = Vec::new();
+    let mut ip_extras = IpExtras::default();
     let mut s = Settings {
         server: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DEFAULT_PORT),
         export: None,
@@ -279,6 +291,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         handoff: true,
         dns: Vec::new(),
         domain: None,
+        hostname: None,
     };
     for word in cmdline.split_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -309,6 +322,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
             "pxeroot.lease" => s.lease = Some(parse_lease(value)?),
             "pxeroot.dns" => s.dns = dhcp::dns_servers(&parse_hex("pxeroot.dns", value)?),
             "pxeroot.domain" => s.domain = dhcp::domain_name(&parse_hex("pxeroot.domain", value)?),
+            "pxeroot.hostname" => s.hostname = dhcp::host_name(&parse_hex("pxeroot.hostname", value)?),
             "pxeroot.mtu" if value.is_empty() => s.mtu = None,
             "pxeroot.mtu" => {
                 s.mtu = Some(
@@ -361,7 +375,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                     s.root = Some(RootRef::Label(label.to_string()));
                 }
             }
-            "ip" => (s.net, ip_dns) = parse_ip(value)?,
+            "ip" => (s.net, ip_extras) = parse_ip(value)?,
             "BOOTIF" => s.bootif = Some(parse_bootif(value)?),
             "rootfstype" => s.fstype = Some(value.to_string()),
             "rootflags" => s.rootflags = value.to_string(),
@@ -373,8 +387,9 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
     }
     s.server = server.ok_or_else(|| err("pxeroot.server", "", "required: the pxeroot server's IP[:PORT]"))?;
     if s.dns.is_empty() {
-        s.dns = ip_dns;
+        s.dns = ip_extras.dns;
     }
+    s.hostname = s.hostname.or(ip_extras.hostname);
     Ok(s)
 }
 
@@ -400,6 +415,16 @@ mod tests {
             assert_eq!(parse(&format!("pxeroot.server=1.2.3.4 {bad}")).unwrap_err().key, key, "{bad}");
         }
         assert_eq!(parse("pxeroot.server=1.2.3.4 ip=10.0.0.7::::::off:dns").unwrap_err().key, "ip");
+    }
+
+    #[test]
+    fn test_hostname_from_ipxe_hex_or_the_kernels_ip_field() {
+        let host = |args: &str| parse(&format!("pxeroot.server=1.2.3.4 {args}")).unwrap().hostname;
+        assert_eq!(host("ip=10.0.0.7::10.0.0.1:24:pc-7::off"), Some("pc-7".into()));
+        assert_eq!(host("ip=10.0.0.7::10.0.0.1:24:pc-7::off pxeroot.hostname=70632d3432"), Some("pc-42".into()), "pxeroot.hostname wins");
+        assert_eq!(host("ip=:::::eth0:dhcp pxeroot.hostname="), None);
+        assert_eq!(host("pxeroot.hostname=70632034320a"), None, "\"pc 42\\n\" is no hostname: dropped");
+        assert_eq!(parse("pxeroot.server=1.2.3.4 pxeroot.hostname=7").unwrap_err().key, "pxeroot.hostname");
     }
 
     #[test]

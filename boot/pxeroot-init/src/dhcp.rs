@@ -23,6 +23,7 @@ pub use nbd_wire::limits::MIN_MTU;
 pub const OPT_SUBNET_MASK: u8 = 1;
 pub const OPT_ROUTER: u8 = 3;
 pub const OPT_DNS_SERVERS: u8 = 6;
+pub const OPT_HOSTNAME: u8 = 12;
 pub const OPT_DOMAIN_NAME: u8 = 15;
 pub const OPT_MTU: u8 = 26;
 pub const OPT_REQUESTED_IP: u8 = 50;
@@ -40,6 +41,8 @@ pub const OPT_PAD: u8 = 0;
 /// DNS servers kept from option 6: the most a resolv.conf uses (glibc's
 /// and musl's MAXNS).
 pub const MAX_DNS_SERVERS: usize = 3;
+/// The longest hostname the kernel keeps (`__NEW_UTS_LEN`, HOST_NAME_MAX).
+pub const MAX_HOSTNAME_LEN: usize = 64;
 
 pub const DISCOVER: u8 = 1;
 pub const OFFER: u8 = 2;
@@ -64,6 +67,8 @@ pub struct Lease {
     /// Option 6 (at most [`MAX_DNS_SERVERS`]) and option 15.
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
+    /// Option 12, the client's name.
+    pub hostname: Option<String>,
 }
 
 /// A BOOTREQUEST from `ciaddr` (unspecified: no address yet, so the
@@ -92,6 +97,7 @@ fn message(xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, kind: u8, extra: &[(u8, Vec
                 OPT_SUBNET_MASK,
                 OPT_ROUTER,
                 OPT_DNS_SERVERS,
+                OPT_HOSTNAME,
                 OPT_DOMAIN_NAME,
                 OPT_MTU,
                 OPT_LEASE_TIME,
@@ -144,6 +150,14 @@ pub fn dns_servers(data: &[u8]) -> Vec<Ipv4Addr> {
     data.chunks_exact(4).filter_map(ip).filter(|a| !a.is_unspecified() && !a.is_broadcast()).take(MAX_DNS_SERVERS).collect()
 }
 
+/// Option 12's payload, when it is a name the kernel takes as its
+/// hostname: a plain DNS name ([`nbd_wire::limits::is_domain_name`]) of
+/// at most [`MAX_HOSTNAME_LEN`] characters (a trailing NUL or dot is
+/// dropped).
+pub fn host_name(data: &[u8]) -> Option<String> {
+    domain_name(data).filter(|n| n.len() <= MAX_HOSTNAME_LEN)
+}
+
 /// Option 15's payload, when it is a plain DNS name
 /// ([`nbd_wire::limits::is_domain_name`]; a trailing NUL or dot, which
 /// some servers send, is dropped). Anything else is refused: the name is
@@ -174,6 +188,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
         rebind_secs: None,
         dns: Vec::new(),
         domain: None,
+        hostname: None,
     };
     let secs = |data: &[u8]| Some(u32::from_be_bytes(data.get(..4)?.try_into().ok()?));
     let mut at = FIXED_LEN + 4;
@@ -199,6 +214,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
             OPT_ROUTER => lease.router = ip(data),
             OPT_DNS_SERVERS => lease.dns = dns_servers(data),
             OPT_DOMAIN_NAME => lease.domain = domain_name(data),
+            OPT_HOSTNAME => lease.hostname = host_name(data),
             OPT_SERVER_ID => lease.server_id = ip(data),
             OPT_MTU => lease.mtu = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).filter(|&m| m >= MIN_MTU),
             OPT_LEASE_TIME => lease.lease_secs = secs(data),
@@ -232,6 +248,7 @@ mod tests {
             (OPT_MTU, 1400u16.to_be_bytes().to_vec()),
             (OPT_DNS_SERVERS, vec![10, 0, 0, 53, 0, 0, 0, 0, 10, 0, 0, 54]),
             (OPT_DOMAIN_NAME, b"Lab.Example\0".to_vec()),
+            (OPT_HOSTNAME, b"pc-042".to_vec()),
         ] {
             m.push(c);
             m.push(d.len() as u8);
@@ -270,6 +287,7 @@ mod tests {
                 rebind_secs: None,
                 dns: vec![Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 54)],
                 domain: Some("lab.example".into()),
+                hostname: Some("pc-042".into()),
             }
         );
         assert!(parse_reply(&r, 10, MAC).is_none(), "other xid");
@@ -312,6 +330,9 @@ mod tests {
             assert_eq!(domain_name(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
         assert_eq!(domain_name(&[b'a'; 64]), None, "a label is at most 63 octets");
+        assert_eq!(host_name(b"pc-042.lab.example"), Some("pc-042.lab.example".into()));
+        let long = [&[b'a'; 60][..], b".", &[b'b'; 10][..]].concat();
+        assert_eq!((domain_name(&long).is_some(), host_name(&long)), (true, None), "the kernel keeps 64 characters");
     }
 
     #[test]

@@ -563,7 +563,7 @@ fn configure_net(
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
     let given = handoff::Resolver { servers: s.dns.clone(), domain: s.domain.clone() };
-    let (st, link_up, held, resolver) = match &s.net {
+    let (st, link_up, held, resolver, hostname) = match &s.net {
         NetConfig::Static(st) => {
             // The address and route need no carrier: set them while the
             // link comes up. iPXE's lease was granted before the kernel
@@ -571,7 +571,7 @@ fn configure_net(
             set_address(iface, st)?;
             set_mtu(con, iface, s.mtu, "pxeroot.mtu");
             let held = s.lease.and_then(|h| lease::Held::new(st.client, h.server, 0, h.secs?, h.t1, h.t2));
-            (st.clone(), wait_for_carrier(con, iface), held, given)
+            (st.clone(), wait_for_carrier(con, iface), held, given, s.hostname.clone())
         }
         NetConfig::Dhcp { .. } => {
             let up = wait_for_carrier(con, iface);
@@ -583,9 +583,12 @@ fn configure_net(
             // The lease's own, where it has them.
             let resolver =
                 handoff::Resolver { servers: if l.dns.is_empty() { given.servers } else { l.dns }, domain: l.domain.or(given.domain) };
-            (st, up, held, resolver)
+            (st, up, held, resolver, l.hostname.or_else(|| s.hostname.clone()))
         }
     };
+    if let Some(name) = hostname {
+        set_hostname(con, &name);
+    }
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
     if !resolver.servers.is_empty() {
         let servers: Vec<String> = resolver.servers.iter().map(|a| a.to_string()).collect();
@@ -593,6 +596,16 @@ fn configure_net(
         con.say(format_args!("{iface}: DNS {}{domain} (for the root)", servers.join(" ")));
     }
     Ok((link_up, held, resolver))
+}
+
+/// The kernel's hostname, from DHCP option 12 (validated by
+/// `dhcp::host_name`): a root without a static one (an empty
+/// `/etc/hostname`) keeps it, so every client of one base has its own.
+fn set_hostname(con: &Console, name: &str) {
+    match std::fs::write("/proc/sys/kernel/hostname", name) {
+        Ok(()) => con.say(format_args!("hostname {name}")),
+        Err(e) => con.say(format_args!("cannot set the hostname {name}: {e}; going on without")),
+    }
 }
 
 /// The segment's MTU, when it names one (`from`). A NIC that cannot take it
