@@ -150,7 +150,8 @@ impl Reload {
             "configuration reloaded: clients apply to their next boot (open sessions keep their overlays)"
         );
         // Pools themselves change only at a restart ([dhcp] is named
-        // below then); their reservations follow the clients' keys now.
+        // below then); their reservations and client names follow the
+        // clients' keys now.
         if let (Some(leases), Some(crate::dhcp::Mode::Full { pools, .. })) =
             (&self.leases, new.pxe.as_ref().and_then(|p| p.dhcp.as_ref()).map(|d| &d.mode))
         {
@@ -160,6 +161,7 @@ impl Reload {
             if tables.len() == pools.len() && tables.iter().zip(pools).all(|(t, p)| t.first() == p.range.0) {
                 for (t, p) in tables.iter_mut().zip(pools) {
                     t.set_reservations(p.reservations.clone());
+                    t.set_names(p.names.clone());
                 }
             }
         }
@@ -200,16 +202,19 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     differ(a.map(|p| (&p.boot_dir, &p.script)) != b.map(|p| (&p.boot_dir, &p.script)), "[pxe]");
     differ(a.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)) != b.map(|p| (p.tftp_listen, &p.tftp_blksize_caps)), "[tftp]");
     differ(a.map(|p| p.http_listen) != b.map(|p| p.http_listen), "[http]");
-    // Full mode's reservations come from the clients' `address` keys, and
-    // a reload applies them.
-    let without_reservations = |p: Option<&crate::config::PxeConfig>| {
+    // Full mode's reservations and client names come from the clients'
+    // `address` and `hostname` keys, and a reload applies them.
+    let without_clients = |p: Option<&crate::config::PxeConfig>| {
         let mut d = p.and_then(|p| p.dhcp.clone());
         if let Some(crate::dhcp::Mode::Full { pools, .. }) = d.as_mut().map(|d| &mut d.mode) {
-            pools.iter_mut().for_each(|p| p.reservations.clear());
+            pools.iter_mut().for_each(|p| {
+                p.reservations.clear();
+                p.names.clear();
+            });
         }
         (d, p.and_then(|p| p.ra_interface.clone()))
     };
-    differ(without_reservations(a) != without_reservations(b), "[dhcp]");
+    differ(without_clients(a) != without_clients(b), "[dhcp]");
     out
 }
 

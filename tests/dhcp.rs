@@ -50,6 +50,8 @@ struct Reply {
     yiaddr: String,
     file: String,
     kind: u8,
+    /// Option 12, empty when absent.
+    hostname: String,
 }
 
 fn probe(ns: &Netns, dir: &Path, packet: &[u8], garbage: bool) -> Vec<Reply> {
@@ -72,7 +74,13 @@ fn probe(ns: &Netns, dir: &Path, packet: &[u8], garbage: bool) -> Vec<Reply> {
             let field = |k: &str| {
                 l.split(&format!("\"{k}\": ")).nth(1).map(|r| r.split([',', '}']).next().unwrap_or("").trim().trim_matches('"').to_string())
             };
-            Some(Reply { server: field("server")?, yiaddr: field("yiaddr")?, file: field("file")?, kind: field("type")?.parse().ok()? })
+            Some(Reply {
+                server: field("server")?,
+                yiaddr: field("yiaddr")?,
+                file: field("file")?,
+                kind: field("type")?.parse().ok()?,
+                hostname: field("hostname")?,
+            })
         })
         .collect()
 }
@@ -178,10 +186,13 @@ fn test_full_mode_two_clients_and_leases_survive_a_restart() {
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap();
     assert!(leases.contains("52:54:00:aa:00:21") && leases.contains("52:54:00:aa:00:22"), "{leases}");
 
-    // A reservation added to the file takes effect at a reload (SIGHUP).
+    assert!(again.hostname.is_empty(), "a client without a name got one: {again:?}");
+    // A reservation and a name added to the file take effect at a reload
+    // (SIGHUP).
     std::fs::write(
         &cfg,
-        std::fs::read_to_string(&cfg).unwrap() + "[clients.\"52:54:00:aa:00:23\"]\nimage = \"root\"\naddress = \"10.99.0.115\"\n",
+        std::fs::read_to_string(&cfg).unwrap()
+            + "[clients.\"52:54:00:aa:00:23\"]\nimage = \"root\"\naddress = \"10.99.0.115\"\nhostname = \"lab-23\"\n",
     )
     .unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.0.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
@@ -194,6 +205,7 @@ fn test_full_mode_two_clients_and_leases_survive_a_restart() {
     let reserved =
         probe(&cli, d.path(), &with_mac(&ipxe, 0x23), false).into_iter().find(|r| r.server == SERVER_IP).expect("offer after reload");
     assert_eq!(reserved.yiaddr, "10.99.0.115", "the reservation did not apply at the reload");
+    assert_eq!(reserved.hostname, "lab-23", "the client's name did not apply at the reload");
     assert!(!std::fs::read_to_string(&log).unwrap().contains("applied only at the next restart"));
 }
 

@@ -203,8 +203,8 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
             err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
         })?),
     };
-    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, hostnames: BTreeMap::new(), mtu };
-    Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new() })
+    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, mtu };
+    Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new(), names: BTreeMap::new() })
 }
 
 fn full_dhcp_mode(
@@ -257,7 +257,7 @@ fn full_dhcp_mode(
                 ));
             }
             for p in pools.iter_mut() {
-                p.network.hostnames.insert(mac, name.to_ascii_lowercase());
+                p.names.insert(mac, name.to_ascii_lowercase());
             }
         }
     }
@@ -693,7 +693,7 @@ image = "debian"
         assert!(pools[0].reservations.is_empty());
         assert_eq!(pools[1].reservations[&mac], "10.0.8.50".parse::<std::net::Ipv4Addr>().unwrap());
         // A client's name, whichever pool its request comes through.
-        assert!(pools.iter().all(|p| p.network.hostnames.get(&mac).map(String::as_str) == Some("lab-07")));
+        assert!(pools.iter().all(|p| p.names.get(&mac).map(String::as_str) == Some("lab-07")));
 
         let cases = [
             (full("[[dhcp.pools]]\nstart = \"10.0.0.20\"\nend = \"10.0.0.30\"\n"), "dhcp.pools[0].start", "subnet of dhcp.pool_start"),

@@ -345,9 +345,6 @@ pub struct Network {
     pub dns: Vec<Ipv4Addr>,
     /// Option 15: the clients' DNS domain.
     pub domain: Option<String>,
-    /// Option 12: the names of the clients that have one (`hostname` in
-    /// their `[clients]` table), the same in every pool.
-    pub hostnames: std::collections::BTreeMap<Mac, String>,
     /// Option 26: the segment's MTU, when it is not Ethernet's 1500.
     pub mtu: Option<u16>,
 }
@@ -361,6 +358,9 @@ pub struct Pool {
     pub network: Network,
     pub range: (Ipv4Addr, Ipv4Addr),
     pub reservations: std::collections::BTreeMap<Mac, Ipv4Addr>,
+    /// Option 12: the names of the clients that have one (`hostname` in
+    /// their `[clients]` table), the same in every pool.
+    pub names: std::collections::BTreeMap<Mac, String>,
 }
 
 impl Pool {
@@ -474,8 +474,8 @@ pub fn decide_full(
     if let Some(d) = &net.domain {
         o.insert(DhcpOption::DomainName(d.clone()));
     }
-    if let Some(name) = net.hostnames.get(&mac) {
-        o.insert(DhcpOption::Hostname(name.clone()));
+    if let Some(name) = leases.name(mac) {
+        o.insert(DhcpOption::Hostname(name.to_string()));
     }
     if let Some(m) = net.mtu {
         o.insert(DhcpOption::InterfaceMtu(m));
@@ -714,7 +714,6 @@ mod full_tests {
             router: Some(Ipv4Addr::new(10, 0, 0, 254)),
             dns: vec![],
             domain: None,
-            hostnames: BTreeMap::new(),
             mtu: None,
         };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
@@ -770,8 +769,8 @@ mod full_tests {
         assert_eq!(offer.opts().get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(9000)));
         // DNS servers and domain (options 6 and 15), when the pool names them.
         assert_eq!((ack.opts().get(OptionCode::DomainNameServer), ack.opts().get(OptionCode::DomainName)), (None, None));
-        let mut named = Network { dns: vec![Ipv4Addr::new(10, 0, 0, 53)], domain: Some("lab.example".into()), ..net.clone() };
-        named.hostnames.insert(Mac([0x52, 0x54, 0, 0, 0, 5]), "pc-5".into());
+        let named = Network { dns: vec![Ipv4Addr::new(10, 0, 0, 53)], domain: Some("lab.example".into()), ..net.clone() };
+        leases.set_names(BTreeMap::from([(Mac([0x52, 0x54, 0, 0, 0, 5]), "pc-5".to_string())]));
         let (offer, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 5], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
         assert_eq!(offer.opts().get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 53)])));
         assert_eq!(offer.opts().get(OptionCode::DomainName), Some(&DhcpOption::DomainName("lab.example".into())));
@@ -787,14 +786,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network {
-            netmask: Ipv4Addr::new(255, 255, 255, 0),
-            router: None,
-            dns: vec![],
-            domain: None,
-            hostnames: BTreeMap::new(),
-            mtu: None,
-        };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
         req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
@@ -823,7 +815,6 @@ mod full_tests {
             router: Some(Ipv4Addr::new(10, 98, 0, 1)),
             dns: vec![],
             domain: None,
-            hostnames: BTreeMap::new(),
             mtu: None,
         };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 200), 3600, BTreeMap::new());
@@ -849,11 +840,11 @@ mod full_tests {
                 router: Some(Ipv4Addr::new(net[0], net[1], net[2], router)),
                 dns: vec![],
                 domain: None,
-                hostnames: BTreeMap::new(),
                 mtu: None,
             },
             range: (Ipv4Addr::new(net[0], net[1], net[2], 100), Ipv4Addr::new(net[0], net[1], net[2], 200)),
             reservations: BTreeMap::new(),
+            names: BTreeMap::new(),
         };
         let pools = [pool([10, 99, 0], 254), pool([10, 98, 0], 1)];
         let mut tables: Vec<LeaseTable> =
@@ -877,14 +868,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
-        let net = Network {
-            netmask: Ipv4Addr::new(255, 255, 255, 0),
-            router: None,
-            dns: vec![],
-            domain: None,
-            hostnames: BTreeMap::new(),
-            mtu: None,
-        };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mac = [0x52, 0x54, 0, 0, 0, 9];
         let (offer, seen) = decide_full(&discover(mac, true), &c, &net, &mut leases, 0).unwrap().unwrap();

@@ -50,6 +50,9 @@ pub struct LeaseTable {
     last: u32,
     lease_secs: u64,
     reservations: BTreeMap<Mac, Ipv4Addr>,
+    /// The clients' names from the configuration (option 12), kept with
+    /// the reservations: both change at a reload.
+    names: BTreeMap<Mac, String>,
     leases: BTreeMap<Ipv4Addr, Lease>,
     /// Counts changes worth saving (bound, declined, released); offers are
     /// seconds long and not saved.
@@ -60,7 +63,7 @@ impl LeaseTable {
     pub fn new(first: Ipv4Addr, last: Ipv4Addr, lease_secs: u64, reservations: BTreeMap<Mac, Ipv4Addr>) -> LeaseTable {
         let (a, b) = (u32::from(first), u32::from(last));
         let last = b.min(a.saturating_add(MAX_POOL - 1));
-        LeaseTable { first: a, last, lease_secs, reservations, leases: BTreeMap::new(), generation: 0 }
+        LeaseTable { first: a, last, lease_secs, reservations, names: BTreeMap::new(), leases: BTreeMap::new(), generation: 0 }
     }
 
     fn live(&self, ip: Ipv4Addr, now: u64) -> Option<&Lease> {
@@ -69,6 +72,16 @@ impl LeaseTable {
 
     fn reserved_for_other(&self, ip: Ipv4Addr, mac: Mac) -> bool {
         self.reservations.iter().any(|(m, a)| *a == ip && *m != mac)
+    }
+
+    /// Replace the clients' names (option 12; at a start and a reload).
+    pub fn set_names(&mut self, names: BTreeMap<Mac, String>) {
+        self.names = names;
+    }
+
+    /// The name this MAC's client has in the configuration.
+    pub fn name(&self, mac: Mac) -> Option<&str> {
+        self.names.get(&mac).map(String::as_str)
     }
 
     /// Replace the reservations (a configuration reload). A lease another

@@ -130,6 +130,7 @@ pub fn open_leases(cfg: &DhcpConfig) -> Option<Leases> {
     let mut tables = Vec::new();
     for pool in pools {
         let mut t = leases::LeaseTable::new(pool.range.0, pool.range.1, *lease_secs, pool.reservations.clone());
+        t.set_names(pool.names.clone());
         if let Some(text) = &text {
             match t.load(text) {
                 Ok(()) => t.retain_subnet(pool.network.netmask),

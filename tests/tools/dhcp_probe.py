@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Send one DHCP packet (raw bytes from a file) from 0.0.0.0:68 as a
 broadcast on INTERFACE and print every reply seen within SECONDS, one JSON
-object per line: server id, yiaddr, siaddr, file, message type.
+object per line: server id, yiaddr, siaddr, file, message type, host name.
 Used by tests/dhcp.rs inside a test network namespace only.
 usage: dhcp_probe.py INTERFACE PACKET_FILE SECONDS [garbage-first]"""
 import json, select, socket, sys, time
@@ -41,5 +41,6 @@ while time.time() < end:
         "file": data[108:236].split(b"\0")[0].decode(errors="replace"),
         "type": out.get(53, b"\0")[0],
         "class": out.get(60, b"").decode(errors="replace"),
+        "hostname": out.get(12, b"").decode(errors="replace"),
         "ms": round(took_ms, 3),
     }), flush=True)
