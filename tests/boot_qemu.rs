@@ -289,7 +289,9 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     require("debootstrap");
     let d = tempfile::tempdir().unwrap();
     let networkd = format!("systemctl enable systemd-networkd && printf '{STOCK_NETWORK}' > /etc/systemd/network/50-stock.network");
-    let img = debian_root(d.path(), &["echo pxeroot-test > /etc/pxeroot-run-test", &networkd]);
+    // resolv.conf from the boot's DNS servers (README, "DNS").
+    let resolv = "ln -sf ../run/pxeroot/resolv.conf /etc/resolv.conf";
+    let img = debian_root(d.path(), &["echo pxeroot-test > /etc/pxeroot-run-test", &networkd, resolv]);
     // --run ran in the tree.
     assert_eq!(stdout(Command::new("debugfs").args(["-R", "cat /etc/pxeroot-run-test"]).arg(&img)).trim(), "pxeroot-test");
     let base_sum = sha256(&img);
@@ -311,6 +313,7 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     let first = boot_once(&cmdline(SERVER_IP, MAC, "netlink").replace(":::off ", ":::off:192.0.2.53 "));
     assert!(!first.contains("PXEROOT-NETIF /run/systemd/netif/leases/"), "a static address got a DHCP lease:\n{first}");
     assert!(first.contains("NETWORK_FILE=/run/systemd/network/00-pxeroot-boot-nic.network DNS=192.0.2.53"), "{first}");
+    assert!(first.contains("PXEROOT-RESOLV nameserver 192.0.2.53"), "/run/pxeroot/resolv.conf:\n{first}");
     assert!(!first.contains("PXEROOT-FOUND-MARKER"), "a fresh overlay already had /marker:\n{first}");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log.contains("client sent DISC"), "systemd's shutdown hook did not send DISC:\n{log}");
