@@ -6,7 +6,7 @@
 /// panic is a kernel panic) and in `@pxeroot-dhcp`. For any bytes: nothing
 /// panics; a reply is taken only for its own xid; its netmask gives a
 /// prefix of at most 32 and its MTU is one IPv4 allows; its DNS servers are
-/// at most a resolver's three, its domain and hostname plain DNS names
+/// at most a resolver's three (NTP servers at most four), its domain and hostname plain DNS names
 /// (they are written into the root's configuration files), the hostname
 /// one the kernel keeps; answering a held lease with it never panics, and
 /// a lease it extends has T1 <= T2 <= its length and a schedule that moves
@@ -22,7 +22,7 @@ pub fn check_dhcp_reply(data: &[u8]) {
     assert!(dhcp::parse_reply(data, xid.wrapping_add(1), mac).is_none(), "another exchange's reply was taken");
     assert!(reply.prefix <= 32, "prefix {}", reply.prefix);
     assert!(reply.mtu.is_none_or(|m| m >= dhcp::MIN_MTU), "MTU {:?}", reply.mtu);
-    assert!(reply.dns.len() <= dhcp::MAX_DNS_SERVERS, "{:?}", reply.dns);
+    assert!(reply.dns.len() <= dhcp::MAX_DNS_SERVERS && reply.ntp.len() <= dhcp::MAX_NTP_SERVERS, "{:?} {:?}", reply.dns, reply.ntp);
     for name in reply.domain.iter().chain(&reply.hostname) {
         assert!(nbd_wire::limits::is_domain_name(name) && !name.contains(['\n', ' ', '[', '=']), "{name:?}");
     }

@@ -383,7 +383,7 @@ fn test_debian_networkmanager_root_cannot_drop_the_boot_nic_and_resolves_with_th
     require("debootstrap");
     let d = tempfile::tempdir().unwrap();
     let network_manager = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-                           network-manager >/dev/null";
+                           network-manager systemd-timesyncd >/dev/null";
     // A unit that disconnects the boot NIC as a user would, then reads the
     // root with its page cache dropped; the kernel's log carries the outcome.
     let disconnect = r#"cat > /usr/local/sbin/pxeroot-nm-disconnect <<'END'
@@ -426,6 +426,9 @@ systemctl enable pxeroot-nm-disconnect.service"#;
     // The base has no static hostname: systemd kept the DHCP name
     // pxeroot-init set.
     assert!(console.contains("PXEROOT-HOSTNAME lab-07"), "{console}");
+    // systemd-timesyncd took the lease's NTP server from pxeroot-init's
+    // drop-in (nothing else tells it: NetworkManager runs no DHCP here).
+    assert!(console.contains("PXEROOT-NTP 192.0.2.123"), "{console}");
     for line in ["PXEROOT-RESOLV search lab.example", "PXEROOT-RESOLV nameserver 192.0.2.53", "PXEROOT-RESOLV nameserver 192.0.2.54"] {
         assert!(console.contains(line), "no {line:?}: NetworkManager did not take the boot's DNS:\n{console}");
     }
@@ -1229,13 +1232,21 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     // to pxeroot-init.
     assert!(console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example (for the root)"), "{console}");
     assert!(console.contains("] hostname lab-07"), "the site server's name for the client:\n{console}");
+    // iPXE asks for no option 42, and dnsmasq sends only what is asked
+    // for: no NTP server reaches the script (README, "NTP").
+    assert!(!console.contains("eth0: NTP"), "{console}");
 }
 
-/// dnsmasq arguments for DNS servers and a domain (options 6 and 15,
-/// addresses from TEST-NET-1: nothing is ever asked) and the test
-/// client's name, lab-07 (option 12).
+/// dnsmasq arguments for DNS servers, a domain and an NTP server (options
+/// 6, 15 and 42, addresses from TEST-NET-1: nothing is ever asked) and the
+/// test client's name, lab-07 (option 12).
 fn site_dns_options() -> Vec<String> {
-    vec!["--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54".into(), "--domain=lab.example".into(), format!("--dhcp-host={MAC},lab-07")]
+    vec![
+        "--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54".into(),
+        "--domain=lab.example".into(),
+        "--dhcp-option=option:ntp-server,192.0.2.123".into(),
+        format!("--dhcp-host={MAC},lab-07"),
+    ]
 }
 
 /// A diskless client outlives its DHCP lease only if something renews it:
@@ -1438,8 +1449,13 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     let (lan, srv) = lan_and_server("full");
     // A segment of MTU 1400 (option 26).
     let clients = format!("[clients.\"{MAC}\"]\nimage = \"root\"\naddress = \"10.99.0.42\"\nhostname = \"lab-42\"\n");
-    let (_server, log_path) =
-        start_full_mode_with(d.path(), &srv, &img, &clients, "mtu = 1400\ndns = [\"192.0.2.53\"]\ndomain = \"lab.example\"\n");
+    let (_server, log_path) = start_full_mode_with(
+        d.path(),
+        &srv,
+        &img,
+        &clients,
+        "mtu = 1400\ndns = [\"192.0.2.53\"]\ndomain = \"lab.example\"\nntp = [\"192.0.2.123\"]\n",
+    );
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -1450,9 +1466,10 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     assert!(console.contains("pxeroot-init") && console.contains("10.99.0.42"), "{console}");
     // The pool's MTU went through iPXE and the script to the kernel.
     assert!(console.contains("eth0: MTU 1400 (pxeroot.mtu)"), "{console}");
-    // So did its DNS server and domain (options 6 and 15) and the client's
-    // name (option 12).
+    // So did its DNS server, domain and NTP server (options 6, 15 and 42)
+    // and the client's name (option 12).
     assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example (for the root)"), "{console}");
+    assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "{console}");
     assert!(console.contains("] hostname lab-42"), "{console}");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap_or_default();
     assert!(leases.contains(&format!("10.99.0.42 {MAC}")) && leases.contains("bound"), "{leases}");

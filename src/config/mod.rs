@@ -150,7 +150,7 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
 /// One pool from its keys; `key` names a key (`start`, `end`, `netmask`,
-/// `router`, `dns`, `domain`, `mtu`) as the file spells it, for errors.
+/// `router`, `dns`, `domain`, `ntp`, `mtu`) as the file spells it, for errors.
 fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
     let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
@@ -175,14 +175,17 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
         return Err(err(&key("end"), format!("{first}-{last} spans more than one {netmask} subnet"), "keep a pool inside its subnet"));
     }
     let router = ip("router", &p.router, false)?;
-    let mut dns = Vec::new();
-    for (i, t) in p.dns.iter().flatten().enumerate() {
-        dns.push(
-            t.parse().map_err(|_| {
-                err(&format!("{}[{i}]", key("dns")), format!("{t:?} is not an IPv4 address"), "list DNS servers as addresses")
-            })?,
-        );
-    }
+    let servers = |name: &str, list: &Option<Vec<String>>| -> Result<Vec<std::net::Ipv4Addr>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, t) in list.iter().flatten().enumerate() {
+            out.push(t.parse().map_err(|_| {
+                err(&format!("{}[{i}]", key(name)), format!("{t:?} is not an IPv4 address"), "list the servers as addresses")
+            })?);
+        }
+        Ok(out)
+    };
+    let dns = servers("dns", &p.dns)?;
+    let ntp = servers("ntp", &p.ntp)?;
     let domain = match &p.domain {
         None => None,
         Some(d) => {
@@ -203,7 +206,7 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
             err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
         })?),
     };
-    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, mtu };
+    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, ntp, mtu };
     Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new(), names: BTreeMap::new() })
 }
 
@@ -221,6 +224,7 @@ fn full_dhcp_mode(
         router: d.router.clone(),
         dns: d.dns.clone(),
         domain: d.domain.clone(),
+        ntp: d.ntp.clone(),
         mtu: d.mtu,
     };
     let own_key = |name: &str| match name {
@@ -702,6 +706,7 @@ image = "debian"
             (full("netmask = \"255.0.255.0\"\n"), "dhcp.netmask", "not a netmask"),
             (full("mtu = 67\n"), "dhcp.mtu", "not an MTU"),
             (full("domain = \"lab example\"\n"), "dhcp.domain", "not a domain name"),
+            (full("ntp = [\"10.0.0.1\", \"ntp.lab\"]\n"), "dhcp.ntp[1]", "not an IPv4 address"),
             (
                 full("").replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\nhostname = \"lab 07\""),
                 "clients.\"52-54-00-12-34-56\".hostname",

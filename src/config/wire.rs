@@ -49,6 +49,7 @@ pub struct Dhcp {
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
     pub domain: Option<String>,
+    pub ntp: Option<Vec<String>>,
     pub mtu: Option<u32>,
     pub lease_seconds: Option<u64>,
     pub uefi_by_class: Option<BTreeMap<String, String>>,
@@ -66,6 +67,7 @@ pub struct Pool {
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
     pub domain: Option<String>,
+    pub ntp: Option<Vec<String>>,
     pub mtu: Option<u32>,
 }
 

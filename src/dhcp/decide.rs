@@ -345,6 +345,8 @@ pub struct Network {
     pub dns: Vec<Ipv4Addr>,
     /// Option 15: the clients' DNS domain.
     pub domain: Option<String>,
+    /// Option 42: NTP servers.
+    pub ntp: Vec<Ipv4Addr>,
     /// Option 26: the segment's MTU, when it is not Ethernet's 1500.
     pub mtu: Option<u16>,
 }
@@ -473,6 +475,9 @@ pub fn decide_full(
     }
     if let Some(d) = &net.domain {
         o.insert(DhcpOption::DomainName(d.clone()));
+    }
+    if !net.ntp.is_empty() {
+        o.insert(DhcpOption::NtpServers(net.ntp.clone()));
     }
     if let Some(name) = leases.name(mac) {
         o.insert(DhcpOption::Hostname(name.to_string()));
@@ -714,6 +719,7 @@ mod full_tests {
             router: Some(Ipv4Addr::new(10, 0, 0, 254)),
             dns: vec![],
             domain: None,
+            ntp: vec![],
             mtu: None,
         };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
@@ -769,11 +775,17 @@ mod full_tests {
         assert_eq!(offer.opts().get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(9000)));
         // DNS servers and domain (options 6 and 15), when the pool names them.
         assert_eq!((ack.opts().get(OptionCode::DomainNameServer), ack.opts().get(OptionCode::DomainName)), (None, None));
-        let named = Network { dns: vec![Ipv4Addr::new(10, 0, 0, 53)], domain: Some("lab.example".into()), ..net.clone() };
+        let named = Network {
+            dns: vec![Ipv4Addr::new(10, 0, 0, 53)],
+            domain: Some("lab.example".into()),
+            ntp: vec![Ipv4Addr::new(10, 0, 0, 123)],
+            ..net.clone()
+        };
         leases.set_names(BTreeMap::from([(Mac([0x52, 0x54, 0, 0, 0, 5]), "pc-5".to_string())]));
         let (offer, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 5], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
         assert_eq!(offer.opts().get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 53)])));
         assert_eq!(offer.opts().get(OptionCode::DomainName), Some(&DhcpOption::DomainName("lab.example".into())));
+        assert_eq!(offer.opts().get(OptionCode::NtpServers), Some(&DhcpOption::NtpServers(vec![Ipv4Addr::new(10, 0, 0, 123)])));
         assert_eq!(offer.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("pc-5".into())), "its name");
         let (other, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 6], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
         assert_eq!(other.opts().get(OptionCode::Hostname), None, "a client without a name");
@@ -786,7 +798,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, ntp: vec![], mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
         req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
@@ -815,6 +827,7 @@ mod full_tests {
             router: Some(Ipv4Addr::new(10, 98, 0, 1)),
             dns: vec![],
             domain: None,
+            ntp: vec![],
             mtu: None,
         };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 200), 3600, BTreeMap::new());
@@ -840,6 +853,7 @@ mod full_tests {
                 router: Some(Ipv4Addr::new(net[0], net[1], net[2], router)),
                 dns: vec![],
                 domain: None,
+                ntp: vec![],
                 mtu: None,
             },
             range: (Ipv4Addr::new(net[0], net[1], net[2], 100), Ipv4Addr::new(net[0], net[1], net[2], 200)),
@@ -868,7 +882,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, mtu: None };
+        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, ntp: vec![], mtu: None };
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mac = [0x52, 0x54, 0, 0, 0, 9];
         let (offer, seen) = decide_full(&discover(mac, true), &c, &net, &mut leases, 0).unwrap().unwrap();

@@ -19,7 +19,8 @@
 //!   interface as it is), `pxeroot.dns=HEX` and `pxeroot.domain=HEX` (DHCP
 //!   options 6 and 15 as iPXE's `:hexraw` format prints them, for the
 //!   root's resolver; a domain that is not a plain DNS name is dropped),
-//!   `pxeroot.hostname=HEX` (option 12, likewise: the kernel's hostname);
+//!   `pxeroot.hostname=HEX` (option 12, likewise: the kernel's hostname),
+//!   `pxeroot.ntp=HEX` (option 42, likewise: the root's NTP servers);
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1` as the kernel
 //!   and iPXE write it (`ip=dhcp` or absent: DHCP on the boot interface);
 //! - `BOOTIF=01-52-54-00-12-34-56` (pxelinux/iPXE form) picks the interface;
@@ -125,6 +126,8 @@ pub struct Settings {
     /// `pxeroot.hostname=`, else `ip=`'s HOSTNAME field; with DHCP, the
     /// lease's.
     pub hostname: Option<String>,
+    /// `pxeroot.ntp=`; with DHCP, the lease's.
+    pub ntp: Vec<Ipv4Addr>,
 }
 
 /// The DHCP lease `ip=` came from, as `pxeroot.lease=` tells it.
@@ -292,6 +295,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         dns: Vec::new(),
         domain: None,
         hostname: None,
+        ntp: Vec::new(),
     };
     for word in cmdline.split_whitespace() {
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -320,7 +324,8 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
                 }
             }
             "pxeroot.lease" => s.lease = Some(parse_lease(value)?),
-            "pxeroot.dns" => s.dns = dhcp::dns_servers(&parse_hex("pxeroot.dns", value)?),
+            "pxeroot.dns" => s.dns = dhcp::servers(&parse_hex("pxeroot.dns", value)?, dhcp::MAX_DNS_SERVERS),
+            "pxeroot.ntp" => s.ntp = dhcp::servers(&parse_hex("pxeroot.ntp", value)?, dhcp::MAX_NTP_SERVERS),
             "pxeroot.domain" => s.domain = dhcp::domain_name(&parse_hex("pxeroot.domain", value)?),
             "pxeroot.hostname" => s.hostname = dhcp::host_name(&parse_hex("pxeroot.hostname", value)?),
             "pxeroot.mtu" if value.is_empty() => s.mtu = None,
@@ -406,6 +411,7 @@ mod tests {
         let s = parse(&format!("{base} pxeroot.dns=0a000001:0a-00-00-02 pxeroot.domain=6c61622e6c616e")).unwrap();
         assert_eq!(s.dns, vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)], "pxeroot.dns wins");
         assert_eq!(s.domain.as_deref(), Some("lab.lan"));
+        assert_eq!(parse(&format!("{base} pxeroot.ntp=0a00007b")).unwrap().ntp, vec![Ipv4Addr::new(10, 0, 0, 123)]);
         let s = parse("pxeroot.server=1.2.3.4 ip=10.0.0.7::10.0.0.1:255.255.255.0:::off pxeroot.dns= pxeroot.domain=").unwrap();
         assert_eq!((s.dns, s.domain), (vec![], None), "iPXE prints an absent option as nothing");
         // "lab.lan\nDNS=...": not a DNS name, dropped rather than written into the root's files.

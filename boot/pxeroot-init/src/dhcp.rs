@@ -25,6 +25,7 @@ pub const OPT_ROUTER: u8 = 3;
 pub const OPT_DNS_SERVERS: u8 = 6;
 pub const OPT_HOSTNAME: u8 = 12;
 pub const OPT_DOMAIN_NAME: u8 = 15;
+pub const OPT_NTP_SERVERS: u8 = 42;
 pub const OPT_MTU: u8 = 26;
 pub const OPT_REQUESTED_IP: u8 = 50;
 pub const OPT_MESSAGE_TYPE: u8 = 53;
@@ -41,6 +42,9 @@ pub const OPT_PAD: u8 = 0;
 /// DNS servers kept from option 6: the most a resolv.conf uses (glibc's
 /// and musl's MAXNS).
 pub const MAX_DNS_SERVERS: usize = 3;
+/// NTP servers kept from option 42: chrony and timesyncd poll each, and a
+/// site names a few.
+pub const MAX_NTP_SERVERS: usize = 4;
 /// The longest hostname the kernel keeps (`__NEW_UTS_LEN`, HOST_NAME_MAX).
 pub const MAX_HOSTNAME_LEN: usize = 64;
 
@@ -69,6 +73,8 @@ pub struct Lease {
     pub domain: Option<String>,
     /// Option 12, the client's name.
     pub hostname: Option<String>,
+    /// Option 42 (at most [`MAX_NTP_SERVERS`]).
+    pub ntp: Vec<Ipv4Addr>,
 }
 
 /// A BOOTREQUEST from `ciaddr` (unspecified: no address yet, so the
@@ -99,6 +105,7 @@ fn message(xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, kind: u8, extra: &[(u8, Vec
                 OPT_DNS_SERVERS,
                 OPT_HOSTNAME,
                 OPT_DOMAIN_NAME,
+                OPT_NTP_SERVERS,
                 OPT_MTU,
                 OPT_LEASE_TIME,
                 OPT_RENEWAL_TIME,
@@ -143,11 +150,11 @@ fn ip(data: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(*data.first()?, *data.get(1)?, *data.get(2)?, *data.get(3)?))
 }
 
-/// Option 6's payload: addresses, four octets each; a trailing partial
-/// one, `0.0.0.0` and broadcast are dropped, and no more than
-/// [`MAX_DNS_SERVERS`] kept.
-pub fn dns_servers(data: &[u8]) -> Vec<Ipv4Addr> {
-    data.chunks_exact(4).filter_map(ip).filter(|a| !a.is_unspecified() && !a.is_broadcast()).take(MAX_DNS_SERVERS).collect()
+/// A list of servers (options 6 and 42): addresses, four octets each; a
+/// trailing partial one, `0.0.0.0` and broadcast are dropped, and no more
+/// than `most` kept.
+pub fn servers(data: &[u8], most: usize) -> Vec<Ipv4Addr> {
+    data.chunks_exact(4).filter_map(ip).filter(|a| !a.is_unspecified() && !a.is_broadcast()).take(most).collect()
 }
 
 /// Option 12's payload, when it is a name the kernel takes as its
@@ -189,6 +196,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
         dns: Vec::new(),
         domain: None,
         hostname: None,
+        ntp: Vec::new(),
     };
     let secs = |data: &[u8]| Some(u32::from_be_bytes(data.get(..4)?.try_into().ok()?));
     let mut at = FIXED_LEN + 4;
@@ -212,7 +220,8 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
                 }
             }
             OPT_ROUTER => lease.router = ip(data),
-            OPT_DNS_SERVERS => lease.dns = dns_servers(data),
+            OPT_DNS_SERVERS => lease.dns = servers(data, MAX_DNS_SERVERS),
+            OPT_NTP_SERVERS => lease.ntp = servers(data, MAX_NTP_SERVERS),
             OPT_DOMAIN_NAME => lease.domain = domain_name(data),
             OPT_HOSTNAME => lease.hostname = host_name(data),
             OPT_SERVER_ID => lease.server_id = ip(data),
@@ -249,6 +258,7 @@ mod tests {
             (OPT_DNS_SERVERS, vec![10, 0, 0, 53, 0, 0, 0, 0, 10, 0, 0, 54]),
             (OPT_DOMAIN_NAME, b"Lab.Example\0".to_vec()),
             (OPT_HOSTNAME, b"pc-042".to_vec()),
+            (OPT_NTP_SERVERS, vec![10, 0, 0, 123]),
         ] {
             m.push(c);
             m.push(d.len() as u8);
@@ -288,6 +298,7 @@ mod tests {
                 dns: vec![Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 54)],
                 domain: Some("lab.example".into()),
                 hostname: Some("pc-042".into()),
+                ntp: vec![Ipv4Addr::new(10, 0, 0, 123)],
             }
         );
         assert!(parse_reply(&r, 10, MAC).is_none(), "other xid");
@@ -322,8 +333,8 @@ mod tests {
     #[test]
     fn test_dns_options_keep_only_what_a_resolver_can_use() {
         let many: Vec<u8> = (1..=5u8).flat_map(|i| [10, 0, 0, i]).chain([9, 9]).collect();
-        assert_eq!(dns_servers(&many).len(), MAX_DNS_SERVERS);
-        assert_eq!(dns_servers(&[255, 255, 255, 255, 0, 0, 0, 0, 1]), Vec::<Ipv4Addr>::new());
+        assert_eq!(servers(&many, MAX_DNS_SERVERS).len(), MAX_DNS_SERVERS);
+        assert_eq!(servers(&[255, 255, 255, 255, 0, 0, 0, 0, 1], MAX_NTP_SERVERS), Vec::<Ipv4Addr>::new());
         assert_eq!(domain_name(b"lab.example."), Some("lab.example".into()));
         assert_eq!(domain_name(b"my_site.lan"), Some("my_site.lan".into()));
         for bad in [&b"lab example"[..], b"lab\nDNS=6.6.6.6", b"a..b", b"", b"\0", b"caf\xc3\xa9.lan", &[b'a'; 254][..]] {

@@ -27,13 +27,14 @@
 //! for the same lease when the address came from DHCP (networkd then
 //! brings the lease's DNS and NTP servers to the root); a static address
 //! (`ip=` with autoconfiguration off) gets no dynamic configuration, and
-//! the boot's DNS servers on the link.
+//! the boot's DNS and NTP servers on the link.
 //!
 //! The DNS servers and domain (DHCP options 6 and 15, from iPXE's script
 //! or pxeroot-init's own lease) also go to systemd-resolved as global
 //! servers, to NetworkManager as its global DNS (it has no connection on
 //! the unmanaged NIC to bring them), and to `/run/pxeroot/resolv.conf`
-//! for a root that links `/etc/resolv.conf` there.
+//! for a root that links `/etc/resolv.conf` there; the NTP servers
+//! (option 42) to systemd-timesyncd and chrony.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -49,6 +50,8 @@ pub const DROP_IN: &str = "50-pxeroot-boot-nic.conf";
 /// NetworkManager's drop-in under the root's `/run` (it reads
 /// `/run/NetworkManager/conf.d` between `/usr/lib`'s and `/etc`'s).
 pub const NM_CONF: &str = "NetworkManager/conf.d/50-pxeroot-boot-nic.conf";
+/// chrony's sources under the root's `/run`.
+pub const CHRONY_SOURCES: &str = "chrony-dhcp/pxeroot-boot-nic.sources";
 /// A resolv.conf for roots that link `/etc/resolv.conf` to
 /// `../run/pxeroot/resolv.conf`.
 pub const RESOLV_CONF: &str = "pxeroot/resolv.conf";
@@ -58,13 +61,14 @@ pub const RUN_OPTIONS: &str = "mode=0755,size=20%,nr_inodes=800k";
 /// The root's directories that say it runs systemd's udev or networkd.
 pub const SYSTEMD_DIRS: [&str; 2] = ["usr/lib/systemd", "lib/systemd"];
 
-/// The DNS servers and domain of the boot's network (DHCP options 6 and
-/// 15, or `ip=`'s DNS fields), validated: [`crate::dhcp::dns_servers`],
-/// [`crate::dhcp::domain_name`].
+/// What the boot's network names for its clients, validated by `dhcp`:
+/// DNS servers and domain (options 6 and 15, or `ip=`'s DNS fields) and
+/// NTP servers (option 42).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resolver {
-    pub servers: Vec<Ipv4Addr>,
+pub struct NetServices {
+    pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
+    pub ntp: Vec<Ipv4Addr>,
 }
 
 /// The interface the root is reached through.
@@ -75,7 +79,7 @@ pub struct BootNic {
     /// The address, when it came from a DHCP lease (the root's networkd
     /// then keeps it renewed); `None` for a static address.
     pub leased: Option<Ipv4Addr>,
-    pub resolver: Resolver,
+    pub services: NetServices,
 }
 
 impl BootNic {
@@ -92,9 +96,13 @@ impl BootNic {
             (format!("systemd/system/ifup@{}.service.d/{DROP_IN}", self.name), NO_IFDOWN.to_string()),
         ];
         files.push((NM_CONF.to_string(), self.network_manager_file()));
-        if !self.resolver.servers.is_empty() {
-            files.push((format!("systemd/resolved.conf.d/{DROP_IN}"), self.resolver.resolved_file()));
-            files.push((RESOLV_CONF.to_string(), self.resolver.resolv_conf()));
+        if !self.services.dns.is_empty() {
+            files.push((format!("systemd/resolved.conf.d/{DROP_IN}"), self.services.resolved_file()));
+            files.push((RESOLV_CONF.to_string(), self.services.resolv_conf()));
+        }
+        if !self.services.ntp.is_empty() {
+            files.push((format!("systemd/timesyncd.conf.d/{DROP_IN}"), self.services.timesyncd_file()));
+            files.push((CHRONY_SOURCES.to_string(), self.services.chrony_sources()));
         }
         files
     }
@@ -148,11 +156,14 @@ impl BootNic {
             None => {
                 f.push_str("IPv6AcceptRA=no\n");
                 // Nothing dynamic: the boot's DNS servers for this link.
-                for server in &self.resolver.servers {
+                for server in &self.services.dns {
                     let _ = writeln!(f, "DNS={server}");
                 }
-                if let Some(d) = &self.resolver.domain {
+                if let Some(d) = &self.services.domain {
                     let _ = writeln!(f, "Domains={d}");
+                }
+                for server in &self.services.ntp {
+                    let _ = writeln!(f, "NTP={server}");
                 }
             }
         }
@@ -178,29 +189,46 @@ impl BootNic {
             name = self.name,
             mac = self.mac_text()
         );
-        let r = &self.resolver;
-        if let Some(d) = r.domain.as_ref().filter(|_| !r.servers.is_empty()) {
+        let r = &self.services;
+        if let Some(d) = r.domain.as_ref().filter(|_| !r.dns.is_empty()) {
             let _ = write!(f, "\n[global-dns]\nsearches={d}\n");
         }
-        if !r.servers.is_empty() {
-            let servers: Vec<String> = r.servers.iter().map(|a| a.to_string()).collect();
+        if !r.dns.is_empty() {
+            let servers: Vec<String> = r.dns.iter().map(|a| a.to_string()).collect();
             let _ = write!(f, "\n[global-dns-domain-*]\nservers={}\n", servers.join(","));
         }
         f
     }
 }
 
-impl Resolver {
+impl NetServices {
     /// `systemd/resolved.conf.d/DROP_IN`: systemd-resolved's global
     /// servers, for roots where no link manager tells it of the boot
     /// network's (NetworkManager leaves the boot NIC alone, ifupdown with
     /// a static stanza).
     pub fn resolved_file(&self) -> String {
         let mut f = String::from("# Written by pxeroot-init: the DNS servers of the network the machine booted from.\n[Resolve]\n");
-        let servers: Vec<String> = self.servers.iter().map(|a| a.to_string()).collect();
+        let servers: Vec<String> = self.dns.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(f, "DNS={}", servers.join(" "));
         if let Some(d) = &self.domain {
             let _ = writeln!(f, "Domains={d}");
+        }
+        f
+    }
+
+    /// `systemd/timesyncd.conf.d/DROP_IN`: systemd-timesyncd's servers,
+    /// for roots where no link manager tells it of the boot network's.
+    pub fn timesyncd_file(&self) -> String {
+        let servers: Vec<String> = self.ntp.iter().map(|a| a.to_string()).collect();
+        format!("# Written by pxeroot-init: the NTP servers of the network the machine booted from.\n[Time]\nNTP={}\n", servers.join(" "))
+    }
+
+    /// [`CHRONY_SOURCES`]: chrony's, in the directory Debian's chrony.conf
+    /// reads (`sourcedir /run/chrony-dhcp`, where its DHCP hooks write).
+    pub fn chrony_sources(&self) -> String {
+        let mut f = String::from("# Written by pxeroot-init: the NTP servers of the network the machine booted from.\n");
+        for server in &self.ntp {
+            let _ = writeln!(f, "server {server} iburst");
         }
         f
     }
@@ -211,7 +239,7 @@ impl Resolver {
         if let Some(d) = &self.domain {
             let _ = writeln!(f, "search {d}");
         }
-        for server in &self.servers {
+        for server in &self.dns {
             let _ = writeln!(f, "nameserver {server}");
         }
         f
@@ -236,7 +264,7 @@ mod tests {
     use super::*;
 
     fn nic(leased: Option<Ipv4Addr>) -> BootNic {
-        BootNic { name: "eth0".into(), mac: [0x52, 0x54, 0, 0xab, 0, 0x0f], leased, resolver: Resolver::default() }
+        BootNic { name: "eth0".into(), mac: [0x52, 0x54, 0, 0xab, 0, 0x0f], leased, services: NetServices::default() }
     }
 
     fn section<'a>(file: &'a str, name: &str) -> Vec<&'a str> {
@@ -270,9 +298,12 @@ mod tests {
     }
 
     fn with_dns(leased: Option<Ipv4Addr>) -> BootNic {
-        let resolver =
-            Resolver { servers: vec![Ipv4Addr::new(10, 99, 0, 53), Ipv4Addr::new(10, 99, 0, 54)], domain: Some("lab.example".into()) };
-        BootNic { resolver, ..nic(leased) }
+        let services = NetServices {
+            dns: vec![Ipv4Addr::new(10, 99, 0, 53), Ipv4Addr::new(10, 99, 0, 54)],
+            domain: Some("lab.example".into()),
+            ntp: vec![],
+        };
+        BootNic { services, ..nic(leased) }
     }
 
     #[test]
@@ -306,12 +337,29 @@ mod tests {
         );
         // Without a domain, no search domain anywhere; without servers,
         // NetworkManager keeps its own DNS and only leaves the NIC alone.
-        let bare = BootNic { resolver: Resolver { domain: None, ..with_dns(None).resolver }, ..nic(None) };
+        let bare = BootNic { services: NetServices { domain: None, ..with_dns(None).services }, ..nic(None) };
         let nm = bare.network_manager_file();
         assert!(section(&nm, "global-dns").is_empty() && !section(&nm, "global-dns-domain-*").is_empty(), "{nm}");
-        assert!(!bare.resolver.resolved_file().contains("Domains=") && !bare.resolver.resolv_conf().contains("search"));
+        assert!(!bare.services.resolved_file().contains("Domains=") && !bare.services.resolv_conf().contains("search"));
         let nm = nic(None).network_manager_file();
         assert_eq!(nm.lines().filter(|l| l.starts_with('[')).collect::<Vec<_>>(), ["[keyfile]"], "{nm}");
+    }
+
+    #[test]
+    fn the_ntp_servers_reach_networkd_timesyncd_and_chrony() {
+        let ntp = vec![Ipv4Addr::new(10, 99, 0, 123), Ipv4Addr::new(10, 99, 0, 124)];
+        let n = BootNic { services: NetServices { ntp, ..NetServices::default() }, ..nic(None) };
+        let f = n.network_file();
+        assert_eq!(section(&f, "Network"), ["KeepConfiguration=yes", "IPv6AcceptRA=no", "NTP=10.99.0.123", "NTP=10.99.0.124"]);
+        let files = n.files();
+        let find = |path: &str| files.iter().find(|(p, _)| p == path).map(|(_, t)| t.clone()).unwrap();
+        assert_eq!(section(&find("systemd/timesyncd.conf.d/50-pxeroot-boot-nic.conf"), "Time"), ["NTP=10.99.0.123 10.99.0.124"]);
+        let chrony = find(CHRONY_SOURCES);
+        assert_eq!(
+            chrony.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+            ["server 10.99.0.123 iburst", "server 10.99.0.124 iburst"]
+        );
+        assert!(!nic(None).files().iter().any(|(p, _)| p.contains("timesyncd") || p.contains("chrony")), "no NTP servers: no files");
     }
 
     #[test]

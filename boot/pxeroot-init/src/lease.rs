@@ -185,6 +185,7 @@ mod tests {
             dns: Vec::new(),
             domain: None,
             hostname: None,
+            ntp: Vec::new(),
         }
     }
 

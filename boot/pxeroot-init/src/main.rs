@@ -189,12 +189,12 @@ fn boot(con: &Console) -> Result<(), String> {
         // with the carrier wait and the server's round trips.
         let (settings, name) = (&settings, export.clone());
         let net = scope.spawn(move || -> Result<_, String> {
-            let (link_up, held, resolver) = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
+            let (link_up, held, services) = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
             let keeper = match held {
                 Some(held) => Some(lease::KeeperArgs { ifindex: ifindex(&iface)?, mac, held, debug: settings.debug }),
                 None => None,
             };
-            Ok((connect_with_retry(con, settings, &name, link_up), keeper, resolver))
+            Ok((connect_with_retry(con, settings, &name, link_up), keeper, services))
         });
         let genl = match early {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
@@ -203,7 +203,7 @@ fn boot(con: &Console) -> Result<(), String> {
         Ok((export, net.join(), genl, nic))
     })?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
-    let ((sock, info), keeper, resolver) = net.map_err(|_| "the network thread panicked".to_string())??;
+    let ((sock, info), keeper, services) = net.map_err(|_| "the network thread panicked".to_string())??;
     match (&keeper, settings.lease) {
         (Some(k), _) => {
             let h = &k.held;
@@ -228,7 +228,7 @@ fn boot(con: &Console) -> Result<(), String> {
         (None, NetConfig::Static(st)) if settings.lease.is_some() => Some(st.client),
         _ => None,
     };
-    let nic = handoff::BootNic { name: nic.0, mac: nic.1, leased, resolver };
+    let nic = handoff::BootNic { name: nic.0, mac: nic.1, leased, services };
     let monitor = match genl {
         Some(genl) => Some(con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, genl?, sock, info))?),
         None => {
@@ -552,18 +552,18 @@ fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), Stri
 
 /// Bring the interface up with its address; returns when the link came
 /// up, the DHCP lease to keep (none for a static address without
-/// `pxeroot.lease`, or an infinite lease), and the DNS servers and domain
-/// for the root.
+/// `pxeroot.lease`, or an infinite lease), and the DNS and NTP servers
+/// and domain for the root.
 fn configure_net(
     con: &Console,
     s: &Settings,
     iface: &str,
     mac: [u8; 6],
-) -> Result<(Instant, Option<lease::Held>, handoff::Resolver), String> {
+) -> Result<(Instant, Option<lease::Held>, handoff::NetServices), String> {
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
-    let given = handoff::Resolver { servers: s.dns.clone(), domain: s.domain.clone() };
-    let (st, link_up, held, resolver, hostname) = match &s.net {
+    let given = handoff::NetServices { dns: s.dns.clone(), domain: s.domain.clone(), ntp: s.ntp.clone() };
+    let (st, link_up, held, services, hostname) = match &s.net {
         NetConfig::Static(st) => {
             // The address and route need no carrier: set them while the
             // link comes up. iPXE's lease was granted before the kernel
@@ -581,21 +581,28 @@ fn configure_net(
             set_mtu(con, iface, l.mtu, "DHCP option 26");
             let held = l.lease_secs.and_then(|secs| lease::Held::new(l.address, l.server_id, sent, secs, l.renew_secs, l.rebind_secs));
             // The lease's own, where it has them.
-            let resolver =
-                handoff::Resolver { servers: if l.dns.is_empty() { given.servers } else { l.dns }, domain: l.domain.or(given.domain) };
-            (st, up, held, resolver, l.hostname.or_else(|| s.hostname.clone()))
+            let services = handoff::NetServices {
+                dns: if l.dns.is_empty() { given.dns } else { l.dns },
+                domain: l.domain.or(given.domain),
+                ntp: if l.ntp.is_empty() { given.ntp } else { l.ntp },
+            };
+            (st, up, held, services, l.hostname.or_else(|| s.hostname.clone()))
         }
     };
     if let Some(name) = hostname {
         set_hostname(con, &name);
     }
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
-    if !resolver.servers.is_empty() {
-        let servers: Vec<String> = resolver.servers.iter().map(|a| a.to_string()).collect();
-        let domain = resolver.domain.as_deref().map(|d| format!(", domain {d}")).unwrap_or_default();
+    if !services.dns.is_empty() {
+        let servers: Vec<String> = services.dns.iter().map(|a| a.to_string()).collect();
+        let domain = services.domain.as_deref().map(|d| format!(", domain {d}")).unwrap_or_default();
         con.say(format_args!("{iface}: DNS {}{domain} (for the root)", servers.join(" ")));
     }
-    Ok((link_up, held, resolver))
+    if !services.ntp.is_empty() {
+        let servers: Vec<String> = services.ntp.iter().map(|a| a.to_string()).collect();
+        con.say(format_args!("{iface}: NTP {} (for the root)", servers.join(" ")));
+    }
+    Ok((link_up, held, services))
 }
 
 /// The kernel's hostname, from DHCP option 12 (validated by
