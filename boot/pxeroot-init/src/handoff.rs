@@ -94,8 +94,8 @@ impl BootNic {
             (format!("{DIR}/{STEM}.network"), self.network_file()),
             (format!("systemd/system/networking.service.d/{DROP_IN}"), NO_IFDOWN.to_string()),
             (format!("systemd/system/ifup@{}.service.d/{DROP_IN}", self.name), NO_IFDOWN.to_string()),
+            (NM_CONF.to_string(), self.network_manager_file()),
         ];
-        files.push((NM_CONF.to_string(), self.network_manager_file()));
         if !self.services.dns.is_empty() {
             files.push((format!("systemd/resolved.conf.d/{DROP_IN}"), self.services.resolved_file()));
             files.push((RESOLV_CONF.to_string(), self.services.resolv_conf()));
@@ -169,9 +169,7 @@ impl BootNic {
         }
         f
     }
-}
 
-impl BootNic {
     /// [`NM_CONF`]: NetworkManager leaves the boot NIC unmanaged, and
     /// takes the boot network's DNS servers as its global ones. On its own
     /// NetworkManager 1.42 takes the NIC's configuration as external and
@@ -194,11 +192,15 @@ impl BootNic {
             let _ = write!(f, "\n[global-dns]\nsearches={d}\n");
         }
         if !r.dns.is_empty() {
-            let servers: Vec<String> = r.dns.iter().map(|a| a.to_string()).collect();
-            let _ = write!(f, "\n[global-dns-domain-*]\nservers={}\n", servers.join(","));
+            let _ = write!(f, "\n[global-dns-domain-*]\nservers={}\n", joined(&r.dns, ","));
         }
         f
     }
+}
+
+/// Addresses as the configuration files and the console list them.
+pub fn joined(list: &[Ipv4Addr], sep: &str) -> String {
+    list.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(sep)
 }
 
 impl NetServices {
@@ -208,8 +210,7 @@ impl NetServices {
     /// a static stanza).
     pub fn resolved_file(&self) -> String {
         let mut f = String::from("# Written by pxeroot-init: the DNS servers of the network the machine booted from.\n[Resolve]\n");
-        let servers: Vec<String> = self.dns.iter().map(|a| a.to_string()).collect();
-        let _ = writeln!(f, "DNS={}", servers.join(" "));
+        let _ = writeln!(f, "DNS={}", joined(&self.dns, " "));
         if let Some(d) = &self.domain {
             let _ = writeln!(f, "Domains={d}");
         }
@@ -219,8 +220,10 @@ impl NetServices {
     /// `systemd/timesyncd.conf.d/DROP_IN`: systemd-timesyncd's servers,
     /// for roots where no link manager tells it of the boot network's.
     pub fn timesyncd_file(&self) -> String {
-        let servers: Vec<String> = self.ntp.iter().map(|a| a.to_string()).collect();
-        format!("# Written by pxeroot-init: the NTP servers of the network the machine booted from.\n[Time]\nNTP={}\n", servers.join(" "))
+        format!(
+            "# Written by pxeroot-init: the NTP servers of the network the machine booted from.\n[Time]\nNTP={}\n",
+            joined(&self.ntp, " ")
+        )
     }
 
     /// [`CHRONY_SOURCES`]: chrony's, in the directory Debian's chrony.conf

@@ -594,13 +594,11 @@ fn configure_net(
     }
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
     if !services.dns.is_empty() {
-        let servers: Vec<String> = services.dns.iter().map(|a| a.to_string()).collect();
         let domain = services.domain.as_deref().map(|d| format!(", domain {d}")).unwrap_or_default();
-        con.say(format_args!("{iface}: DNS {}{domain} (for the root)", servers.join(" ")));
+        con.say(format_args!("{iface}: DNS {}{domain} (for the root)", handoff::joined(&services.dns, " ")));
     }
     if !services.ntp.is_empty() {
-        let servers: Vec<String> = services.ntp.iter().map(|a| a.to_string()).collect();
-        con.say(format_args!("{iface}: NTP {} (for the root)", servers.join(" ")));
+        con.say(format_args!("{iface}: NTP {} (for the root)", handoff::joined(&services.ntp, " ")));
     }
     Ok((link_up, held, services))
 }
