@@ -72,7 +72,7 @@ pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
     let _ = write!(
         s,
         "kernel {base}/{} initrd={initrd_name} {} pxeroot.server={}:{} pxeroot.export={mac} pxeroot.attach={} \
-         ip=${{ip}}::${{gateway}}:${{netmask}}:::off BOOTIF=01-${{mac:hexhyp}} {LEASE_ARG} {MTU_ARG} {NAME_ARGS}",
+         ip=${{ip}}::${{gateway}}:${{netmask}}:::off BOOTIF=01-${{mac:hexhyp}} {LEASE_ARG} {MTU_ARG}",
         boot.kernel.trim_start_matches('/'),
         boot.cmdline,
         p.server,
@@ -82,7 +82,10 @@ pub fn render(p: &ScriptParams, mac: Mac, boot: &BootSpec) -> String {
     if let Some(n) = boot.partition {
         let _ = write!(s, " pxeroot.partition={n}");
     }
-    s.push_str(" || goto pxeroot_retry\n");
+    // Last: the only part whose length a DHCP server sets (up to 255
+    // bytes, 510 hex digits, per option), so a kernel that cuts a long
+    // command line (2048 bytes on x86) cuts only these.
+    let _ = writeln!(s, " {NAME_ARGS} || goto pxeroot_retry");
     let _ = writeln!(s, "initrd {base}/{} || goto pxeroot_retry", boot.initrd.trim_start_matches('/'));
     s.push_str("boot || goto pxeroot_retry\n");
     // The images of the failed try go; the running script stays (iPXE
@@ -131,6 +134,6 @@ mod tests {
         assert!(s.contains(":pxeroot_retry\n") && s.contains("sleep 5 || shell\ngoto pxeroot_fetch\n"), "{s}");
         assert!(!s.contains("pxeroot.partition"));
         let s = render(&p, "52:54:00:12:34:56".parse().unwrap(), &BootSpec { partition: Some(14), ..b });
-        assert!(s.contains(":hexraw} pxeroot.partition=14 || goto pxeroot_retry\ninitrd "), "{s}");
+        assert!(s.contains(":uint16} pxeroot.partition=14 pxeroot.dns="), "{s}");
     }
 }
