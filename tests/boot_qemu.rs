@@ -1727,16 +1727,29 @@ fn test_uefi_http_boot_fetches_ipxe_efi_from_pxeroot_over_http() {
     let d = tempfile::tempdir().unwrap();
     let my_vars = d.path().join("vars.fd");
     let UefiWorld { lan, log_path, args, .. } = &uefi_setup(d.path(), "uhttp", &my_vars, None);
-    run(Command::new(tool)
-        .args(["--input", OVMF_VARS, "--output"])
-        .arg(&my_vars)
-        .args(["--set-boot-uri", &format!("http://{SERVER_IP}/ipxe.efi")]));
-    let (lines, exited) = run_qemu_nic(lan, args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
-    let console = lines.join("\n");
+    // OVMF under load (two TCG guests on two cores, in CI) has been seen to
+    // get its DHCP answer and then send no HTTP request at all: a minute
+    // later it falls back to its PXE entry. That attempt, in which
+    // pxeroot's HTTP server saw nothing, is retried once.
+    let fetched = |log: &str| log.matches("file=/ipxe.efi").count();
+    let (mut console, mut exited) = (String::new(), false);
+    for attempt in 0..2 {
+        run(Command::new(tool)
+            .args(["--input", OVMF_VARS, "--output"])
+            .arg(&my_vars)
+            .args(["--set-boot-uri", &format!("http://{SERVER_IP}/ipxe.efi")]));
+        let (lines, ex) = run_qemu_nic(lan, args, "virtio-net-pci,romfile=", |l| l.contains("FATAL"));
+        (console, exited) = (lines.join("\n"), ex);
+        if attempt == 0 && fetched(&std::fs::read_to_string(log_path).unwrap_or_default()) == 0 {
+            eprintln!("OVMF's HTTP boot sent no request to pxeroot; retrying once. Its console:\n{console}");
+            continue;
+        }
+        break;
+    }
     let server_log = std::fs::read_to_string(log_path).unwrap_or_default();
     assert!(console.contains("Start HTTP Boot over IPv4"), "OVMF did not start HTTP boot:\n{console}");
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "UEFI HTTP boot failed:\n{console}\n--- pxeroot log:\n{server_log}");
-    assert!(server_log.contains("HTTP transfer finished") && server_log.contains("file=/ipxe.efi"), "{server_log}");
+    assert!(server_log.contains("HTTP transfer finished") && fetched(&server_log) > 0, "{console}\n{server_log}");
     assert!(server_log.contains("boot script requested"), "{server_log}");
 }
 
