@@ -119,7 +119,7 @@ fn test_tftp_serves_the_client_script() {
         assert!(text.contains("kernel tftp://127.0.0.1/debian/vmlinuz initrd=initrd.zst console=ttyS0 "), "{text}");
         assert!(text.contains(&format!("pxeroot.export={MAC}")), "{text}");
         // The image's root partition reaches pxeroot-init.
-        assert!(text.contains(" pxeroot.partition=2 || goto pxeroot_retry\n"), "{text}");
+        assert!(text.contains(" pxeroot.partition=2 pxeroot.dns="), "{text}");
         assert!(text.contains("initrd tftp://127.0.0.1/debian/initrd.zst"), "{text}");
     }
     // A MAC that is not configured (unknown clients refused): not found.
