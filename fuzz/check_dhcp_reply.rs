@@ -26,7 +26,7 @@ pub fn check_dhcp_reply(data: &[u8]) {
     for name in reply.domain.iter().chain(&reply.hostname) {
         assert!(nbd_wire::limits::is_domain_name(name) && !name.contains(['\n', ' ', '[', '=']), "{name:?}");
     }
-    assert!(reply.hostname.as_ref().is_none_or(|h| h.len() <= dhcp::MAX_HOSTNAME_LEN), "{:?}", reply.hostname);
+    assert!(reply.hostname.as_ref().is_none_or(|h| nbd_wire::limits::is_host_name(h)), "{:?}", reply.hostname);
     let Some(held) = lease::Held::new(reply.address, reply.server_id, 100, 3600, None, None) else {
         panic!("a one-hour lease is one to keep")
     };

@@ -140,10 +140,6 @@ impl Config {
     }
 }
 
-/// The longest client hostname (`hostname`, option 12): what the Linux
-/// kernel keeps (HOST_NAME_MAX).
-pub const MAX_HOSTNAME_LEN: usize = 64;
-
 /// Default lease time in full-DHCP mode.
 pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 
@@ -253,11 +249,14 @@ fn full_dhcp_mode(
             p.reservations.insert(mac, addr);
         }
         if let (Ok(mac), Some(name)) = (mac_text.parse::<Mac>(), &c.hostname) {
-            if !(nbd_wire::limits::is_domain_name(name) && name.len() <= MAX_HOSTNAME_LEN) {
+            if !nbd_wire::limits::is_host_name(name) {
                 return Err(err(
                     &format!("clients.\"{mac_text}\".hostname"),
                     format!("{name:?} is not a host name"),
-                    "give a name of letters, digits and '-' (dots for a domain), at most 64 characters",
+                    &format!(
+                        "give a name of letters, digits and '-' (dots for a domain), at most {} characters",
+                        nbd_wire::limits::MAX_HOSTNAME_LEN
+                    ),
                 ));
             }
             for p in pools.iter_mut() {

@@ -32,6 +32,10 @@ pub const MIN_MTU: u16 = 68;
 /// 255 octets on the wire, 253 characters in text), and its longest label.
 pub const MAX_DOMAIN_LEN: usize = 253;
 pub const MAX_LABEL_LEN: usize = 63;
+/// The longest hostname the Linux kernel keeps (`__NEW_UTS_LEN`,
+/// HOST_NAME_MAX): the longest per-client `hostname` in the server's config
+/// and the longest option 12 pxeroot-init takes.
+pub const MAX_HOSTNAME_LEN: usize = 64;
 
 /// A plain DNS name (letters, digits, `-`, `_`, labels joined by single
 /// dots) within [`MAX_DOMAIN_LEN`] and [`MAX_LABEL_LEN`]: what the server's
@@ -43,6 +47,12 @@ pub fn is_domain_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty() && label.len() <= MAX_LABEL_LEN && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+/// A plain DNS name ([`is_domain_name`]) the kernel can keep as its
+/// hostname: at most [`MAX_HOSTNAME_LEN`] characters.
+pub fn is_host_name(name: &str) -> bool {
+    name.len() <= MAX_HOSTNAME_LEN && is_domain_name(name)
 }
 
 /// Size of the server's initial greeting (NBDMAGIC, IHAVEOPT, u16 flags).
@@ -59,3 +69,22 @@ pub const SIMPLE_REPLY_LEN: usize = 16;
 pub const CHUNK_HEADER_LEN: usize = 20;
 /// Zero padding after an EXPORT_NAME reply when NO_ZEROES is not agreed.
 pub const EXPORT_NAME_PADDING: usize = 124;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain_dns_names_within_their_limits() {
+        assert!(is_domain_name("lab.example") && is_domain_name("a_b-c.d1"));
+        for bad in ["", ".", "lab..example", "lab.example.", "lab example", "lab\nx", "[lab]", "é.example"] {
+            assert!(!is_domain_name(bad), "{bad:?}");
+        }
+        assert!(is_domain_name(&"a".repeat(MAX_LABEL_LEN)) && !is_domain_name(&"a".repeat(MAX_LABEL_LEN + 1)));
+        let long = vec!["a".repeat(MAX_LABEL_LEN); 4].join(".");
+        assert!(is_domain_name(&long[..MAX_DOMAIN_LEN]) && !is_domain_name(&long[..MAX_DOMAIN_LEN + 1]));
+        let host = format!("{}.{}", "h".repeat(31), "h".repeat(MAX_LABEL_LEN));
+        assert!(is_host_name(&host[..MAX_HOSTNAME_LEN]) && !is_host_name(&host[..MAX_HOSTNAME_LEN + 1]));
+        assert!(!is_host_name("lab 07"));
+    }
+}

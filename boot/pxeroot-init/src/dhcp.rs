@@ -45,8 +45,6 @@ pub const MAX_DNS_SERVERS: usize = 3;
 /// NTP servers kept from option 42: chrony and timesyncd poll each, and a
 /// site names a few.
 pub const MAX_NTP_SERVERS: usize = 4;
-/// The longest hostname the kernel keeps (`__NEW_UTS_LEN`, HOST_NAME_MAX).
-pub const MAX_HOSTNAME_LEN: usize = 64;
 
 pub const DISCOVER: u8 = 1;
 pub const OFFER: u8 = 2;
@@ -158,11 +156,10 @@ pub fn servers(data: &[u8], most: usize) -> Vec<Ipv4Addr> {
 }
 
 /// Option 12's payload, when it is a name the kernel takes as its
-/// hostname: a plain DNS name ([`nbd_wire::limits::is_domain_name`]) of
-/// at most [`MAX_HOSTNAME_LEN`] characters (a trailing NUL or dot is
+/// hostname ([`nbd_wire::limits::is_host_name`]; a trailing NUL or dot is
 /// dropped).
 pub fn host_name(data: &[u8]) -> Option<String> {
-    domain_name(data).filter(|n| n.len() <= MAX_HOSTNAME_LEN)
+    domain_name(data).filter(|n| nbd_wire::limits::is_host_name(n))
 }
 
 /// Option 15's payload, when it is a plain DNS name
