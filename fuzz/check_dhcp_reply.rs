@@ -6,7 +6,7 @@
 /// panic is a kernel panic) and in `@pxeroot-dhcp`. For any bytes: nothing
 /// panics; a reply is taken only for its own xid; its netmask gives a
 /// prefix of at most 32 and its MTU is one IPv4 allows; its DNS servers are
-/// at most a resolver's three (NTP servers at most four), its domain and hostname plain DNS names
+/// at most a resolver's three (NTP servers at most four), its domain, search domains (six at most, no repeats) and hostname plain DNS names
 /// (they are written into the root's configuration files), the hostname
 /// one the kernel keeps; answering a held lease with it never panics, and
 /// a lease it extends has T1 <= T2 <= its length and a schedule that moves
@@ -23,7 +23,9 @@ pub fn check_dhcp_reply(data: &[u8]) {
     assert!(reply.prefix <= 32, "prefix {}", reply.prefix);
     assert!(reply.mtu.is_none_or(|m| m >= dhcp::MIN_MTU), "MTU {:?}", reply.mtu);
     assert!(reply.dns.len() <= dhcp::MAX_DNS_SERVERS && reply.ntp.len() <= dhcp::MAX_NTP_SERVERS, "{:?} {:?}", reply.dns, reply.ntp);
-    for name in reply.domain.iter().chain(&reply.hostname) {
+    assert!(reply.search.len() <= dhcp::MAX_SEARCH_DOMAINS, "{:?}", reply.search);
+    assert!(reply.search.iter().enumerate().all(|(i, n)| !reply.search[..i].contains(n)), "{:?}", reply.search);
+    for name in reply.domain.iter().chain(&reply.hostname).chain(&reply.search) {
         assert!(nbd_wire::limits::is_domain_name(name) && !name.contains(['\n', ' ', '[', '=']), "{name:?}");
     }
     assert!(reply.hostname.as_ref().is_none_or(|h| nbd_wire::limits::is_host_name(h)), "{:?}", reply.hostname);

@@ -46,13 +46,15 @@ pub const LEASE_ARG: &str = "pxeroot.lease=${netX.dhcp/dhcp-server},${netX.dhcp/
 /// names one, so the kernel uses what iPXE did.
 pub const MTU_ARG: &str = "pxeroot.mtu=${netX.dhcp/26:uint16}";
 
-/// `pxeroot.dns=`, `pxeroot.domain=`, `pxeroot.hostname=` and
-/// `pxeroot.ntp=`: options 6, 15, 12 and 42 of the same DHCP block, as raw
-/// hex (every server, not only `${dns}`'s first; no byte of a name can
-/// split the command line), for the root's resolver and clock and the
-/// kernel's hostname (pxeroot-init validates them).
+/// `pxeroot.dns=`, `pxeroot.domain=`, `pxeroot.search=`,
+/// `pxeroot.hostname=` and `pxeroot.ntp=`: options 6, 15, 119, 12 and 42
+/// of the same DHCP block, as raw hex (every server, not only `${dns}`'s
+/// first; no byte of a name can split the command line; option 119 in its
+/// wire form, which pxeroot-init decodes), for the root's resolver and
+/// clock and the kernel's hostname (pxeroot-init validates them).
 pub const NAME_ARGS: &str = "pxeroot.dns=${netX.dhcp/6:hexraw} pxeroot.domain=${netX.dhcp/15:hexraw} \
-                             pxeroot.hostname=${netX.dhcp/12:hexraw} pxeroot.ntp=${netX.dhcp/42:hexraw}";
+                             pxeroot.search=${netX.dhcp/119:hexraw} pxeroot.hostname=${netX.dhcp/12:hexraw} \
+                             pxeroot.ntp=${netX.dhcp/42:hexraw}";
 
 /// Seconds between a failed fetch of the boot files and the next try.
 pub const RETRY_SECONDS: u32 = 5;
@@ -127,7 +129,7 @@ mod tests {
         assert!(s.contains(" pxeroot.lease=${netX.dhcp/dhcp-server},${netX.dhcp/51:uint32},"), "{s}");
         assert!(s.contains(":uint32} pxeroot.mtu=${netX.dhcp/26:uint16} pxeroot.dns=${netX.dhcp/6:hexraw} "), "{s}");
         assert!(
-            s.contains(" pxeroot.domain=${netX.dhcp/15:hexraw} pxeroot.hostname=${netX.dhcp/12:hexraw} pxeroot.ntp=${netX.dhcp/42:hexraw} || goto pxeroot_retry\n"),
+            s.contains(" pxeroot.domain=${netX.dhcp/15:hexraw} pxeroot.search=${netX.dhcp/119:hexraw} pxeroot.hostname=${netX.dhcp/12:hexraw} pxeroot.ntp=${netX.dhcp/42:hexraw} || goto pxeroot_retry\n"),
             "{s}"
         );
         assert!(s.contains("\ninitrd tftp://10.0.0.1/debian/initrd.zst || goto pxeroot_retry\nboot || goto pxeroot_retry\n"), "{s}");

@@ -417,8 +417,11 @@ systemctl enable pxeroot-nm-disconnect.service"#;
     let (dnsmasq, _) = logged_dnsmasq(&ns, "tap0", d.path(), "1h", &dns.iter().map(String::as_str).collect::<Vec<_>>());
     let console = boot_debian(&ns, &initrd, &dhcp_cmdline(), &log_path);
     drop(dnsmasq);
-    // pxeroot-init's own DHCP took options 6 and 15 from dnsmasq.
-    assert!(console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example (for the root)"), "{console}");
+    // pxeroot-init's own DHCP took options 6, 15 and 119 from dnsmasq.
+    assert!(
+        console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example, search lab.example corp.example (for the root)"),
+        "{console}"
+    );
     assert!(console.contains("PXEROOT-NM eth0:ethernet:unmanaged:"), "NetworkManager manages the boot NIC:\n{console}");
     let disconnect = console.lines().find(|l| l.contains("PXEROOT-NM-DISCONNECT")).unwrap_or_default();
     assert!(disconnect.contains("not active") || disconnect.contains("not managed"), "{console}");
@@ -429,7 +432,9 @@ systemctl enable pxeroot-nm-disconnect.service"#;
     // systemd-timesyncd took the lease's NTP server from pxeroot-init's
     // drop-in (nothing else tells it: NetworkManager runs no DHCP here).
     assert!(console.contains("PXEROOT-NTP 192.0.2.123"), "{console}");
-    for line in ["PXEROOT-RESOLV search lab.example", "PXEROOT-RESOLV nameserver 192.0.2.53", "PXEROOT-RESOLV nameserver 192.0.2.54"] {
+    for line in
+        ["PXEROOT-RESOLV search lab.example corp.example", "PXEROOT-RESOLV nameserver 192.0.2.53", "PXEROOT-RESOLV nameserver 192.0.2.54"]
+    {
         assert!(console.contains(line), "no {line:?}: NetworkManager did not take the boot's DNS:\n{console}");
     }
     drop(server);
@@ -1201,7 +1206,8 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     boot_dir(d.path());
     let (lan, srv) = lan_and_server("pxe");
     let (_server, log_path) = serve(d.path(), &srv, &img, "attach = \"ioctl\"\n", PROXY_DHCP, &the_client());
-    // The site's server names DNS servers and a domain (options 6 and 15).
+    // The site's server names DNS servers, a domain and search domains
+    // (options 6, 15 and 119).
     let _dnsmasq = dnsmasq_dhcp_with(&lan, "br0", d.path(), true, "1h", &site_dns_options());
     let t = Instant::now();
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
@@ -1227,23 +1233,27 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     assert!(server_log.contains("pxe.attach = \"ioctl\": a systemd root loses its last writes"), "{server_log}");
     let marker = overlay_marker(d.path(), &d.path().join("state").join(format!("{STEM}.qcow2")));
     assert!(marker.contains("written by the diskless client"), "{marker}");
-    // The site server's DNS servers and domain went through iPXE's
-    // script (`:hexraw`, from the site server's block, not the proxy's)
-    // to pxeroot-init.
-    assert!(console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example (for the root)"), "{console}");
+    // The site server's DNS servers, domain and search list (dnsmasq's
+    // RFC 3397 encoding) went through iPXE's script (`:hexraw`, from the
+    // site server's block, not the proxy's) to pxeroot-init.
+    assert!(
+        console.contains("eth0: DNS 192.0.2.53 192.0.2.54, domain lab.example, search lab.example corp.example (for the root)"),
+        "{console}"
+    );
     assert!(console.contains("] hostname lab-07"), "the site server's name for the client:\n{console}");
     // iPXE asks for no option 42, and dnsmasq sends only what is asked
     // for: no NTP server reaches the script (README, "NTP").
     assert!(!console.contains("eth0: NTP"), "{console}");
 }
 
-/// dnsmasq arguments for DNS servers, a domain and an NTP server (options
-/// 6, 15 and 42, addresses from TEST-NET-1: nothing is ever asked) and the
-/// test client's name, lab-07 (option 12).
+/// dnsmasq arguments for DNS servers, a domain, search domains and an NTP
+/// server (options 6, 15, 119 and 42, addresses from TEST-NET-1: nothing
+/// is ever asked) and the test client's name, lab-07 (option 12).
 fn site_dns_options() -> Vec<String> {
     vec![
         "--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54".into(),
         "--domain=lab.example".into(),
+        "--dhcp-option=option:domain-search,lab.example,corp.example".into(),
         "--dhcp-option=option:ntp-server,192.0.2.123".into(),
         format!("--dhcp-host={MAC},lab-07"),
     ]
@@ -1454,7 +1464,8 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
         &srv,
         &img,
         &clients,
-        "mtu = 1400\ndns = [\"192.0.2.53\"]\ndomain = \"lab.example\"\nntp = [\"192.0.2.123\"]\n",
+        "mtu = 1400\ndns = [\"192.0.2.53\"]\ndomain = \"lab.example\"\nsearch = [\"eng.lab.example\", \"lab.example\"]\n\
+         ntp = [\"192.0.2.123\"]\n",
     );
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
@@ -1466,9 +1477,9 @@ fn test_pxe_boot_full_dhcp_mode_without_another_server() {
     assert!(console.contains("pxeroot-init") && console.contains("10.99.0.42"), "{console}");
     // The pool's MTU went through iPXE and the script to the kernel.
     assert!(console.contains("eth0: MTU 1400 (pxeroot.mtu)"), "{console}");
-    // So did its DNS server, domain and NTP server (options 6, 15 and 42)
-    // and the client's name (option 12).
-    assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example (for the root)"), "{console}");
+    // So did its DNS server, domain, search list and NTP server (options
+    // 6, 15, 119 and 42) and the client's name (option 12).
+    assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example, search eng.lab.example lab.example (for the root)"), "{console}");
     assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "{console}");
     assert!(console.contains("] hostname lab-42"), "{console}");
     let leases = std::fs::read_to_string(d.path().join("state/dhcp-leases.txt")).unwrap_or_default();

@@ -65,7 +65,7 @@ fn test_partition_table_seeds_pass_checks() {
 }
 
 /// The DHCP reply target's seeds (dnsmasq's OFFERs and ACKs from the OVMF
-/// capture, a NAK made from one, an ACK with DNS servers and names) pass
+/// capture, a NAK made from one, ACKs with DNS servers, names and a search list) pass
 /// its checks, whole and cut short, and the captured ACKs still carry the
 /// lease times the keeper schedules by.
 #[test]
@@ -87,6 +87,9 @@ fn test_dhcp_reply_seeds_pass_checks() {
             // trailing NUL or dot, as some servers send them.
             assert_eq!(reply.dns.len(), dhcp::MAX_DNS_SERVERS);
             assert_eq!((reply.domain.as_deref(), reply.hostname.as_deref()), (Some("lab.example"), Some("lab-07")));
+        } else if path.ends_with("ack-with-search-list") {
+            // Option 119 in two pieces, with pointers (RFC 3396, 3397).
+            assert_eq!(reply.search, ["lab.example", "corp.example", "eng.corp.example"]);
         } else if reply.message_type == dhcp::ACK {
             assert_eq!((reply.lease_secs, reply.renew_secs, reply.rebind_secs), (Some(43200), Some(21600), Some(37800)));
             acks += 1;

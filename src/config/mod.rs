@@ -146,7 +146,8 @@ pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
 type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 
 /// One pool from its keys; `key` names a key (`start`, `end`, `netmask`,
-/// `router`, `dns`, `domain`, `ntp`, `mtu`) as the file spells it, for errors.
+/// `router`, `dns`, `domain`, `search`, `ntp`, `mtu`) as the file spells it,
+/// for errors.
 fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
     let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
@@ -182,27 +183,32 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
     };
     let dns = servers("dns", &p.dns)?;
     let ntp = servers("ntp", &p.ntp)?;
-    let domain = match &p.domain {
-        None => None,
-        Some(d) => {
-            let name = d.trim_end_matches('.');
-            if !nbd_wire::limits::is_domain_name(name) {
-                return Err(err(
-                    &key("domain"),
-                    format!("{d:?} is not a domain name"),
-                    "give the clients' DNS domain, e.g. \"lab.example\" (letters, digits, '-', dots)",
-                ));
+    let domain_name = |key: &str, d: &str| {
+        let name = d.trim_end_matches('.');
+        match nbd_wire::limits::is_domain_name(name) {
+            true => Ok(name.to_ascii_lowercase()),
+            false => {
+                Err(err(key, format!("{d:?} is not a domain name"), "give a DNS domain, e.g. \"lab.example\" (letters, digits, '-', dots)"))
             }
-            Some(name.to_ascii_lowercase())
         }
     };
+    let domain = p.domain.as_deref().map(|d| domain_name(&key("domain"), d)).transpose()?;
+    let search = p.search.as_deref().unwrap_or_default();
+    if search.len() > nbd_wire::limits::MAX_SEARCH_DOMAINS {
+        return Err(err(
+            &key("search"),
+            format!("lists {} domains", search.len()),
+            &format!("list at most {} (what a resolv.conf searches)", nbd_wire::limits::MAX_SEARCH_DOMAINS),
+        ));
+    }
+    let search = search.iter().enumerate().map(|(i, d)| domain_name(&format!("{}[{i}]", key("search")), d)).collect::<Result<_, _>>()?;
     let mtu = match p.mtu {
         None => None,
         Some(m) => Some(u16::try_from(m).ok().filter(|&m| m >= crate::dhcp::decide::MIN_MTU).ok_or_else(|| {
             err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
         })?),
     };
-    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, ntp, mtu };
+    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, search, ntp, mtu };
     Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new(), names: BTreeMap::new() })
 }
 
@@ -220,6 +226,7 @@ fn full_dhcp_mode(
         router: d.router.clone(),
         dns: d.dns.clone(),
         domain: d.domain.clone(),
+        search: d.search.clone(),
         ntp: d.ntp.clone(),
         mtu: d.mtu,
     };
@@ -682,7 +689,8 @@ image = "debian"
             )
         };
         let relayed =
-            "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\nmtu = 9000\ndomain = \"Lab.Example.\"\n";
+            "[[dhcp.pools]]\nstart = \"10.0.8.100\"\nend = \"10.0.8.199\"\nrouter = \"10.0.8.1\"\nmtu = 9000\ndomain = \"Lab.Example.\"\n\
+             search = [\"Eng.Lab.Example\", \"lab.example.\"]\n";
         let text =
             full(relayed).replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\naddress = \"10.0.8.50\"\nhostname = \"Lab-07\"");
         let c = with_base(&text).1.unwrap();
@@ -692,6 +700,10 @@ image = "debian"
         assert_eq!(pools[1].network.router, Some("10.0.8.1".parse().unwrap()));
         assert_eq!((pools[0].network.mtu, pools[1].network.mtu), (None, Some(9000)));
         assert_eq!((pools[0].network.domain.as_deref(), pools[1].network.domain.as_deref()), (None, Some("lab.example")));
+        assert_eq!(
+            (pools[0].network.search.len(), &pools[1].network.search[..]),
+            (0, &["eng.lab.example".to_string(), "lab.example".into()][..])
+        );
         let mac: Mac = "52:54:00:12:34:56".parse().unwrap();
         assert!(pools[0].reservations.is_empty());
         assert_eq!(pools[1].reservations[&mac], "10.0.8.50".parse::<std::net::Ipv4Addr>().unwrap());
@@ -706,6 +718,8 @@ image = "debian"
             (full("mtu = 67\n"), "dhcp.mtu", "not an MTU"),
             (full("domain = \"lab example\"\n"), "dhcp.domain", "not a domain name"),
             (full("ntp = [\"10.0.0.1\", \"ntp.lab\"]\n"), "dhcp.ntp[1]", "not an IPv4 address"),
+            (full("search = [\"lab.example\", \"lab example\"]\n"), "dhcp.search[1]", "not a domain name"),
+            (full("search = [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\"]\n"), "dhcp.search", "lists 7 domains"),
             (
                 full("").replace("policy = \"ephemeral\"", "policy = \"ephemeral\"\nhostname = \"lab 07\""),
                 "clients.\"52-54-00-12-34-56\".hostname",

@@ -49,6 +49,7 @@ pub struct Dhcp {
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
     pub domain: Option<String>,
+    pub search: Option<Vec<String>>,
     pub ntp: Option<Vec<String>>,
     pub mtu: Option<u32>,
     pub lease_seconds: Option<u64>,
@@ -67,6 +68,7 @@ pub struct Pool {
     pub router: Option<String>,
     pub dns: Option<Vec<String>>,
     pub domain: Option<String>,
+    pub search: Option<Vec<String>>,
     pub ntp: Option<Vec<String>>,
     pub mtu: Option<u32>,
 }

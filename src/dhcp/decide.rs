@@ -345,6 +345,8 @@ pub struct Network {
     pub dns: Vec<Ipv4Addr>,
     /// Option 15: the clients' DNS domain.
     pub domain: Option<String>,
+    /// Option 119: their search domains (RFC 3397), validated names.
+    pub search: Vec<String>,
     /// Option 42: NTP servers.
     pub ntp: Vec<Ipv4Addr>,
     /// Option 26: the segment's MTU, when it is not Ethernet's 1500.
@@ -475,6 +477,10 @@ pub fn decide_full(
     }
     if let Some(d) = &net.domain {
         o.insert(DhcpOption::DomainName(d.clone()));
+    }
+    if !net.search.is_empty() {
+        // (The config let only plain DNS names through: each parses.)
+        o.insert(DhcpOption::DomainSearch(net.search.iter().filter_map(|n| dhcproto::Name::from_ascii(n).ok()).collect()));
     }
     if !net.ntp.is_empty() {
         o.insert(DhcpOption::NtpServers(net.ntp.clone()));
@@ -687,6 +693,11 @@ mod full_tests {
     use super::tests::{ctx, fixture, opt_bytes};
     use super::*;
     use crate::dhcp::leases::LeaseTable;
+
+    /// A /24 with `router` and no other parameters.
+    fn lan(router: Option<Ipv4Addr>) -> Network {
+        Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router, dns: vec![], domain: None, search: vec![], ntp: vec![], mtu: None }
+    }
     use std::collections::BTreeMap;
 
     fn discover(mac: [u8; 6], pxe: bool) -> Message {
@@ -714,14 +725,7 @@ mod full_tests {
             uefi_by_class: &[],
             in_use: &|_| false,
         };
-        let net = Network {
-            netmask: Ipv4Addr::new(255, 255, 255, 0),
-            router: Some(Ipv4Addr::new(10, 0, 0, 254)),
-            dns: vec![],
-            domain: None,
-            ntp: vec![],
-            mtu: None,
-        };
+        let net = lan(Some(Ipv4Addr::new(10, 0, 0, 254)));
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 200), 3600, BTreeMap::new());
         let (offer, seen) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 1], true), &ctx, &net, &mut leases, 0).unwrap().unwrap();
         assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
@@ -778,6 +782,7 @@ mod full_tests {
         let named = Network {
             dns: vec![Ipv4Addr::new(10, 0, 0, 53)],
             domain: Some("lab.example".into()),
+            search: vec!["eng.lab.example".into(), "lab.example".into()],
             ntp: vec![Ipv4Addr::new(10, 0, 0, 123)],
             ..net.clone()
         };
@@ -786,6 +791,15 @@ mod full_tests {
         assert_eq!(offer.opts().get(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 53)])));
         assert_eq!(offer.opts().get(OptionCode::DomainName), Some(&DhcpOption::DomainName("lab.example".into())));
         assert_eq!(offer.opts().get(OptionCode::NtpServers), Some(&DhcpOption::NtpServers(vec![Ipv4Addr::new(10, 0, 0, 123)])));
+        // Option 119 in RFC 1035's wire form, the second name a pointer
+        // into the first (what pxeroot-init's decoder and iPXE read).
+        let wire = dhcproto::Encodable::to_vec(&offer).unwrap();
+        let mut at = 240;
+        while wire[at] != u8::from(OptionCode::DomainSearch) {
+            at += 2 + usize::from(wire[at + 1]);
+        }
+        assert_eq!(&wire[at + 2..at + 2 + usize::from(wire[at + 1])], b"\x03eng\x03lab\x07example\x00\xc0\x04");
+        assert_eq!(ack.opts().get(OptionCode::DomainSearch), None, "the pool without a search list");
         assert_eq!(offer.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("pc-5".into())), "its name");
         let (other, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 6], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
         assert_eq!(other.opts().get(OptionCode::Hostname), None, "a client without a name");
@@ -798,7 +812,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let mut c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, ntp: vec![], mtu: None };
+        let net = lan(None);
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mut req = fixture("ovmf-full-chain.pcap").into_iter().find(|m| m.opts().msg_type() == Some(MessageType::Discover)).unwrap();
         req.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()));
@@ -822,14 +836,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
-        let net = Network {
-            netmask: Ipv4Addr::new(255, 255, 255, 0),
-            router: Some(Ipv4Addr::new(10, 98, 0, 1)),
-            dns: vec![],
-            domain: None,
-            ntp: vec![],
-            mtu: None,
-        };
+        let net = lan(Some(Ipv4Addr::new(10, 98, 0, 1)));
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 200), 3600, BTreeMap::new());
         let mut req = discover([0x52, 0x54, 0, 0, 0, 1], true);
         req.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
@@ -848,14 +855,7 @@ mod full_tests {
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| true, &url);
         let pool = |net: [u8; 3], router: u8| Pool {
-            network: Network {
-                netmask: Ipv4Addr::new(255, 255, 255, 0),
-                router: Some(Ipv4Addr::new(net[0], net[1], net[2], router)),
-                dns: vec![],
-                domain: None,
-                ntp: vec![],
-                mtu: None,
-            },
+            network: lan(Some(Ipv4Addr::new(net[0], net[1], net[2], router))),
             range: (Ipv4Addr::new(net[0], net[1], net[2], 100), Ipv4Addr::new(net[0], net[1], net[2], 200)),
             reservations: BTreeMap::new(),
             names: BTreeMap::new(),
@@ -882,7 +882,7 @@ mod full_tests {
         let files = BootFiles::default();
         let url = |_m: Mac| String::new();
         let c = ctx(&files, UefiStrategy::InOffer, &|_| false, &url);
-        let net = Network { netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: vec![], domain: None, ntp: vec![], mtu: None };
+        let net = lan(None);
         let mut leases = LeaseTable::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 200), 3600, BTreeMap::new());
         let mac = [0x52, 0x54, 0, 0, 0, 9];
         let (offer, seen) = decide_full(&discover(mac, true), &c, &net, &mut leases, 0).unwrap().unwrap();

@@ -36,6 +36,10 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// HOST_NAME_MAX): the longest per-client `hostname` in the server's config
 /// and the longest option 12 pxeroot-init takes.
 pub const MAX_HOSTNAME_LEN: usize = 64;
+/// The most search domains (DHCP option 119, RFC 3397) the server's config
+/// takes and pxeroot-init keeps: what a resolv.conf held for decades
+/// (glibc's MAXDNSRCH before 2.26; musl reads one line of 256 bytes).
+pub const MAX_SEARCH_DOMAINS: usize = 6;
 
 /// A plain DNS name (letters, digits, `-`, `_`, labels joined by single
 /// dots) within [`MAX_DOMAIN_LEN`] and [`MAX_LABEL_LEN`]: what the server's

@@ -20,6 +20,8 @@
 //!   options 6 and 15 as iPXE's `:hexraw` format prints them, for the
 //!   root's resolver; a value that is not hex, or a domain that is not a
 //!   plain DNS name, is dropped),
+//!   `pxeroot.search=HEX` (option 119, likewise: the root's search
+//!   domains, RFC 3397's encoding),
 //!   `pxeroot.hostname=HEX` (option 12, likewise: the kernel's hostname),
 //!   `pxeroot.ntp=HEX` (option 42, likewise: the root's NTP servers);
 //! - `ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1` as the kernel
@@ -124,6 +126,8 @@ pub struct Settings {
     pub dns: Vec<Ipv4Addr>,
     /// `pxeroot.domain=`; with DHCP, the lease's.
     pub domain: Option<String>,
+    /// `pxeroot.search=`; with DHCP, the lease's.
+    pub search: Vec<String>,
     /// `pxeroot.hostname=`, else `ip=`'s HOSTNAME field; with DHCP, the
     /// lease's.
     pub hostname: Option<String>,
@@ -298,6 +302,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
         handoff: true,
         dns: Vec::new(),
         domain: None,
+        search: Vec::new(),
         hostname: None,
         ntp: Vec::new(),
     };
@@ -331,6 +336,7 @@ pub fn parse(cmdline: &str) -> Result<Settings, CmdlineError> {
             "pxeroot.dns" => s.dns = dhcp::servers(&parse_hex(value), dhcp::MAX_DNS_SERVERS),
             "pxeroot.ntp" => s.ntp = dhcp::servers(&parse_hex(value), dhcp::MAX_NTP_SERVERS),
             "pxeroot.domain" => s.domain = dhcp::domain_name(&parse_hex(value)),
+            "pxeroot.search" => s.search = dhcp::search_list(&parse_hex(value)),
             "pxeroot.hostname" => s.hostname = dhcp::host_name(&parse_hex(value)),
             "pxeroot.mtu" if value.is_empty() => s.mtu = None,
             "pxeroot.mtu" => {
@@ -416,6 +422,10 @@ mod tests {
         assert_eq!(s.dns, vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)], "pxeroot.dns wins");
         assert_eq!(s.domain.as_deref(), Some("lab.lan"));
         assert_eq!(parse(&format!("{base} pxeroot.ntp=0a00007b")).unwrap().ntp, vec![Ipv4Addr::new(10, 0, 0, 123)]);
+        // dnsmasq's option 119 for lab.example and corp.example, as iPXE prints it.
+        let s = parse(&format!("{base} pxeroot.search=036c6162076578616d706c650004636f7270c004")).unwrap();
+        assert_eq!(s.search, ["lab.example", "corp.example"]);
+        assert_eq!(parse(&format!("{base} pxeroot.search=036c61")).unwrap().search, Vec::<String>::new(), "cut short");
         let s = parse("pxeroot.server=1.2.3.4 ip=10.0.0.7::10.0.0.1:255.255.255.0:::off pxeroot.dns= pxeroot.domain=").unwrap();
         assert_eq!((s.dns, s.domain), (vec![], None), "iPXE prints an absent option as nothing");
         // "lab.lan\nDNS=...": not a DNS name, dropped rather than written into the root's files.

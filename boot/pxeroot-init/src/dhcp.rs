@@ -1,7 +1,8 @@
 //! A minimal DHCPv4 client codec (RFC 2131/2132), sans-IO: build DISCOVER,
 //! REQUEST and the renewing REQUEST, parse OFFER, ACK and NAK. Only what a
 //! diskless client needs: an address, a netmask, a router, the lease's
-//! times to keep it, and the DNS servers and domain to hand to the root. The socket loops are in `main.rs` and `lease.rs`.
+//! times to keep it, and the DNS servers, domain and search list to hand
+//! to the root. The socket loops are in `main.rs` and `lease.rs`.
 //!
 //! Not dhcproto: it pulls in a DNS library, and every KB of the static init
 //! is TFTP time in a boot storm; this codec is about 150 lines.
@@ -18,7 +19,14 @@ const FIXED_LEN: usize = 236;
 const FLAG_BROADCAST: u16 = 0x8000;
 /// A lease time that never ends (RFC 2132, 9.2).
 pub const INFINITE: u32 = u32::MAX;
-pub use nbd_wire::limits::MIN_MTU;
+pub use nbd_wire::limits::{MAX_SEARCH_DOMAINS, MIN_MTU};
+/// The longest DNS name in wire form (RFC 1035, 2.3.4): decoding a name of
+/// option 119 stops there.
+const MAX_WIRE_NAME: usize = 255;
+/// RFC 1035, 4.1.4: a length octet with both top bits set starts a
+/// pointer (its low 14 bits are an offset); other values with any top bit
+/// set are no label RFC 3397 allows.
+const POINTER: u8 = 0xc0;
 
 pub const OPT_SUBNET_MASK: u8 = 1;
 pub const OPT_ROUTER: u8 = 3;
@@ -26,6 +34,7 @@ pub const OPT_DNS_SERVERS: u8 = 6;
 pub const OPT_HOSTNAME: u8 = 12;
 pub const OPT_DOMAIN_NAME: u8 = 15;
 pub const OPT_NTP_SERVERS: u8 = 42;
+pub const OPT_DOMAIN_SEARCH: u8 = 119;
 pub const OPT_MTU: u8 = 26;
 pub const OPT_REQUESTED_IP: u8 = 50;
 pub const OPT_MESSAGE_TYPE: u8 = 53;
@@ -69,6 +78,8 @@ pub struct Lease {
     /// Option 6 (at most [`MAX_DNS_SERVERS`]) and option 15.
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
+    /// Option 119, the search domains (at most [`MAX_SEARCH_DOMAINS`]).
+    pub search: Vec<String>,
     /// Option 12, the client's name.
     pub hostname: Option<String>,
     /// Option 42 (at most [`MAX_NTP_SERVERS`]).
@@ -103,6 +114,7 @@ fn message(xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, kind: u8, extra: &[(u8, Vec
                 OPT_DNS_SERVERS,
                 OPT_HOSTNAME,
                 OPT_DOMAIN_NAME,
+                OPT_DOMAIN_SEARCH,
                 OPT_NTP_SERVERS,
                 OPT_MTU,
                 OPT_LEASE_TIME,
@@ -171,6 +183,60 @@ pub fn domain_name(data: &[u8]) -> Option<String> {
     nbd_wire::limits::is_domain_name(text).then(|| text.to_ascii_lowercase())
 }
 
+/// Option 119's payload (RFC 3397): DNS names in wire form, each of which
+/// may end in a pointer to an earlier offset of the payload (RFC 1035,
+/// 4.1.4; the offset counts from the start of all the message's 119
+/// options joined, RFC 3396). Names that are not plain DNS names
+/// ([`nbd_wire::limits::is_domain_name`]) and repeats are dropped;
+/// decoding stops at the first malformed name, and after
+/// [`MAX_SEARCH_DOMAINS`].
+pub fn search_list(data: &[u8]) -> Vec<String> {
+    let mut list: Vec<String> = Vec::new();
+    let mut at = 0;
+    while at < data.len() && list.len() < MAX_SEARCH_DOMAINS {
+        let Some((name, next)) = wire_name(data, at) else { break };
+        let name = name.to_ascii_lowercase();
+        if nbd_wire::limits::is_domain_name(&name) && !list.contains(&name) {
+            list.push(name);
+        }
+        at = next;
+    }
+    list
+}
+
+/// The name in wire form at `start`, as text, and the offset after it.
+/// A pointer must point below every offset the name has read so far, so
+/// every name ends.
+fn wire_name(data: &[u8], start: usize) -> Option<(String, usize)> {
+    let mut name = String::new();
+    let (mut at, mut floor, mut next) = (start, start, None);
+    loop {
+        match *data.get(at)? {
+            0 => return Some((name, next.unwrap_or(at + 1))),
+            len if len & POINTER == POINTER => {
+                let to = usize::from(len & !POINTER) << 8 | usize::from(*data.get(at + 1)?);
+                if to >= floor {
+                    return None;
+                }
+                next.get_or_insert(at + 2);
+                (at, floor) = (to, to);
+            }
+            len if len & POINTER != 0 => return None,
+            len => {
+                let label = std::str::from_utf8(data.get(at + 1..at + 1 + usize::from(len))?).ok()?;
+                if name.len() + label.len() + 2 > MAX_WIRE_NAME {
+                    return None;
+                }
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(label);
+                at += 1 + usize::from(len);
+            }
+        }
+    }
+}
+
 /// Parse a reply meant for us (`xid`, `mac`); `None` for anything else.
 pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
     if buf.len() < FIXED_LEN + 4 || buf[0] != OP_BOOTREPLY || buf[4..8] != xid.to_be_bytes() || buf[28..34] != mac {
@@ -192,9 +258,12 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
         rebind_secs: None,
         dns: Vec::new(),
         domain: None,
+        search: Vec::new(),
         hostname: None,
         ntp: Vec::new(),
     };
+    // Option 119 may come in several pieces (RFC 3396), joined in order.
+    let mut search = Vec::new();
     let secs = |data: &[u8]| Some(u32::from_be_bytes(data.get(..4)?.try_into().ok()?));
     let mut at = FIXED_LEN + 4;
     while at < buf.len() {
@@ -220,6 +289,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
             OPT_DNS_SERVERS => lease.dns = servers(data, MAX_DNS_SERVERS),
             OPT_NTP_SERVERS => lease.ntp = servers(data, MAX_NTP_SERVERS),
             OPT_DOMAIN_NAME => lease.domain = domain_name(data),
+            OPT_DOMAIN_SEARCH => search.extend_from_slice(data),
             OPT_HOSTNAME => lease.hostname = host_name(data),
             OPT_SERVER_ID => lease.server_id = ip(data),
             OPT_MTU => lease.mtu = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).filter(|&m| m >= MIN_MTU),
@@ -230,6 +300,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
         }
         at += 2 + len;
     }
+    lease.search = search_list(&search);
     (lease.message_type != 0).then_some(lease)
 }
 
@@ -256,6 +327,11 @@ mod tests {
             (OPT_DOMAIN_NAME, b"Lab.Example\0".to_vec()),
             (OPT_HOSTNAME, b"pc-042".to_vec()),
             (OPT_NTP_SERVERS, vec![10, 0, 0, 123]),
+            // RFC 3397's example: two names, the second ending in a
+            // pointer into the first, split over three options (RFC 3396).
+            (OPT_DOMAIN_SEARCH, b"\x03eng\x05appl".to_vec()),
+            (OPT_DOMAIN_SEARCH, b"e\x03com\x00\x09ma".to_vec()),
+            (OPT_DOMAIN_SEARCH, b"rketing\xc0\x04".to_vec()),
         ] {
             m.push(c);
             m.push(d.len() as u8);
@@ -294,6 +370,7 @@ mod tests {
                 rebind_secs: None,
                 dns: vec![Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 54)],
                 domain: Some("lab.example".into()),
+                search: vec!["eng.apple.com".into(), "marketing.apple.com".into()],
                 hostname: Some("pc-042".into()),
                 ntp: vec![Ipv4Addr::new(10, 0, 0, 123)],
             }
@@ -303,6 +380,37 @@ mod tests {
         assert!(parse_reply(&r[..100], 9, MAC).is_none(), "truncated");
         let req = request(9, MAC, &l);
         assert!(req.windows(6).any(|w| w == [OPT_REQUESTED_IP, 4, 10, 0, 0, 7]));
+    }
+
+    #[test]
+    fn the_search_list_follows_pointers_backwards_only_and_keeps_plain_names() {
+        let list = |data: &[u8]| search_list(data);
+        assert_eq!(list(b"\x03lab\x07example\x00\x04corp\xc0\x04"), ["lab.example", "corp.example"]);
+        // A pointer to itself, forward, or into a loop ends the list.
+        assert_eq!(list(b"\x03lab\x00\x01a\xc0\x05"), ["lab"]);
+        assert_eq!(list(b"\x01a\xc0\x06\x00\x01b\x00"), Vec::<String>::new());
+        assert_eq!(list(b"\x01a\x00\x01b\xc0\x03"), ["a"], "b.b.b... loops");
+        // Truncated names, reserved label types and bad text end it too.
+        for bad in [&b"\x05lab"[..], b"\x03lab", b"\x03lab\xc0", b"\x43lab\x00", b"\x02\xff\xfe\x00"] {
+            assert_eq!(list(bad), Vec::<String>::new(), "{bad:?}");
+        }
+        // Names that could not go into a file are skipped, repeats dropped,
+        // case folded; the root name (a lone 0) is no search domain.
+        assert_eq!(list(b"\x00\x03l b\x00\x03LAB\x00\x03lab\x00\x01x\x00"), ["lab", "x"]);
+        let many: Vec<u8> = (b'a'..=b'z').flat_map(|c| [1, c, 0]).collect();
+        assert_eq!(list(&many).len(), MAX_SEARCH_DOMAINS);
+        // Each name one label longer than the last, through a pointer to
+        // it: the fourth (255 characters) is longer than DNS allows.
+        let label = [&[63u8][..], &[b'a'; 63]].concat();
+        let mut long = [&label[..], &[0]].concat();
+        let mut last = 0u8;
+        for _ in 0..3 {
+            let at = long.len() as u8;
+            long.extend([&label[..], &[0xc0, last]].concat());
+            last = at;
+        }
+        let a = "a".repeat(63);
+        assert_eq!(list(&long), [a.clone(), format!("{a}.{a}"), format!("{a}.{a}.{a}")]);
     }
 
     #[test]

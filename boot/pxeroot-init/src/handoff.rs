@@ -29,8 +29,8 @@
 //! (`ip=` with autoconfiguration off) gets no dynamic configuration, and
 //! the boot's DNS and NTP servers on the link.
 //!
-//! The DNS servers and domain (DHCP options 6 and 15, from iPXE's script
-//! or pxeroot-init's own lease) also go to systemd-resolved as global
+//! The DNS servers and search domains (DHCP options 6, and 119 or else
+//! 15, from iPXE's script or pxeroot-init's own lease) also go to systemd-resolved as global
 //! servers, to NetworkManager as its global DNS (it has no connection on
 //! the unmanaged NIC to bring them), and to `/run/pxeroot/resolv.conf`
 //! for a root that links `/etc/resolv.conf` there; the NTP servers
@@ -62,12 +62,13 @@ pub const RUN_OPTIONS: &str = "mode=0755,size=20%,nr_inodes=800k";
 pub const SYSTEMD_DIRS: [&str; 2] = ["usr/lib/systemd", "lib/systemd"];
 
 /// What the boot's network names for its clients, validated by `dhcp`:
-/// DNS servers and domain (options 6 and 15, or `ip=`'s DNS fields) and
-/// NTP servers (option 42).
+/// DNS servers, domain and search list (options 6, 15 and 119, or `ip=`'s
+/// DNS fields) and NTP servers (option 42).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetServices {
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
+    pub search: Vec<String>,
     pub ntp: Vec<Ipv4Addr>,
 }
 
@@ -159,8 +160,8 @@ impl BootNic {
                 for server in &self.services.dns {
                     let _ = writeln!(f, "DNS={server}");
                 }
-                if let Some(d) = &self.services.domain {
-                    let _ = writeln!(f, "Domains={d}");
+                if !self.services.searches().is_empty() {
+                    let _ = writeln!(f, "Domains={}", self.services.searches().join(" "));
                 }
                 for server in &self.services.ntp {
                     let _ = writeln!(f, "NTP={server}");
@@ -188,8 +189,8 @@ impl BootNic {
             mac = self.mac_text()
         );
         let r = &self.services;
-        if let Some(d) = r.domain.as_ref().filter(|_| !r.dns.is_empty()) {
-            let _ = write!(f, "\n[global-dns]\nsearches={d}\n");
+        if !r.dns.is_empty() && !r.searches().is_empty() {
+            let _ = write!(f, "\n[global-dns]\nsearches={}\n", r.searches().join(","));
         }
         if !r.dns.is_empty() {
             let _ = write!(f, "\n[global-dns-domain-*]\nservers={}\n", joined(&r.dns, ","));
@@ -204,6 +205,15 @@ pub fn joined(list: &[Ipv4Addr], sep: &str) -> String {
 }
 
 impl NetServices {
+    /// The search domains: option 119's list, else option 15's domain
+    /// (what dhclient writes to resolv.conf).
+    pub fn searches(&self) -> Vec<&str> {
+        match self.search.is_empty() {
+            true => self.domain.iter().map(String::as_str).collect(),
+            false => self.search.iter().map(String::as_str).collect(),
+        }
+    }
+
     /// `systemd/resolved.conf.d/DROP_IN`: systemd-resolved's global
     /// servers, for roots where no link manager tells it of the boot
     /// network's (NetworkManager leaves the boot NIC alone, ifupdown with
@@ -211,8 +221,8 @@ impl NetServices {
     pub fn resolved_file(&self) -> String {
         let mut f = String::from("# Written by pxeroot-init: the DNS servers of the network the machine booted from.\n[Resolve]\n");
         let _ = writeln!(f, "DNS={}", joined(&self.dns, " "));
-        if let Some(d) = &self.domain {
-            let _ = writeln!(f, "Domains={d}");
+        if !self.searches().is_empty() {
+            let _ = writeln!(f, "Domains={}", self.searches().join(" "));
         }
         f
     }
@@ -239,8 +249,8 @@ impl NetServices {
     /// [`RESOLV_CONF`]: for a root whose `/etc/resolv.conf` links to it.
     pub fn resolv_conf(&self) -> String {
         let mut f = String::from("# Written by pxeroot-init: the DNS servers of the network the machine booted from.\n");
-        if let Some(d) = &self.domain {
-            let _ = writeln!(f, "search {d}");
+        if !self.searches().is_empty() {
+            let _ = writeln!(f, "search {}", self.searches().join(" "));
         }
         for server in &self.dns {
             let _ = writeln!(f, "nameserver {server}");
@@ -304,6 +314,7 @@ mod tests {
         let services = NetServices {
             dns: vec![Ipv4Addr::new(10, 99, 0, 53), Ipv4Addr::new(10, 99, 0, 54)],
             domain: Some("lab.example".into()),
+            search: vec![],
             ntp: vec![],
         };
         BootNic { services, ..nic(leased) }
@@ -346,6 +357,16 @@ mod tests {
         assert!(!bare.services.resolved_file().contains("Domains=") && !bare.services.resolv_conf().contains("search"));
         let nm = nic(None).network_manager_file();
         assert_eq!(nm.lines().filter(|l| l.starts_with('[')).collect::<Vec<_>>(), ["[keyfile]"], "{nm}");
+    }
+
+    #[test]
+    fn the_search_list_replaces_the_domain_as_search_domains_everywhere() {
+        let search = vec!["eng.lab.example".to_string(), "lab.example".to_string()];
+        let n = BootNic { services: NetServices { search, ..with_dns(None).services }, ..nic(None) };
+        assert!(n.network_file().lines().any(|l| l == "Domains=eng.lab.example lab.example"), "{}", n.network_file());
+        assert_eq!(section(&n.services.resolved_file(), "Resolve")[1], "Domains=eng.lab.example lab.example");
+        assert_eq!(section(&n.network_manager_file(), "global-dns"), ["searches=eng.lab.example,lab.example"]);
+        assert!(n.services.resolv_conf().lines().any(|l| l == "search eng.lab.example lab.example"));
     }
 
     #[test]

@@ -184,6 +184,7 @@ mod tests {
             rebind_secs: None,
             dns: Vec::new(),
             domain: None,
+            search: Vec::new(),
             hostname: None,
             ntp: Vec::new(),
         }

@@ -562,7 +562,7 @@ fn configure_net(
 ) -> Result<(Instant, Option<lease::Held>, handoff::NetServices), String> {
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
-    let given = handoff::NetServices { dns: s.dns.clone(), domain: s.domain.clone(), ntp: s.ntp.clone() };
+    let given = handoff::NetServices { dns: s.dns.clone(), domain: s.domain.clone(), search: s.search.clone(), ntp: s.ntp.clone() };
     let (st, link_up, held, services, hostname) = match &s.net {
         NetConfig::Static(st) => {
             // The address and route need no carrier: set them while the
@@ -584,6 +584,7 @@ fn configure_net(
             let services = handoff::NetServices {
                 dns: if l.dns.is_empty() { given.dns } else { l.dns },
                 domain: l.domain.or(given.domain),
+                search: if l.search.is_empty() { given.search } else { l.search },
                 ntp: if l.ntp.is_empty() { given.ntp } else { l.ntp },
             };
             (st, up, held, services, l.hostname.or_else(|| s.hostname.clone()))
@@ -595,7 +596,11 @@ fn configure_net(
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
     if !services.dns.is_empty() {
         let domain = services.domain.as_deref().map(|d| format!(", domain {d}")).unwrap_or_default();
-        con.say(format_args!("{iface}: DNS {}{domain} (for the root)", handoff::joined(&services.dns, " ")));
+        let search = match services.search.is_empty() {
+            true => String::new(),
+            false => format!(", search {}", services.search.join(" ")),
+        };
+        con.say(format_args!("{iface}: DNS {}{domain}{search} (for the root)", handoff::joined(&services.dns, " ")));
     }
     if !services.ntp.is_empty() {
         con.say(format_args!("{iface}: NTP {} (for the root)", handoff::joined(&services.ntp, " ")));
