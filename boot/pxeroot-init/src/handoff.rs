@@ -207,10 +207,10 @@ pub fn joined(list: &[Ipv4Addr], sep: &str) -> String {
 impl NetServices {
     /// The search domains: option 119's list, else option 15's domain
     /// (what dhclient writes to resolv.conf).
-    pub fn searches(&self) -> Vec<&str> {
+    pub fn searches(&self) -> &[String] {
         match self.search.is_empty() {
-            true => self.domain.iter().map(String::as_str).collect(),
-            false => self.search.iter().map(String::as_str).collect(),
+            true => self.domain.as_slice(),
+            false => &self.search,
         }
     }
 
