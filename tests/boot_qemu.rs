@@ -228,7 +228,10 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
     let state = d.path().join("state");
     let server = start_server(&ns, &img, &state, &d.path().join("pxeroot.log"));
     let t = Instant::now();
-    let (lines, exited) = boot(&ns, &kernel, &initrd, &cmdline(SERVER_IP, MAC, "ioctl"), |l| l.contains("FATAL"));
+    // A lease from a server that answers no DHCPINFORM (only `pxeroot
+    // nbd` runs): asking for NTP servers costs a bounded wait, said.
+    let line = format!("{} pxeroot.lease={SERVER_IP},3600", cmdline(SERVER_IP, MAC, "ioctl"));
+    let (lines, exited) = boot(&ns, &kernel, &initrd, &line, |l| l.contains("FATAL"));
     let console = lines.join("\n");
     eprintln!("{console}");
     if console.contains("FATAL") {
@@ -245,6 +248,7 @@ fn test_boot_ioctl_root_on_nbd_marker_lands_in_overlay() {
         "attach /dev/nbd0 (ioctl): ok",
         "mount /dev/nbd0 (ext4)",
         "prefer pxeroot.attach=netlink",
+        "eth0: no answer to DHCPINFORM from 10.99.0.1 within 250ms: the root gets no NTP servers from DHCP",
     ] {
         assert!(console.contains(step), "missing step {step:?}:\n{console}");
     }
@@ -510,10 +514,21 @@ fn logged_dnsmasq(ns: &Netns, interface: &str, dir: &Path, lease: &str, more: &[
     (dnsmasq_dhcp_with(ns, interface, dir, true, lease, &extra), log)
 }
 
-/// The ACKs for the test's MAC in `logged_dnsmasq`'s log, in order.
+/// The ACKs to REQUESTs (leases granted or renewed) for the test's MAC in
+/// `logged_dnsmasq`'s log, in order; not those answering pxeroot-init's
+/// DHCPINFORM (`--log-dhcp` starts each line of an exchange with its xid).
 fn dnsmasq_acks(log: &Path, interface: &str) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines().filter(|l| l.contains(&format!("DHCPACK({interface}) ")) && l.contains(MAC)).map(str::to_string).collect()
+    let xid = |l: &str, what: &str| {
+        l.split(&format!(" {what}({interface}) ")).next().and_then(|head| head.rsplit(' ').next()).map(str::to_string)
+    };
+    let informs: Vec<String> =
+        text.lines().filter(|l| l.contains(&format!(" DHCPINFORM({interface}) "))).filter_map(|l| xid(l, "DHCPINFORM")).collect();
+    text.lines()
+        .filter(|l| l.contains(&format!(" DHCPACK({interface}) ")) && l.contains(MAC))
+        .filter(|l| xid(l, "DHCPACK").is_none_or(|x| !informs.contains(&x)))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The address pxeroot-init's DHCP got, from its console line.
@@ -1242,8 +1257,9 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     );
     assert!(console.contains("] hostname lab-07"), "the site server's name for the client:\n{console}");
     // iPXE asks for no option 42, and dnsmasq sends only what is asked
-    // for: no NTP server reaches the script (README, "NTP").
-    assert!(!console.contains("eth0: NTP"), "{console}");
+    // for: no NTP server reaches the script. pxeroot-init asked dnsmasq
+    // with a DHCPINFORM from the address iPXE leased (README, "NTP").
+    assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "dnsmasq's answer to the INFORM:\n{console}");
 }
 
 /// dnsmasq arguments for DNS servers, a domain, search domains and an NTP
@@ -1293,6 +1309,9 @@ fn test_the_dhcp_lease_is_renewed_while_the_root_runs() {
     assert_eq!(discovers, 1, "{log}");
     let renew = log.lines().filter(|l| l.contains("DHCPREQUEST(br0)") && l.contains(MAC)).nth(1).unwrap_or_default();
     assert!(renew.contains("10.99.0."), "{log}");
+    // Beside them, the DHCPINFORM for what iPXE did not ask (not counted
+    // above: it leases nothing).
+    assert!(log.lines().any(|l| l.contains("DHCPINFORM(br0) 10.99.0.") && l.contains(MAC)), "{log}");
 }
 
 /// The keeper's failure said where an operator looks: the client's
@@ -1388,6 +1407,10 @@ fn test_pxe_boot_through_a_dhcp_relay_and_a_router() {
     for event in ["new boot", "NBD session opened", "client sent DISC"] {
         assert!(server_log.contains(event), "no {event:?} in the server log:\n{server_log}");
     }
+    // pxeroot-init's DHCPINFORM went to the site's server through the
+    // router, and was answered.
+    assert!(site_log.contains("DHCPINFORM(vsite0) 10.98.0."), "{site_log}");
+    assert!(!console.contains("no answer to DHCPINFORM"), "{console}");
     let marker = overlay_marker(d.path(), &d.path().join("state").join(format!("{STEM}.qcow2")));
     assert!(marker.contains("written by the diskless client"), "{marker}");
 }
@@ -1408,6 +1431,10 @@ fn test_full_mode_serves_a_routed_segment_through_a_relay() {
     assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}");
     assert!(console.contains("net0: 10.98.0.100/255.255.255.0 gw 10.98.0.1"), "{console}");
     assert!(server_log.contains(&format!("relay=Some({ROUTED_GATEWAY})")) && server_log.contains("reply=Ack"), "{server_log}");
+    // The DHCPINFORM came routed, not relayed: the pool on its address's
+    // subnet answered it.
+    assert!(server_log.contains("request=Inform relay=None reply=Ack"), "{server_log}");
+    assert!(!console.contains("no answer to DHCPINFORM"), "{console}");
 }
 
 /// A boot file that is not there yet (a kernel being installed, a server
@@ -1523,6 +1550,10 @@ fn test_pxe_boot_with_an_e1000e_nic() {
     // Its link negotiation is slow enough to be said.
     assert!(console.contains("eth0: link up after"), "{console}");
     assert!(console.contains("driver groups without a device skipped") && !console.contains("loaded the"), "{console}");
+    // The pool names no NTP server: pxeroot-init asked pxeroot for one
+    // with a DHCPINFORM from its address, and pxeroot answered at once.
+    assert!(server_log.contains("request=Inform relay=None reply=Ack address=0.0.0.0"), "{server_log}");
+    assert!(!console.contains("no answer to DHCPINFORM"), "{console}");
 }
 
 #[test]

@@ -376,10 +376,19 @@ impl Pool {
 }
 
 /// The pool a request draws from: behind a relay, the one on the relay's
-/// subnet (its giaddr); else the first, pxeroot's own segment.
-pub fn pick_pool(pools: &[Pool], giaddr: Ipv4Addr) -> Result<usize, Ignored> {
+/// subnet (its giaddr); from a client that has its address (a renewal,
+/// an INFORM), sent unicast and routed from a relayed segment, the one on
+/// that address's subnet (RFC 2131, 4.3.2 and 4.3.5); else the first,
+/// pxeroot's own segment.
+pub fn pick_pool(pools: &[Pool], req: &Message) -> Result<usize, Ignored> {
+    let giaddr = req.giaddr();
     if giaddr.is_unspecified() {
-        return if pools.is_empty() { Err(Ignored::OtherSubnet(giaddr)) } else { Ok(0) };
+        let own = |addr: Ipv4Addr| pools.iter().position(|p| p.on_subnet(addr));
+        return match (pools.is_empty(), req.ciaddr()) {
+            (true, _) => Err(Ignored::OtherSubnet(giaddr)),
+            (false, ciaddr) if !ciaddr.is_unspecified() => Ok(own(ciaddr).unwrap_or(0)),
+            (false, _) => Ok(0),
+        };
     }
     pools.iter().position(|p| p.on_subnet(giaddr)).ok_or(Ignored::OtherSubnet(giaddr))
 }
@@ -393,7 +402,7 @@ pub fn decide_full_pools(
     tables: &mut [super::leases::LeaseTable],
     now: u64,
 ) -> Result<Option<(Message, Seen)>, Ignored> {
-    let i = pick_pool(pools, req.giaddr())?;
+    let i = pick_pool(pools, req)?;
     let table = tables.get_mut(i).ok_or(Ignored::OtherSubnet(req.giaddr()))?;
     decide_full(req, ctx, &pools[i].network, table, now)
 }
@@ -403,8 +412,9 @@ pub fn decide_full_pools(
 const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
 
 /// Decide a full-DHCP reply: addresses for every client (from `leases`, at
-/// `now` seconds), boot information for PXE clients that may boot. `Ok(None)`
-/// for messages that need no reply (DECLINE, RELEASE, another server's REQUEST).
+/// `now` seconds), boot information for PXE clients that may boot, the
+/// pool's options to an INFORM. `Ok(None)` for messages that need no reply
+/// (DECLINE, RELEASE, another server's REQUEST, an INFORM without ciaddr).
 pub fn decide_full(
     req: &Message,
     ctx: &Context,
@@ -455,15 +465,26 @@ pub fn decide_full(
             leases.release(mac, req.ciaddr());
             return Ok(None);
         }
+        // RFC 2131, 4.3.5: a client that has its address (pxeroot-init
+        // with iPXE's lease, asking for the NTP servers iPXE never asks
+        // for) wants the rest of its configuration: an ACK sent to that
+        // address, with no address or lease time in it.
+        MessageType::Inform if !req.ciaddr().is_unspecified() => (MessageType::Ack, Ipv4Addr::UNSPECIFIED),
         _ => return Ok(None),
     };
+    let inform = kind == MessageType::Inform;
     let mut r = reply_to(req, reply_kind, ctx.server, address);
+    if inform {
+        r.set_ciaddr(req.ciaddr());
+    }
     let o = r.opts_mut();
     // T1 and T2 at RFC 2131's defaults (4.4.5), said outright as dnsmasq
     // and Kea do: some clients renew only when told when.
     let secs = u32::try_from(leases.lease_secs()).unwrap_or(u32::MAX);
-    o.insert(DhcpOption::AddressLeaseTime(secs));
-    if secs != u32::MAX {
+    if !inform {
+        o.insert(DhcpOption::AddressLeaseTime(secs));
+    }
+    if secs != u32::MAX && !inform {
         // (u32::MAX is an infinite lease: nothing to renew.)
         o.insert(DhcpOption::Renewal(secs / 2));
         o.insert(DhcpOption::Rebinding((u64::from(secs) * 7 / 8) as u32));
@@ -492,6 +513,10 @@ pub fn decide_full(
         o.insert(DhcpOption::InterfaceMtu(m));
     }
     let mut seen = Seen::new(mac, kind);
+    if inform {
+        // Its boot went by long ago.
+        return Ok(Some((r, seen)));
+    }
     let class = client_class(req, ctx);
     let boot = class.map(|_| boot_for(req, mac, ctx));
     if let Some(Err(why)) = &boot {
@@ -803,6 +828,27 @@ mod full_tests {
         assert_eq!(offer.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("pc-5".into())), "its name");
         let (other, _) = decide_full(&discover([0x52, 0x54, 0, 0, 0, 6], true), &ctx, &named, &mut leases, 1900).unwrap().unwrap();
         assert_eq!(other.opts().get(OptionCode::Hostname), None, "a client without a name");
+        // INFORM (RFC 2131, 4.3.5), as pxeroot-init sends it from the
+        // address iPXE leased: an ACK to that address with the pool's
+        // options, no address, no lease time, no boot file; the leases
+        // stay as they were.
+        let before = leases.save();
+        let mut inform = discover([0x52, 0x54, 0, 0, 0, 5], true);
+        inform.opts_mut().insert(DhcpOption::MessageType(MessageType::Inform));
+        inform.set_ciaddr(offer.yiaddr());
+        let (ack, seen) = decide_full(&inform, &ctx, &named, &mut leases, 1950).unwrap().unwrap();
+        assert_eq!((ack.opts().msg_type(), ack.yiaddr(), ack.ciaddr()), (Some(MessageType::Ack), Ipv4Addr::UNSPECIFIED, offer.yiaddr()));
+        assert_eq!(ack.opts().get(OptionCode::NtpServers), Some(&DhcpOption::NtpServers(vec![Ipv4Addr::new(10, 0, 0, 123)])));
+        assert_eq!(ack.opts().get(OptionCode::DomainName), Some(&DhcpOption::DomainName("lab.example".into())));
+        for code in [OptionCode::AddressLeaseTime, OptionCode::Renewal, OptionCode::Rebinding, OptionCode::BootfileName] {
+            assert_eq!(ack.opts().get(code), None, "{code:?} in an INFORM's ACK");
+        }
+        assert_eq!(seen.offered, None);
+        assert!(!ack.flags().broadcast());
+        assert_eq!(destination(&inform, &ack, Port::Dhcp, "10.0.0.100:68".parse().unwrap()), SocketAddr::new(offer.yiaddr().into(), 68));
+        assert_eq!(leases.save(), before, "an INFORM leases nothing");
+        inform.set_ciaddr(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(decide_full(&inform, &ctx, &named, &mut leases, 1950).unwrap(), None, "an INFORM from no address");
     }
 
     /// Full mode answers a UEFI HTTP boot client with an address and the
@@ -848,7 +894,8 @@ mod full_tests {
 
     /// Two pools: a request not relayed draws from the first; a relayed one
     /// from the pool on the relay's subnet, with that pool's router; a
-    /// relay on no pool's subnet is not answered.
+    /// relay on no pool's subnet is not answered; a routed renewal or
+    /// INFORM from the pool on its address's subnet.
     #[test]
     fn test_full_mode_pools_by_relay() {
         let files = BootFiles::default();
@@ -872,7 +919,22 @@ mod full_tests {
         assert!(matches!(offer.opts().get(OptionCode::Router), Some(DhcpOption::Router(r)) if r == &[Ipv4Addr::new(10, 98, 0, 1)]));
         req.set_giaddr(Ipv4Addr::new(10, 97, 0, 1));
         assert_eq!(decide_full_pools(&req, &c, &pools, &mut tables, 0).unwrap_err(), Ignored::OtherSubnet(Ipv4Addr::new(10, 97, 0, 1)));
-        assert_eq!(pick_pool(&pools, Ipv4Addr::new(10, 99, 0, 7)), Ok(0), "a relay on the first pool's subnet");
+        req.set_giaddr(Ipv4Addr::new(10, 99, 0, 7));
+        assert_eq!(pick_pool(&pools, &req), Ok(0), "a relay on the first pool's subnet");
+        // A relayed client renews or INFORMs unicast, routed, from its
+        // address (no giaddr): its own pool answers, with its own router.
+        let mut renew = discover([0x52, 0x54, 0, 0, 0, 1], false);
+        renew.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        renew.set_ciaddr(Ipv4Addr::new(10, 98, 0, 100));
+        let (ack, _) = decide_full_pools(&renew, &c, &pools, &mut tables, 10).unwrap().unwrap();
+        assert_eq!((ack.opts().msg_type(), ack.yiaddr()), (Some(MessageType::Ack), Ipv4Addr::new(10, 98, 0, 100)));
+        renew.opts_mut().insert(DhcpOption::MessageType(MessageType::Inform));
+        let (ack, _) = decide_full_pools(&renew, &c, &pools, &mut tables, 10).unwrap().unwrap();
+        assert!(matches!(ack.opts().get(OptionCode::Router), Some(DhcpOption::Router(r)) if r == &[Ipv4Addr::new(10, 98, 0, 1)]));
+        renew.set_ciaddr(Ipv4Addr::new(10, 99, 0, 100));
+        assert_eq!(pick_pool(&pools, &renew), Ok(0));
+        renew.set_ciaddr(Ipv4Addr::new(192, 0, 2, 9));
+        assert_eq!(pick_pool(&pools, &renew), Ok(0), "an address on no pool's subnet: this segment's");
     }
 
     /// A PXE client that may not boot gets its address, no boot file, and

@@ -1,5 +1,5 @@
 //! A minimal DHCPv4 client codec (RFC 2131/2132), sans-IO: build DISCOVER,
-//! REQUEST and the renewing REQUEST, parse OFFER, ACK and NAK. Only what a
+//! REQUEST, the renewing REQUEST and INFORM, parse OFFER, ACK and NAK. Only what a
 //! diskless client needs: an address, a netmask, a router, the lease's
 //! times to keep it, and the DNS servers, domain and search list to hand
 //! to the root. The socket loops are in `main.rs` and `lease.rs`.
@@ -60,6 +60,7 @@ pub const OFFER: u8 = 2;
 pub const REQUEST: u8 = 3;
 pub const ACK: u8 = 5;
 pub const NAK: u8 = 6;
+pub const INFORM: u8 = 8;
 
 /// What a server offered or acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +155,15 @@ pub fn request(xid: u32, mac: [u8; 6], offer: &Lease) -> Vec<u8> {
 /// lease (renewing) or broadcast to any server (rebinding).
 pub fn renew(xid: u32, mac: [u8; 6], address: Ipv4Addr) -> Vec<u8> {
     message(xid, mac, address, REQUEST, &[])
+}
+
+/// DHCPINFORM (RFC 2131, 3.4 and 4.4.3): a client whose address came from
+/// elsewhere (iPXE's lease) asks for the rest of its configuration, the
+/// options of the parameter list that iPXE never asks for (42). From the
+/// address, no requested address, lease time or server identifier; the
+/// server answers with an ACK sent to the address.
+pub fn inform(xid: u32, mac: [u8; 6], address: Ipv4Addr) -> Vec<u8> {
+    message(xid, mac, address, INFORM, &[])
 }
 
 fn ip(data: &[u8]) -> Option<Ipv4Addr> {
@@ -433,6 +443,37 @@ mod tests {
         assert!(has(OPT_PARAM_LIST) && has(OPT_CLIENT_ID));
         let d = discover(5, MAC);
         assert_eq!((&d[10..12], &d[12..16]), (&[0x80, 0][..], &[0, 0, 0, 0][..]), "no address yet: broadcast reply");
+    }
+
+    /// The options of a message `build` made, by code.
+    fn options(m: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut at = FIXED_LEN + 4;
+        let mut out = Vec::new();
+        while at + 1 < m.len() && m[at] != OPT_END {
+            out.push((m[at], m[at + 2..at + 2 + m[at + 1] as usize].to_vec()));
+            at += 2 + m[at + 1] as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn the_inform_comes_from_the_address_asks_for_ntp_and_its_ack_is_read() {
+        let m = inform(6, MAC, Ipv4Addr::new(10, 0, 0, 7));
+        assert_eq!((&m[10..12], &m[12..16], &m[16..20]), (&[0, 0][..], &[10, 0, 0, 7][..], &[0, 0, 0, 0][..]), "flags, ciaddr, yiaddr");
+        let opts = options(&m);
+        assert_eq!(opts[0], (OPT_MESSAGE_TYPE, vec![INFORM]));
+        let codes: Vec<u8> = opts.iter().map(|o| o.0).collect();
+        // RFC 2131, table 5: an INFORM names no address, lease or server.
+        for code in [OPT_REQUESTED_IP, OPT_LEASE_TIME, OPT_SERVER_ID] {
+            assert!(!codes.contains(&code), "option {code} in an INFORM");
+        }
+        let asked = &opts.iter().find(|o| o.0 == OPT_PARAM_LIST).unwrap().1;
+        assert!(asked.contains(&OPT_NTP_SERVERS) && asked.contains(&OPT_DNS_SERVERS), "{asked:?}");
+        // The ACK to an INFORM gives no address (yiaddr 0) and no lease.
+        let mut ack = reply(ACK, 6);
+        ack[16..20].copy_from_slice(&[0, 0, 0, 0]);
+        let l = parse_reply(&ack, 6, MAC).unwrap();
+        assert_eq!((l.message_type, l.address, l.ntp.as_slice()), (ACK, Ipv4Addr::UNSPECIFIED, &[Ipv4Addr::new(10, 0, 0, 123)][..]));
     }
 
     #[test]

@@ -205,6 +205,24 @@ pub fn joined(list: &[Ipv4Addr], sep: &str) -> String {
 }
 
 impl NetServices {
+    /// What a DHCP server's answer names.
+    pub fn from_reply(l: &crate::dhcp::Lease) -> NetServices {
+        NetServices { dns: l.dns.clone(), domain: l.domain.clone(), search: l.search.clone(), ntp: l.ntp.clone() }
+    }
+
+    /// Each of these that is set, else `other`'s: `lease.or(cmdline)`
+    /// where pxeroot-init leased the address itself, `cmdline.or(inform)`
+    /// where iPXE did and an INFORM filled the gaps.
+    pub fn or(self, other: NetServices) -> NetServices {
+        let list = |a: Vec<_>, b| if a.is_empty() { b } else { a };
+        NetServices {
+            dns: list(self.dns, other.dns),
+            domain: self.domain.or(other.domain),
+            search: if self.search.is_empty() { other.search } else { self.search },
+            ntp: list(self.ntp, other.ntp),
+        }
+    }
+
     /// The search domains: option 119's list, else option 15's domain
     /// (what dhclient writes to resolv.conf).
     pub fn searches(&self) -> &[String] {
@@ -367,6 +385,25 @@ mod tests {
         assert_eq!(section(&n.services.resolved_file(), "Resolve")[1], "Domains=eng.lab.example lab.example");
         assert_eq!(section(&n.network_manager_file(), "global-dns"), ["searches=eng.lab.example,lab.example"]);
         assert!(n.services.resolv_conf().lines().any(|l| l == "search eng.lab.example lab.example"));
+    }
+
+    #[test]
+    fn each_service_comes_from_the_first_source_that_names_it() {
+        let ip = |d| Ipv4Addr::new(10, 0, 0, d);
+        let ipxe = NetServices { dns: vec![ip(53)], domain: Some("lab.example".into()), ..NetServices::default() };
+        let inform = NetServices {
+            dns: vec![ip(54)],
+            domain: Some("other.example".into()),
+            search: vec!["corp.example".into()],
+            ntp: vec![ip(123)],
+        };
+        let both = ipxe.clone().or(inform.clone());
+        assert_eq!(
+            both,
+            NetServices { dns: vec![ip(53)], domain: Some("lab.example".into()), search: vec!["corp.example".into()], ntp: vec![ip(123)] }
+        );
+        assert_eq!(NetServices::default().or(inform.clone()), inform);
+        assert_eq!(ipxe.clone().or(NetServices::default()), ipxe);
     }
 
     #[test]

@@ -79,6 +79,7 @@ const DISC_WAIT: Duration = Duration::from_secs(2);
 /// the partition table (milliseconds under TCG).
 const PARTITION_WAIT: Duration = Duration::from_secs(5);
 
+#[derive(Clone, Copy)]
 struct Console {
     start: Instant,
 }
@@ -189,12 +190,13 @@ fn boot(con: &Console) -> Result<(), String> {
         // with the carrier wait and the server's round trips.
         let (settings, name) = (&settings, export.clone());
         let net = scope.spawn(move || -> Result<_, String> {
-            let (link_up, held, services) = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
+            let (link_up, held, services, inform) =
+                con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
             let keeper = match held {
                 Some(held) => Some(lease::KeeperArgs { ifindex: ifindex(&iface)?, mac, held, debug: settings.debug }),
                 None => None,
             };
-            Ok((connect_with_retry(con, settings, &name, link_up), keeper, services))
+            Ok((connect_with_retry(con, settings, &name, link_up), keeper, services, inform))
         });
         let genl = match early {
             Some(h) => h.join().map_err(|_| "the module thread panicked".to_string())?,
@@ -203,7 +205,7 @@ fn boot(con: &Console) -> Result<(), String> {
         Ok((export, net.join(), genl, nic))
     })?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
-    let ((sock, info), keeper, services) = net.map_err(|_| "the network thread panicked".to_string())??;
+    let ((sock, info), keeper, services, inform) = net.map_err(|_| "the network thread panicked".to_string())??;
     match (&keeper, settings.lease) {
         (Some(k), _) => {
             let h = &k.held;
@@ -228,7 +230,7 @@ fn boot(con: &Console) -> Result<(), String> {
         (None, NetConfig::Static(st)) if settings.lease.is_some() => Some(st.client),
         _ => None,
     };
-    let nic = handoff::BootNic { name: nic.0, mac: nic.1, leased, services };
+    let mut nic = handoff::BootNic { name: nic.0, mac: nic.1, leased, services };
     let monitor = match genl {
         Some(genl) => Some(con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, genl?, sock, info))?),
         None => {
@@ -241,11 +243,16 @@ fn boot(con: &Console) -> Result<(), String> {
     };
     // On another thread while this one mounts the root (it waits on the
     // server): start the netlink monitor (its spawn took 8 ms under TCG),
-    // then free the module files' memory (deleting the initramfs's 6 MB
-    // took 17 ms). Joined before the switch: an exec must not meet a
+    // read the INFORM's answer (it came during the handshake, or is
+    // waited for until its deadline, long past by the mount's end) and
+    // close its socket before the lease keeper binds port 68, then free
+    // the module files' memory (deleting the initramfs's 6 MB took 17 ms).
+    // Joined before the hand-off and the switch: an exec must not meet a
     // spawn half done.
+    let (c, iface) = (*con, nic.name.clone());
     let after_attach = std::thread::spawn(move || {
         let started = monitor.map_or(Ok(()), |m| spawn_helper("NBD monitor", KEEPER_ARGV0, &m.argv));
+        let answered = inform.map(|asked| asked.answer(&c, &iface));
         let started = started.and(keeper.map_or(Ok(()), |k| {
             let mut argv = vec![LEASE_FLAG.to_string()];
             argv.extend(k.to_args());
@@ -254,7 +261,7 @@ fn boot(con: &Console) -> Result<(), String> {
         for path in modules.files() {
             let _ = std::fs::remove_file(path);
         }
-        started
+        started.map(|()| answered)
     });
     let partition = match settings.partition {
         Some(n) => Some(n),
@@ -269,10 +276,14 @@ fn boot(con: &Console) -> Result<(), String> {
         None => root_fstype(&device).unwrap_or_else(|| DEFAULT_FSTYPE.to_string()),
     };
     con.step(&format!("mount {device} ({fstype}) on {NEWROOT}"), || mount_root(&settings, &fstype, partition, &device))?;
+    let answered = after_attach.join().map_err(|_| "the thread after the attach panicked".to_string())??;
+    if let Some(more) = answered {
+        nic.services = nic.services.or(more);
+    }
+    say_services(con, &nic.name, &nic.services);
     if settings.handoff {
         hand_off_network(con, &nic);
     }
-    after_attach.join().map_err(|_| "the thread after the attach panicked".to_string())??;
     con.say(format_args!("switching root, exec {}", settings.init));
     let err = switch_root(&settings);
     Err(format!("switch_root failed: {err}"))
@@ -552,18 +563,18 @@ fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), Stri
 
 /// Bring the interface up with its address; returns when the link came
 /// up, the DHCP lease to keep (none for a static address without
-/// `pxeroot.lease`, or an infinite lease), and the DNS and NTP servers
-/// and domain for the root.
+/// `pxeroot.lease`, or an infinite lease), the DNS and NTP servers and
+/// domain for the root, and the INFORM sent for what iPXE's lease lacks.
 fn configure_net(
     con: &Console,
     s: &Settings,
     iface: &str,
     mac: [u8; 6],
-) -> Result<(Instant, Option<lease::Held>, handoff::NetServices), String> {
+) -> Result<(Instant, Option<lease::Held>, handoff::NetServices, Option<Inform>), String> {
     sys::link_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     sys::link_up(iface).map_err(|e| format!("bringing up {iface}: {e}"))?;
     let given = handoff::NetServices { dns: s.dns.clone(), domain: s.domain.clone(), search: s.search.clone(), ntp: s.ntp.clone() };
-    let (st, link_up, held, services, hostname) = match &s.net {
+    let (st, link_up, held, services, hostname, asked) = match &s.net {
         NetConfig::Static(st) => {
             // The address and route need no carrier: set them while the
             // link comes up. iPXE's lease was granted before the kernel
@@ -571,7 +582,16 @@ fn configure_net(
             set_address(iface, st)?;
             set_mtu(con, iface, s.mtu, "pxeroot.mtu");
             let held = s.lease.and_then(|h| lease::Held::new(st.client, h.server, 0, h.secs?, h.t1, h.t2));
-            (st.clone(), wait_for_carrier(con, iface), held, given, s.hostname.clone())
+            let up = wait_for_carrier(con, iface);
+            // iPXE asks for no NTP servers (option 42): ask the server
+            // that leased the address, as the address's owner.
+            let asked = match (s.lease.and_then(|h| h.server), s.ntp.is_empty()) {
+                (Some(server), true) => Inform::send(iface, mac, st.client, server)
+                    .map_err(|e| con.say(format_args!("{iface}: no DHCPINFORM to {server}: {e}; the root gets no NTP servers from DHCP")))
+                    .ok(),
+                _ => None,
+            };
+            (st.clone(), up, held, given, s.hostname.clone(), asked)
         }
         NetConfig::Dhcp { .. } => {
             let up = wait_for_carrier(con, iface);
@@ -581,19 +601,19 @@ fn configure_net(
             set_mtu(con, iface, l.mtu, "DHCP option 26");
             let held = l.lease_secs.and_then(|secs| lease::Held::new(l.address, l.server_id, sent, secs, l.renew_secs, l.rebind_secs));
             // The lease's own, where it has them.
-            let services = handoff::NetServices {
-                dns: if l.dns.is_empty() { given.dns } else { l.dns },
-                domain: l.domain.or(given.domain),
-                search: if l.search.is_empty() { given.search } else { l.search },
-                ntp: if l.ntp.is_empty() { given.ntp } else { l.ntp },
-            };
-            (st, up, held, services, l.hostname.or_else(|| s.hostname.clone()))
+            let services = handoff::NetServices::from_reply(&l).or(given);
+            (st, up, held, services, l.hostname.or_else(|| s.hostname.clone()), None)
         }
     };
     if let Some(name) = hostname {
         set_hostname(con, &name);
     }
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
+    Ok((link_up, held, services, asked))
+}
+
+/// The root's DNS and NTP servers, on the console.
+fn say_services(con: &Console, iface: &str, services: &handoff::NetServices) {
     if !services.dns.is_empty() {
         let domain = services.domain.as_deref().map(|d| format!(", domain {d}")).unwrap_or_default();
         let search = match services.search.is_empty() {
@@ -605,7 +625,46 @@ fn configure_net(
     if !services.ntp.is_empty() {
         con.say(format_args!("{iface}: NTP {} (for the root)", handoff::joined(&services.ntp, " ")));
     }
-    Ok((link_up, held, services))
+}
+
+/// How long the answer to a DHCPINFORM is waited for, from its sending.
+/// It is sent before the NBD handshake and read after the attach, beside
+/// the mount: an answer within that costs the boot nothing, and so does
+/// a server that never answers unless the root mounts sooner than this.
+const INFORM_WAIT: Duration = Duration::from_millis(250);
+
+/// A DHCPINFORM on its way (`dhcp::inform`): unicast to the server that
+/// leased the address, its answer read by `answer`.
+struct Inform {
+    sock: std::net::UdpSocket,
+    xid: u32,
+    mac: [u8; 6],
+    server: std::net::Ipv4Addr,
+    sent: Instant,
+}
+
+impl Inform {
+    fn send(iface: &str, mac: [u8; 6], address: std::net::Ipv4Addr, server: std::net::Ipv4Addr) -> Result<Inform, String> {
+        let sock = dhcp_socket(Via::Name(iface)).map_err(|e| format!("opening UDP port 68 on {iface}: {e}"))?;
+        let xid = new_xid(mac, 0);
+        sock.send_to(&dhcp::inform(xid, mac, address), (server, 67)).map_err(|e| format!("sending it: {e}"))?;
+        Ok(Inform { sock, xid, mac, server, sent: Instant::now() })
+    }
+
+    /// What the server's ACK names; nothing when it did not answer within
+    /// `INFORM_WAIT` of the sending (said on the console).
+    fn answer(self, con: &Console, iface: &str) -> handoff::NetServices {
+        match await_reply(&self.sock, self.xid, self.mac, dhcp::ACK, self.sent + INFORM_WAIT) {
+            Some(ack) if ack.message_type == dhcp::ACK => handoff::NetServices::from_reply(&ack),
+            _ => {
+                con.say(format_args!(
+                    "{iface}: no answer to DHCPINFORM from {} within {INFORM_WAIT:?}: the root gets no NTP servers from DHCP",
+                    self.server
+                ));
+                handoff::NetServices::default()
+            }
+        }
+    }
 }
 
 /// The kernel's hostname, from DHCP option 12 (validated by
@@ -717,18 +776,21 @@ fn new_xid(mac: [u8; 6], attempt: u32) -> u32 {
     nanos ^ u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ attempt
 }
 
-/// The first reply for `xid` that is `kind` or a NAK, within DHCP_REPLY_WAIT.
-fn await_reply(sock: &std::net::UdpSocket, xid: u32, mac: [u8; 6], kind: u8) -> Option<dhcp::Lease> {
+/// The first reply for `xid` that is `kind` or a NAK, before `deadline`;
+/// past it, one that has arrived already.
+fn await_reply(sock: &std::net::UdpSocket, xid: u32, mac: [u8; 6], kind: u8, deadline: Instant) -> Option<dhcp::Lease> {
     let mut buf = [0u8; 1500];
-    let deadline = Instant::now() + DHCP_REPLY_WAIT;
-    while Instant::now() < deadline {
-        let Ok(n) = sock.recv(&mut buf) else { break };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let waits = if left.is_zero() { sock.set_nonblocking(true) } else { sock.set_read_timeout(Some(left)) };
+        waits.ok()?;
+        // A timeout, or nothing more queued.
+        let n = sock.recv(&mut buf).ok()?;
         match dhcp::parse_reply(&buf[..n], xid, mac) {
             Some(l) if l.message_type == kind || l.message_type == dhcp::NAK => return Some(l),
             _ => {}
         }
     }
-    None
 }
 
 fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, String> {
@@ -736,7 +798,7 @@ fn dhcp_once(iface: &str, mac: [u8; 6], attempt: u32) -> Result<dhcp::Lease, Str
     let xid = new_xid(mac, attempt);
     let to = "255.255.255.255:67";
     let wait_for = |kind: u8| -> Result<dhcp::Lease, String> {
-        match await_reply(&sock, xid, mac, kind) {
+        match await_reply(&sock, xid, mac, kind, Instant::now() + DHCP_REPLY_WAIT) {
             Some(l) if l.message_type == dhcp::NAK => Err("the server said NAK".into()),
             Some(l) => Ok(l),
             None => Err(format!("no {} within {DHCP_REPLY_WAIT:?}", if kind == dhcp::OFFER { "OFFER" } else { "ACK" })),
@@ -844,7 +906,7 @@ fn renew_once(
     let request = dhcp::renew(xid, mac, address);
     for _ in 0..RENEW_SENDS {
         sock.send_to(&request, to)?;
-        if let Some(reply) = await_reply(&sock, xid, mac, dhcp::ACK) {
+        if let Some(reply) = await_reply(&sock, xid, mac, dhcp::ACK, Instant::now() + DHCP_REPLY_WAIT) {
             return Ok(Some(reply));
         }
     }
