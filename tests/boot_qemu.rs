@@ -1262,6 +1262,59 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "dnsmasq's answer to the INFORM:\n{console}");
 }
 
+/// Kea's DHCPv4 server (tests/setup-host.sh unpacks it into target/kea),
+/// the successor of ISC dhcpd, as the site's server on `interface` of
+/// `ns`: `dnsmasq_dhcp_with`'s range, a router, a DNS server, a domain and
+/// an NTP server. Returns the process and its log (packets at debug level).
+fn kea_dhcp4(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
+    let kea = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/kea/usr/sbin/kea-dhcp4"));
+    assert!(kea.exists(), "{} missing: run tests/run-all (it unpacks Kea)", kea.display());
+    let log = dir.join("kea.log");
+    let config = dir.join("kea-dhcp4.json");
+    let text = format!(
+        r#"{{"Dhcp4": {{
+  "interfaces-config": {{"interfaces": ["{interface}"], "dhcp-socket-type": "raw"}},
+  "lease-database": {{"type": "memfile", "persist": false}},
+  "valid-lifetime": 3600,
+  "subnet4": [{{"id": 1, "subnet": "10.99.0.0/24", "pools": [{{"pool": "10.99.0.50 - 10.99.0.99"}}],
+    "option-data": [{{"name": "routers", "data": "10.99.0.254"}}, {{"name": "domain-name-servers", "data": "192.0.2.53"}},
+                    {{"name": "domain-name", "data": "lab.example"}}, {{"name": "ntp-servers", "data": "192.0.2.123"}}]}}],
+  "loggers": [{{"name": "kea-dhcp4", "output_options": [{{"output": "{}"}}], "severity": "DEBUG", "debuglevel": 50}}]
+}}}}"#,
+        log.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut c = ns.command(kea);
+    c.arg("-c").arg(&config).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir).stdout(Stdio::null()).stderr(Stdio::null());
+    (Proc(c.spawn().expect("start kea-dhcp4")), log)
+}
+
+/// pxeroot in proxy mode beside Kea as the site's server: iPXE takes its
+/// address from Kea and its script from pxeroot; Kea sends only the
+/// options asked for, so the NTP server reaches the root through
+/// pxeroot-init's DHCPINFORM, which Kea answers.
+#[test]
+fn test_pxe_boot_proxy_beside_kea_and_its_ntp_server_by_inform() {
+    let d = tempfile::tempdir().unwrap();
+    let img = root_image(d.path());
+    boot_dir(d.path());
+    let (lan, srv) = lan_and_server("kea");
+    let (_server, log_path) = serve(d.path(), &srv, &img, "", PROXY_DHCP, &the_client());
+    let (_kea, kea_log) = kea_dhcp4(&lan, "br0", d.path());
+    let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
+    let console = lines.join("\n");
+    let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let kea = std::fs::read_to_string(&kea_log).unwrap_or_default();
+    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}\n--- Kea log:\n{kea}");
+    // The address is Kea's (its pool), the boot pxeroot's.
+    let leased = console.split("net0: 10.99.0.").nth(1).and_then(|r| r.split('/').next()).and_then(|n| n.parse::<u8>().ok());
+    assert!(leased.is_some_and(|n| (50..=99).contains(&n)), "not an address of Kea's pool:\n{console}");
+    assert!(server_log.contains("reply=Offer") && server_log.contains("boot script requested"), "{server_log}");
+    assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example (for the root)"), "{console}");
+    assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "Kea's answer to the INFORM:\n{console}\n--- Kea log:\n{kea}");
+    assert!(kea.contains("DHCPINFORM"), "{kea}");
+}
+
 /// dnsmasq arguments for DNS servers, a domain, search domains and an NTP
 /// server (options 6, 15, 119 and 42, addresses from TEST-NET-1: nothing
 /// is ever asked) and the test client's name, lab-07 (option 12).

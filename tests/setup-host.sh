@@ -3,7 +3,7 @@
 # builds the static pxeroot-init. Run from the repository's top directory.
 
 packages=(qemu-utils libnbd-bin nbdkit fio e2fsprogs btrfs-progs cmake gcc pkg-config curl ca-certificates python3
-          qemu-system-x86 ipxe-qemu ipxe ovmf qemu-system-arm qemu-efi-aarch64 busybox-static debootstrap python3-venv iproute2 cpio zstd lz4 xz-utils dnsmasq-base atftp)
+          qemu-system-x86 ipxe-qemu ipxe ovmf qemu-system-arm qemu-efi-aarch64 busybox-static debootstrap python3-venv iproute2 cpio zstd lz4 xz-utils dnsmasq-base atftp kea-common)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -52,6 +52,15 @@ if [ ! -f "$kdir/ready" ]; then
     cp "$kdir"/root/boot/vmlinuz-* "$kdir/vmlinuz"
     ln -sfn "$(ls -d "$PWD/$kdir"/root/lib/modules/* | head -n 1)" "$kdir/modules"
     touch "$kdir/ready"
+fi
+
+# Kea's DHCPv4 server, a site server for the proxy test beside it: only
+# its binary, unpacked under target/ (installing kea-dhcp4-server would add
+# and start a system service); its libraries come with kea-common above.
+if [ ! -x target/kea/usr/sbin/kea-dhcp4 ]; then
+    echo "==> Kea's DHCPv4 server (unpacked into target/kea)"
+    rm -rf target/kea && mkdir -p target/kea
+    (cd target/kea && apt-get download kea-dhcp4-server >/dev/null 2>&1 && dpkg -x ./kea-dhcp4-server_*.deb . && rm -f ./*.deb)
 fi
 
 # virt-fw-vars (pip's virt-firmware) writes OVMF variable stores for the
