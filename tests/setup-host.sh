@@ -56,11 +56,15 @@ fi
 
 # Kea's DHCPv4 server, a site server for the proxy test beside it: only
 # its binary, unpacked under target/ (installing kea-dhcp4-server would add
-# and start a system service); its libraries come with kea-common above.
-if [ ! -x target/kea/usr/sbin/kea-dhcp4 ]; then
-    echo "==> Kea's DHCPv4 server (unpacked into target/kea)"
+# and start a system service). Its libraries come with kea-common above,
+# and must be the same release: the binary follows kea-common's version.
+kea_version=$(dpkg-query -W -f='${Version}' kea-common)
+if [ "$(cat target/kea/version 2>/dev/null)" != "$kea_version" ]; then
+    echo "==> Kea's DHCPv4 server $kea_version (unpacked into target/kea)"
     rm -rf target/kea && mkdir -p target/kea
-    (cd target/kea && apt-get download kea-dhcp4-server >/dev/null 2>&1 && dpkg -x ./kea-dhcp4-server_*.deb . && rm -f ./*.deb)
+    (cd target/kea && apt-get download "kea-dhcp4-server=$kea_version" >/dev/null 2>&1 && dpkg -x ./kea-dhcp4-server_*.deb . && rm -f ./*.deb) \
+        || { echo "setup-host: cannot fetch kea-dhcp4-server $kea_version (the version of kea-common): apt-get update, then upgrade kea-common" >&2; exit 1; }
+    echo "$kea_version" > target/kea/version
 fi
 
 # virt-fw-vars (pip's virt-firmware) writes OVMF variable stores for the
