@@ -87,6 +87,29 @@ pub struct Lease {
     pub ntp: Vec<Ipv4Addr>,
 }
 
+impl Lease {
+    /// A reply of `message_type` giving `address` (a /24 until option 1
+    /// says otherwise) and nothing else.
+    pub fn bare(message_type: u8, address: Ipv4Addr) -> Lease {
+        Lease {
+            message_type,
+            address,
+            prefix: 24,
+            router: None,
+            server_id: None,
+            mtu: None,
+            lease_secs: None,
+            renew_secs: None,
+            rebind_secs: None,
+            dns: Vec::new(),
+            domain: None,
+            search: Vec::new(),
+            hostname: None,
+            ntp: Vec::new(),
+        }
+    }
+}
+
 /// A BOOTREQUEST from `ciaddr` (unspecified: no address yet, so the
 /// server is asked to broadcast its reply).
 fn message(xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, kind: u8, extra: &[(u8, Vec<u8>)]) -> Vec<u8> {
@@ -255,23 +278,7 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Lease> {
     if buf[FIXED_LEN..FIXED_LEN + 4] != MAGIC {
         return None;
     }
-    let address = ip(&buf[16..20])?;
-    let mut lease = Lease {
-        message_type: 0,
-        address,
-        prefix: 24,
-        router: None,
-        server_id: None,
-        mtu: None,
-        lease_secs: None,
-        renew_secs: None,
-        rebind_secs: None,
-        dns: Vec::new(),
-        domain: None,
-        search: Vec::new(),
-        hostname: None,
-        ntp: Vec::new(),
-    };
+    let mut lease = Lease::bare(0, ip(&buf[16..20])?);
     // Option 119 may come in several pieces (RFC 3396), joined in order.
     let mut search = Vec::new();
     let secs = |data: &[u8]| Some(u32::from_be_bytes(data.get(..4)?.try_into().ok()?));

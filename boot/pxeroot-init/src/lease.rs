@@ -172,22 +172,7 @@ mod tests {
     }
 
     fn ack(secs: Option<u32>) -> dhcp::Lease {
-        dhcp::Lease {
-            message_type: dhcp::ACK,
-            address: ADDR,
-            prefix: 24,
-            router: None,
-            server_id: Some(SERVER),
-            mtu: None,
-            lease_secs: secs,
-            renew_secs: None,
-            rebind_secs: None,
-            dns: Vec::new(),
-            domain: None,
-            search: Vec::new(),
-            hostname: None,
-            ntp: Vec::new(),
-        }
+        dhcp::Lease { server_id: Some(SERVER), lease_secs: secs, ..dhcp::Lease::bare(dhcp::ACK, ADDR) }
     }
 
     #[test]
