@@ -782,7 +782,11 @@ fn await_reply(sock: &std::net::UdpSocket, xid: u32, mac: [u8; 6], kind: u8, dea
     let mut buf = [0u8; 1500];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let waits = if left.is_zero() { sock.set_nonblocking(true) } else { sock.set_read_timeout(Some(left)) };
+        // (A socket a past call left non-blocking blocks again here.)
+        let waits = match left.is_zero() {
+            true => sock.set_nonblocking(true),
+            false => sock.set_nonblocking(false).and_then(|()| sock.set_read_timeout(Some(left))),
+        };
         waits.ok()?;
         // A timeout, or nothing more queued.
         let n = sock.recv(&mut buf).ok()?;
@@ -1386,4 +1390,53 @@ fn switch_root(s: &Settings) -> String {
     sys::sync();
     let err = std::process::Command::new(&s.init).exec();
     format!("exec {}: {err} (does the root image have it?)", s.init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    /// An ACK for `xid`: a DISCOVER turned into a reply.
+    fn ack(xid: u32) -> Vec<u8> {
+        let mut m = dhcp::discover(xid, MAC);
+        m[0] = 2; // BOOTREPLY
+        m[242] = dhcp::ACK; // option 53's value
+        m
+    }
+
+    /// The deadline is kept, past it only what has arrived is read, and a
+    /// call after one that ended past its deadline waits again (the lease
+    /// keeper sends up to three times on one socket).
+    #[test]
+    fn await_reply_waits_until_its_deadline_and_no_longer() {
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = client.local_addr().unwrap();
+        // Past the deadline: a queued reply is still read, then nothing.
+        server.send_to(&ack(7), to).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let past = Instant::now() - Duration::from_millis(1);
+        assert_eq!(await_reply(&client, 7, MAC, dhcp::ACK, past).map(|l| l.message_type), Some(dhcp::ACK));
+        let t = Instant::now();
+        assert!(await_reply(&client, 7, MAC, dhcp::ACK, past).is_none());
+        assert!(t.elapsed() < Duration::from_millis(100), "waited past its deadline");
+        // Another exchange's reply is skipped; the deadline ends the wait.
+        server.send_to(&ack(8), to).unwrap();
+        let t = Instant::now();
+        assert!(await_reply(&client, 7, MAC, dhcp::ACK, t + Duration::from_millis(150)).is_none());
+        assert!((Duration::from_millis(140)..Duration::from_secs(2)).contains(&t.elapsed()), "{:?}", t.elapsed());
+        // After a call that ended past its deadline, a reply that comes
+        // 100 ms later within the next deadline is read.
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            server.send_to(&ack(9), to).unwrap();
+        });
+        assert_eq!(
+            await_reply(&client, 9, MAC, dhcp::ACK, Instant::now() + Duration::from_secs(2)).map(|l| l.message_type),
+            Some(dhcp::ACK)
+        );
+        late.join().unwrap();
+    }
 }
