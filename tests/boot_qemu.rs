@@ -1262,21 +1262,31 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "dnsmasq's answer to the INFORM:\n{console}");
 }
 
-/// Kea's DHCPv4 server (tests/setup-host.sh unpacks it into target/kea),
-/// the successor of ISC dhcpd, as the site's server on `interface` of
-/// `ns`: `dnsmasq_dhcp_with`'s range, a router, a DNS server, a domain and
-/// an NTP server. Returns the process and its log (packets at debug level).
+/// A site DHCP server's binary that tests/setup-host.sh unpacks under
+/// target/PACKAGE.
+fn unpacked(package: &str, binary: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(package).join("usr/sbin").join(binary);
+    assert!(path.exists(), "{} missing: run tests/run-all (it unpacks {package})", path.display());
+    path
+}
+
+/// The site servers below: `dnsmasq_dhcp_with`'s range and router, a DNS
+/// server, a domain and an NTP server (TEST-NET-1: nothing is asked).
+const SITE_RANGE: (&str, &str) = ("10.99.0.50", "10.99.0.99");
+
+/// Kea's DHCPv4 server, the successor of ISC dhcpd, as the site's server
+/// on `interface` of `ns`. Returns the process and its log (packets at
+/// debug level).
 fn kea_dhcp4(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
-    let kea = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/kea/usr/sbin/kea-dhcp4"));
-    assert!(kea.exists(), "{} missing: run tests/run-all (it unpacks Kea)", kea.display());
     let log = dir.join("kea.log");
     let config = dir.join("kea-dhcp4.json");
+    let (first, last) = SITE_RANGE;
     let text = format!(
         r#"{{"Dhcp4": {{
   "interfaces-config": {{"interfaces": ["{interface}"], "dhcp-socket-type": "raw"}},
   "lease-database": {{"type": "memfile", "persist": false}},
   "valid-lifetime": 3600,
-  "subnet4": [{{"id": 1, "subnet": "10.99.0.0/24", "pools": [{{"pool": "10.99.0.50 - 10.99.0.99"}}],
+  "subnet4": [{{"id": 1, "subnet": "10.99.0.0/24", "pools": [{{"pool": "{first} - {last}"}}],
     "option-data": [{{"name": "routers", "data": "10.99.0.254"}}, {{"name": "domain-name-servers", "data": "192.0.2.53"}},
                     {{"name": "domain-name", "data": "lab.example"}}, {{"name": "ntp-servers", "data": "192.0.2.123"}}]}}],
   "loggers": [{{"name": "kea-dhcp4", "output_options": [{{"output": "{}"}}], "severity": "DEBUG", "debuglevel": 50}}]
@@ -1284,35 +1294,65 @@ fn kea_dhcp4(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
         log.display()
     );
     std::fs::write(&config, text).unwrap();
-    let mut c = ns.command(kea);
+    let mut c = ns.command(&unpacked("kea-dhcp4-server", "kea-dhcp4"));
     c.arg("-c").arg(&config).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir).stdout(Stdio::null()).stderr(Stdio::null());
     (Proc(c.spawn().expect("start kea-dhcp4")), log)
 }
 
-/// pxeroot in proxy mode beside Kea as the site's server: iPXE takes its
-/// address from Kea and its script from pxeroot; Kea sends only the
-/// options asked for, so the NTP server reaches the root through
-/// pxeroot-init's DHCPINFORM, which Kea answers.
-#[test]
-fn test_pxe_boot_proxy_beside_kea_and_its_ntp_server_by_inform() {
+/// ISC dhcpd, still the site server of many networks, the same way.
+fn isc_dhcpd(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
+    let log = dir.join("dhcpd.log");
+    let (config, leases) = (dir.join("dhcpd.conf"), dir.join("dhcpd.leases"));
+    let (first, last) = SITE_RANGE;
+    let text = format!(
+        "default-lease-time 3600;\nmax-lease-time 3600;\nauthoritative;\n\
+         subnet 10.99.0.0 netmask 255.255.255.0 {{\n  range {first} {last};\n  option routers 10.99.0.254;\n\
+         option domain-name-servers 192.0.2.53;\n  option domain-name \"lab.example\";\n  option ntp-servers 192.0.2.123;\n}}\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(&leases, "").unwrap();
+    let mut c = ns.command(&unpacked("isc-dhcp-server", "dhcpd"));
+    c.args(["-f", "-d", "-4", "-cf"]).arg(&config).arg("-lf").arg(&leases).arg("-pf").arg(dir.join("dhcpd.pid")).arg(interface);
+    c.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    (Proc(c.spawn().expect("start dhcpd")), log)
+}
+
+/// pxeroot in proxy mode beside `site` as the site's server: iPXE takes
+/// its address from the site's server and its script from pxeroot; the
+/// site's server sends only the options asked for, so the NTP server
+/// reaches the root through pxeroot-init's DHCPINFORM, which it answers.
+fn proxy_boot_beside(tag: &str, site: fn(&Netns, &str, &Path) -> (Proc, PathBuf)) {
     let d = tempfile::tempdir().unwrap();
     let img = root_image(d.path());
     boot_dir(d.path());
-    let (lan, srv) = lan_and_server("kea");
+    let (lan, srv) = lan_and_server(tag);
     let (_server, log_path) = serve(d.path(), &srv, &img, "", PROXY_DHCP, &the_client());
-    let (_kea, kea_log) = kea_dhcp4(&lan, "br0", d.path());
+    let (_site, site_log) = site(&lan, "br0", d.path());
     let (lines, exited) = run_qemu(&lan, &["-boot".into(), "order=n".into()], |l| l.contains("FATAL"));
     let console = lines.join("\n");
     let server_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let kea = std::fs::read_to_string(&kea_log).unwrap_or_default();
-    assert!(console.contains("PXEROOT-MARKER-DONE") && exited, "no boot:\n{console}\n--- pxeroot log:\n{server_log}\n--- Kea log:\n{kea}");
-    // The address is Kea's (its pool), the boot pxeroot's.
+    let site = std::fs::read_to_string(&site_log).unwrap_or_default();
+    assert!(
+        console.contains("PXEROOT-MARKER-DONE") && exited,
+        "no boot:\n{console}\n--- pxeroot log:\n{server_log}\n--- site log:\n{site}"
+    );
+    // The address is from the site server's range, the boot pxeroot's.
     let leased = console.split("net0: 10.99.0.").nth(1).and_then(|r| r.split('/').next()).and_then(|n| n.parse::<u8>().ok());
-    assert!(leased.is_some_and(|n| (50..=99).contains(&n)), "not an address of Kea's pool:\n{console}");
+    assert!(leased.is_some_and(|n| (50..=99).contains(&n)), "not an address of the site's range:\n{console}");
     assert!(server_log.contains("reply=Offer") && server_log.contains("boot script requested"), "{server_log}");
     assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example (for the root)"), "{console}");
-    assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "Kea's answer to the INFORM:\n{console}\n--- Kea log:\n{kea}");
-    assert!(kea.contains("DHCPINFORM"), "{kea}");
+    assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "the answer to the INFORM:\n{console}\n--- site log:\n{site}");
+    assert!(site.contains("DHCPINFORM"), "{site}");
+}
+
+#[test]
+fn test_pxe_boot_proxy_beside_kea_and_its_ntp_server_by_inform() {
+    proxy_boot_beside("kea", kea_dhcp4);
+}
+
+#[test]
+fn test_pxe_boot_proxy_beside_isc_dhcpd_and_its_ntp_server_by_inform() {
+    proxy_boot_beside("iscd", isc_dhcpd);
 }
 
 /// dnsmasq arguments for DNS servers, a domain, search domains and an NTP

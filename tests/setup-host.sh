@@ -54,18 +54,21 @@ if [ ! -f "$kdir/ready" ]; then
     touch "$kdir/ready"
 fi
 
-# Kea's DHCPv4 server, a site server for the proxy test beside it: only
-# its binary, unpacked under target/ (installing kea-dhcp4-server would add
-# and start a system service). Its libraries come with kea-common above,
-# and must be the same release: the binary follows kea-common's version.
-kea_version=$(dpkg-query -W -f='${Version}' kea-common)
-if [ "$(cat target/kea/version 2>/dev/null)" != "$kea_version" ]; then
-    echo "==> Kea's DHCPv4 server $kea_version (unpacked into target/kea)"
-    rm -rf target/kea && mkdir -p target/kea
-    (cd target/kea && apt-get download "kea-dhcp4-server=$kea_version" >/dev/null 2>&1 && dpkg -x ./kea-dhcp4-server_*.deb . && rm -f ./*.deb) \
-        || { echo "setup-host: cannot fetch kea-dhcp4-server $kea_version (the version of kea-common): apt-get update, then upgrade kea-common" >&2; exit 1; }
-    echo "$kea_version" > target/kea/version
-fi
+# Site DHCP servers for the proxy tests beside them, Kea and ISC dhcpd:
+# only their binaries, unpacked under target/PACKAGE (installing the
+# packages would add and start system services), once per version.
+unpack() {
+    local pkg=$1 version=$2 dir=target/$1
+    [ "$(cat "$dir/version" 2>/dev/null)" = "$version" ] && return 0
+    echo "==> $pkg $version (unpacked into $dir)"
+    rm -rf "$dir" && mkdir -p "$dir"
+    (cd "$dir" && apt-get download "$pkg=$version" >/dev/null 2>&1 && dpkg -x ./"$pkg"_*.deb . && rm -f ./*.deb) \
+        || { echo "setup-host: cannot fetch $pkg $version: run apt-get update" >&2; exit 1; }
+    echo "$version" > "$dir/version"
+}
+# Kea's libraries come with kea-common above and must be the same release.
+unpack kea-dhcp4-server "$(dpkg-query -W -f='${Version}' kea-common)"
+unpack isc-dhcp-server "$(apt-cache policy isc-dhcp-server | awk '/Candidate:/ {print $2}')"
 
 # virt-fw-vars (pip's virt-firmware) writes OVMF variable stores for the
 # UEFI HTTP boot test, into a venv under target/.
