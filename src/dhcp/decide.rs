@@ -480,14 +480,15 @@ pub fn decide_full(
     let o = r.opts_mut();
     // T1 and T2 at RFC 2131's defaults (4.4.5), said outright as dnsmasq
     // and Kea do: some clients renew only when told when.
+    // An INFORM's ACK leases nothing.
     let secs = u32::try_from(leases.lease_secs()).unwrap_or(u32::MAX);
     if !inform {
         o.insert(DhcpOption::AddressLeaseTime(secs));
-    }
-    if secs != u32::MAX && !inform {
-        // (u32::MAX is an infinite lease: nothing to renew.)
-        o.insert(DhcpOption::Renewal(secs / 2));
-        o.insert(DhcpOption::Rebinding((u64::from(secs) * 7 / 8) as u32));
+        if secs != u32::MAX {
+            // (u32::MAX is an infinite lease: nothing to renew.)
+            o.insert(DhcpOption::Renewal(secs / 2));
+            o.insert(DhcpOption::Rebinding((u64::from(secs) * 7 / 8) as u32));
+        }
     }
     o.insert(DhcpOption::SubnetMask(net.netmask));
     if let Some(gw) = net.router {

@@ -214,11 +214,17 @@ impl NetServices {
     /// where pxeroot-init leased the address itself, `cmdline.or(inform)`
     /// where iPXE did and an INFORM filled the gaps.
     pub fn or(self, other: NetServices) -> NetServices {
-        let list = |a: Vec<_>, b| if a.is_empty() { b } else { a };
+        fn list<T>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
+            if a.is_empty() {
+                b
+            } else {
+                a
+            }
+        }
         NetServices {
             dns: list(self.dns, other.dns),
             domain: self.domain.or(other.domain),
-            search: if self.search.is_empty() { other.search } else { self.search },
+            search: list(self.search, other.search),
             ntp: list(self.ntp, other.ntp),
         }
     }
