@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::netns::{dnsmasq_dhcp_with, lan_and_server, routed_site, site_dnsmasq, Netns, Proc, ROUTED_GATEWAY, SERVER_IP};
+use common::netns::{dnsmasq_dhcp_with, lan_and_server, routed_site, site_dnsmasq, Netns, Proc, ROUTED_GATEWAY, SERVER_IP, SITE_RANGE};
 use common::*;
 
 const MAC: &str = "52:54:00:b0:07:01";
@@ -1270,12 +1270,9 @@ fn unpacked(package: &str, binary: &str) -> PathBuf {
     path
 }
 
-/// The site servers below: `dnsmasq_dhcp_with`'s range and router, a DNS
-/// server, a domain and an NTP server (TEST-NET-1: nothing is asked).
-const SITE_RANGE: (&str, &str) = ("10.99.0.50", "10.99.0.99");
-
 /// Kea's DHCPv4 server, the successor of ISC dhcpd, as the site's server
-/// on `interface` of `ns`. Returns the process and its log (packets at
+/// on `interface` of `ns`: `SITE_RANGE`, the LAN's router, a DNS server,
+/// a domain and an NTP server (TEST-NET-1: nothing is asked). Returns the process and its log (packets at
 /// debug level).
 fn kea_dhcp4(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
     let log = dir.join("kea.log");

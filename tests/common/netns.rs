@@ -9,6 +9,10 @@ use super::run;
 /// The boot server's address in every test topology.
 pub const SERVER_IP: &str = "10.99.0.1";
 
+/// The addresses the site's DHCP server hands out on the LAN of
+/// `lan_and_server` (dnsmasq, Kea, ISC dhcpd).
+pub const SITE_RANGE: (&str, &str) = ("10.99.0.50", "10.99.0.99");
+
 /// A network namespace with one tap (the client's cable) at SERVER_IP;
 /// deleted, with everything in it, when dropped.
 pub struct Netns {
@@ -114,7 +118,7 @@ pub fn dnsmasq_dhcp_with(ns: &Netns, interface: &str, dir: &Path, bind_interface
     let mut c = ns.command(Path::new("dnsmasq"));
     c.args(["--no-daemon", "--port=0", "--no-ping", "--dhcp-authoritative"])
         .arg(format!("--interface={interface}"))
-        .arg(format!("--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,{lease}"))
+        .arg(format!("--dhcp-range={},{},255.255.255.0,{lease}", SITE_RANGE.0, SITE_RANGE.1))
         .args(extra)
         .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
         .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
