@@ -651,19 +651,24 @@ impl Inform {
         Ok(Inform { sock, xid, mac, server, sent: Instant::now() })
     }
 
-    /// What the server's ACK names; nothing when it did not answer within
-    /// `INFORM_WAIT` of the sending (said on the console).
+    /// What the server's ACK names; nothing when it said NAK or did not
+    /// answer within `INFORM_WAIT` of the sending (said on the console).
     fn answer(self, con: &Console, iface: &str) -> handoff::NetServices {
-        match await_reply(&self.sock, self.xid, self.mac, dhcp::ACK, self.sent + INFORM_WAIT) {
-            Some(ack) if ack.message_type == dhcp::ACK => handoff::NetServices::from_reply(&ack),
-            _ => {
-                con.say(format_args!(
-                    "{iface}: no answer to DHCPINFORM from {} within {INFORM_WAIT:?}: the root gets no NTP servers from DHCP",
-                    self.server
-                ));
-                handoff::NetServices::default()
-            }
-        }
+        let reply = await_reply(&self.sock, self.xid, self.mac, dhcp::ACK, self.sent + INFORM_WAIT);
+        informed(reply, self.server).unwrap_or_else(|why| {
+            con.say(format_args!("{iface}: {why}: the root gets no NTP servers from DHCP"));
+            handoff::NetServices::default()
+        })
+    }
+}
+
+/// What the answer to a DHCPINFORM (`await_reply`'s: an ACK, a NAK or
+/// none) gives the root, or why it gives nothing.
+fn informed(reply: Option<dhcp::Lease>, server: std::net::Ipv4Addr) -> Result<handoff::NetServices, String> {
+    match reply {
+        Some(ack) if ack.message_type == dhcp::ACK => Ok(handoff::NetServices::from_reply(&ack)),
+        Some(_) => Err(format!("{server} answered the DHCPINFORM with a NAK")),
+        None => Err(format!("no answer to DHCPINFORM from {server} within {INFORM_WAIT:?}")),
     }
 }
 
@@ -1438,5 +1443,19 @@ mod tests {
             Some(dhcp::ACK)
         );
         late.join().unwrap();
+    }
+
+    /// An INFORM's ACK gives its NTP servers; a NAK and silence give
+    /// nothing, each said as what it is.
+    #[test]
+    fn informed_tells_a_nak_from_silence() {
+        let server = std::net::Ipv4Addr::new(10, 99, 0, 1);
+        let mut ack = dhcp::Lease::bare(dhcp::ACK, std::net::Ipv4Addr::UNSPECIFIED);
+        ack.ntp = vec![std::net::Ipv4Addr::new(192, 0, 2, 123)];
+        assert_eq!(informed(Some(ack), server).unwrap().ntp, vec![std::net::Ipv4Addr::new(192, 0, 2, 123)]);
+        let nak = informed(Some(dhcp::Lease::bare(dhcp::NAK, std::net::Ipv4Addr::UNSPECIFIED)), server).unwrap_err();
+        assert_eq!(nak, "10.99.0.1 answered the DHCPINFORM with a NAK");
+        let silence = informed(None, server).unwrap_err();
+        assert_eq!(silence, "no answer to DHCPINFORM from 10.99.0.1 within 250ms");
     }
 }
