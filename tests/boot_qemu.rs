@@ -1286,8 +1286,8 @@ fn unpacked(package: &str, binary: &str) -> PathBuf {
 
 /// Kea's DHCPv4 server, the successor of ISC dhcpd, as the site's server
 /// on `interface` of `ns`: `SITE_RANGE`, the LAN's router, a DNS server,
-/// a domain and an NTP server (TEST-NET-1: nothing is asked). Returns the process and its log (packets at
-/// debug level).
+/// a domain and an NTP server (TEST-NET-1: nothing is asked). Returns the
+/// process and its log (packets at debug level).
 fn kea_dhcp4(ns: &Netns, interface: &str, dir: &Path) -> (Proc, PathBuf) {
     let log = dir.join("kea.log");
     let config = dir.join("kea-dhcp4.json");
@@ -1348,8 +1348,9 @@ fn proxy_boot_beside(tag: &str, site: fn(&Netns, &str, &Path) -> (Proc, PathBuf)
         "no boot:\n{console}\n--- pxeroot log:\n{server_log}\n--- site log:\n{site}"
     );
     // The address is from the site server's range, the boot pxeroot's.
-    let leased = console.split("net0: 10.99.0.").nth(1).and_then(|r| r.split('/').next()).and_then(|n| n.parse::<u8>().ok());
-    assert!(leased.is_some_and(|n| (50..=99).contains(&n)), "not an address of the site's range:\n{console}");
+    let leased = console.split("net0: ").skip(1).find_map(|r| r.split('/').next()?.parse::<std::net::Ipv4Addr>().ok());
+    let range = SITE_RANGE.0.parse::<std::net::Ipv4Addr>().unwrap()..=SITE_RANGE.1.parse().unwrap();
+    assert!(leased.is_some_and(|a| range.contains(&a)), "not an address of the site's range:\n{console}");
     assert!(server_log.contains("reply=Offer") && server_log.contains("boot script requested"), "{server_log}");
     assert!(console.contains("eth0: DNS 192.0.2.53, domain lab.example (for the root)"), "{console}");
     assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "the answer to the INFORM:\n{console}\n--- site log:\n{site}");

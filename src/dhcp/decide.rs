@@ -479,8 +479,8 @@ pub fn decide_full(
     }
     let o = r.opts_mut();
     // T1 and T2 at RFC 2131's defaults (4.4.5), said outright as dnsmasq
-    // and Kea do: some clients renew only when told when.
-    // An INFORM's ACK leases nothing.
+    // and Kea do: some clients renew only when told when. An INFORM's ACK
+    // leases nothing.
     let secs = u32::try_from(leases.lease_secs()).unwrap_or(u32::MAX);
     if !inform {
         o.insert(DhcpOption::AddressLeaseTime(secs));

@@ -788,9 +788,10 @@ fn await_reply(sock: &std::net::UdpSocket, xid: u32, mac: [u8; 6], kind: u8, dea
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         // (A socket a past call left non-blocking blocks again here.)
-        let waits = match left.is_zero() {
-            true => sock.set_nonblocking(true),
-            false => sock.set_nonblocking(false).and_then(|()| sock.set_read_timeout(Some(left))),
+        let waits = if left.is_zero() {
+            sock.set_nonblocking(true)
+        } else {
+            sock.set_nonblocking(false).and_then(|()| sock.set_read_timeout(Some(left)))
         };
         waits.ok()?;
         // A timeout, or nothing more queued.
