@@ -6,7 +6,8 @@
 //! GET and HEAD only; `Range: bytes=` (one range) with 206/416; always a
 //! Content-Length; never a redirect (UEFI HTTP boot does not follow them);
 //! the TFTP traversal rules (403 for refused paths, 404 for missing ones);
-//! at most [`MAX_CONNECTIONS`] connections, each bounded in time.
+//! at most [`MAX_CONNECTIONS`] connections (more get 503), each bounded in
+//! time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,17 +17,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::header::{HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use hyper::header::{HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::bootfiles::{BootFile, ResolveError, Resolver};
+use crate::listen::Admission;
 
-/// Connections served at once; more wait in the accept backlog.
+/// Connections served at once; more are answered 503 (Retry-After: 1).
 pub const MAX_CONNECTIONS: usize = 256;
+/// How long a connection refused with 503 may take to send its request.
+pub const REFUSAL_LIFETIME: Duration = Duration::from_secs(2);
 /// A client must send its request headers within this time.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection may live at most this long (a slow client cannot hold a
@@ -196,40 +199,76 @@ async fn handle(req: Request<hyper::body::Incoming>, resolver: Arc<Resolver>, pe
     Ok(r)
 }
 
-/// Serve HTTP on `addr` until `shutdown`.
+/// Serve HTTP on `addr` until `shutdown`, then let the responses under way
+/// finish (idle keep-alive connections close at once), bounded by
+/// [`crate::listen::DRAIN_TIMEOUT`].
 pub async fn serve(addr: SocketAddr, resolver: Arc<Resolver>, shutdown: CancellationToken) -> Result<(), HttpError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|error| {
         crate::listen::BindError::new("HTTP", addr, addr.port(), error, "set http.listen to another address, or http.enabled = false")
     })?;
     info!(%addr, "HTTP listening");
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new("HTTP", "connections", MAX_CONNECTIONS);
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return Ok(()) };
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let resolver = resolver.clone();
-        tokio::spawn(async move {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let Some(permit) = admission.try_admit(&peer) else {
+            // Read the request and answer 503, so the client sees why
+            // (closing at once would reset its connection): short, bounded.
+            admission.spawn_unlimited(async move {
+                let svc = hyper::service::service_fn(|_req| async { Ok::<_, Infallible>(busy()) });
+                let conn = builder().keep_alive(false).serve_connection(io, svc);
+                let _ = tokio::time::timeout(REFUSAL_LIFETIME, conn).await;
+            });
+            continue;
+        };
+        let (resolver, shutdown) = (resolver.clone(), shutdown.clone());
+        admission.spawn(permit, tracing::debug_span!("http", %peer), async move {
             let svc = hyper::service::service_fn(move |req| handle(req, resolver.clone(), peer));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+            let conn = builder().serve_connection(io, svc);
+            tokio::pin!(conn);
+            let served = tokio::time::timeout(CONNECTION_LIFETIME, async {
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = shutdown.cancelled() => {
+                        // Finish the response under way, take no other.
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().await
+                    }
+                }
+            });
+            match served.await {
                 Ok(Err(e)) => debug!(%peer, error = %e, "HTTP connection ended with an error"),
                 Err(_) => warn!(%peer, "HTTP connection closed: it outlived {CONNECTION_LIFETIME:?}"),
                 Ok(Ok(())) => {}
             }
-            drop(permit);
         });
     }
+    admission.drain().await;
+    Ok(())
+}
+
+/// The connection settings every HTTP connection shares.
+fn builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    b
+}
+
+/// The answer to a connection over [`MAX_CONNECTIONS`].
+fn busy() -> Response<Body> {
+    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again\n");
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 #[cfg(test)]

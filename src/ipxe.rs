@@ -20,11 +20,31 @@ pub struct ScriptParams {
     /// The address clients reach pxeroot at (TFTP and NBD).
     pub server: Ipv4Addr,
     pub nbd_port: u16,
-    /// `ioctl` or `netlink`.
-    pub attach: String,
+    /// How pxeroot-init hands the connection to the kernel.
+    pub attach: Attach,
     /// Where kernel and initrd are fetched from: `http://server:port` or
     /// `tftp://server`.
     pub files_base: String,
+}
+
+/// How pxeroot-init attaches `/dev/nbd0` (`pxeroot.attach=`, `pxe.attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    /// NBD's netlink interface: the kernel reconnects through the monitor.
+    #[default]
+    Netlink,
+    /// NBD_DO_IT in a keeper process (kernels without NBD netlink).
+    Ioctl,
+}
+
+impl std::fmt::Display for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attach::Netlink => "netlink",
+            Attach::Ioctl => "ioctl",
+        })
+    }
 }
 
 /// An image's boot files (paths inside the boot directory) and arguments.
@@ -112,7 +132,7 @@ mod tests {
         let p = ScriptParams {
             server: Ipv4Addr::new(10, 0, 0, 1),
             nbd_port: 10809,
-            attach: "netlink".into(),
+            attach: Attach::Netlink,
             files_base: "tftp://10.0.0.1".into(),
         };
         let b = BootSpec {

@@ -6,6 +6,7 @@
 pub mod bootfiles;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dhcp;
 pub mod http;
 pub mod initramfs;

@@ -156,3 +156,78 @@ fn test_reload_changes_the_next_script() {
     assert!(log.contains("images.debian.initrd: debian/initrd.new is not in"), "{log}");
     assert!(!log.contains("applied only at the next restart"), "{log}");
 }
+
+/// Over `MAX_CONNECTIONS` a client gets 503 with Retry-After (not a reset,
+/// not a wait in the backlog), the refusals are logged once per burst, and
+/// once connections close the next one is served.
+#[test]
+fn test_http_over_the_connection_limit_gets_503() {
+    require("curl");
+    let s = setup();
+    let port: u16 = s.base.rsplit(':').next().unwrap().parse().unwrap();
+    let held: Vec<std::net::TcpStream> =
+        (0..pxeroot::http::MAX_CONNECTIONS).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    // The daemon accepts them all before it sees curl's connection.
+    let (mut code, mut headers) = (0, String::new());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while code != 503 && Instant::now() < deadline {
+        let o = Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5", "-w", "%{http_code}"])
+            .arg(format!("{}/debian/vmlinuz", s.base))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        code = out.lines().last().unwrap_or("").trim().parse().unwrap_or(0);
+        headers = out;
+    }
+    assert_eq!(code, 503, "{headers}\n{}", s.server.log_text());
+    assert!(headers.to_ascii_lowercase().contains("retry-after: 1"), "{headers}");
+    let o = Command::new("curl").args(["-s", "--max-time", "5"]).arg(format!("{}/debian/vmlinuz", s.base)).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "too many connections, try again\n");
+    let refusals = s.server.log_text().matches("HTTP refused").count();
+    assert_eq!(refusals, 1, "one line per burst:\n{}", s.server.log_text());
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, body) = get(&s, "/debian/initrd.zst", &[]);
+        if code == 200 {
+            assert_eq!(body, std::fs::read(s.boot.join("debian/initrd.zst")).unwrap());
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused after the connections closed: {code}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM during a download: the response under way is finished (not cut),
+/// an idle keep-alive connection is closed, and the daemon exits cleanly.
+#[test]
+fn test_http_shutdown_finishes_the_response_under_way() {
+    require("curl");
+    let s = setup();
+    let port: u16 = s.base.rsplit(':').next().unwrap().parse().unwrap();
+    let idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // 48 MiB at 12 MB/s: about four seconds, well inside the drain bound,
+    // and more than loopback's socket buffers hold, so the server is still
+    // sending when the signal comes.
+    std::fs::write(s.boot.join("big.bin"), pattern(9, 48 << 20)).unwrap();
+    let mut slow = Command::new("curl")
+        .args(["-s", "--limit-rate", "12M", "--max-time", "30", "-o"])
+        .arg(&s.out)
+        .arg(format!("{}/big.bin", s.base))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let Setup { server, out, boot, _dir, .. } = s;
+    let started = Instant::now();
+    let code = server.stop();
+    assert_eq!(code, 0, "pxeroot's exit code after SIGTERM");
+    assert!(started.elapsed() < pxeroot::listen::DRAIN_TIMEOUT + Duration::from_secs(5));
+    assert!(slow.wait().unwrap().success(), "the download under way was cut");
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(boot.join("big.bin")).unwrap(), "the download differs");
+    // The idle connection was closed by the server, not left to time out.
+    let mut idle = idle;
+    idle.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut idle, &mut buf).unwrap_or(0), 0);
+}

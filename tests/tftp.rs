@@ -245,3 +245,51 @@ fn test_tftp_per_client_blksize_cap() {
         assert!(line.contains(want), "{src}: {line}");
     }
 }
+
+/// Over `MAX_TRANSFERS` a read request gets an error packet saying the
+/// server is busy, logged once per burst; when the stalled transfers give
+/// up, the next request is served.
+#[test]
+fn test_tftp_over_the_transfer_limit_is_told_busy() {
+    require("curl");
+    let s = setup();
+    let rrq = |name: &str| {
+        let mut p = vec![0, 1];
+        p.extend_from_slice(name.as_bytes());
+        p.extend_from_slice(b"\0octet\0");
+        p
+    };
+    // Transfers that never ACK: each holds its slot until it gives up.
+    let stalled: Vec<std::net::UdpSocket> = (0..pxeroot::tftp::MAX_TRANSFERS)
+        .map(|_| {
+            let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            u.send_to(&rrq("small.bin"), ("127.0.0.1", s.tftp_port)).unwrap();
+            u
+        })
+        .collect();
+    // Each answers with its first DATA block once it is admitted.
+    for u in &stalled {
+        u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1600];
+        let n = u.recv(&mut b).expect("an admitted transfer sends its first block");
+        assert_eq!(&b[..2], &[0, 3], "not DATA: {:?}", &b[..n.min(40)]);
+    }
+    let over = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    over.send_to(&rrq("small.bin"), ("127.0.0.1", s.tftp_port)).unwrap();
+    let mut b = [0u8; 1600];
+    let n = over.recv(&mut b).unwrap();
+    assert_eq!(&b[..2], &[0, 5], "not ERROR: {:?}", &b[..n]);
+    assert_eq!(&b[4..n - 1], pxeroot::tftp::BUSY_MESSAGE.as_bytes());
+    assert!(!curl(&s, "small.bin", &[]).status.success(), "served over the limit");
+    assert_eq!(s.server.log_text().matches("TFTP refused").count(), 1, "one line per burst:\n{}", s.server.log_text());
+    // The stalled transfers give up after their retransmissions; then
+    // there is room again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !curl(&s, "small.bin", &[]).status.success() {
+        assert!(Instant::now() < deadline, "never served again:\n{}", s.server.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(same(&s.out, &s.boot.join("small.bin")));
+    drop(stalled);
+}

@@ -2,6 +2,7 @@
 //! then validated into a typed [`Config`]. Runtime code never re-validates.
 //! Every error names the file, the key and how to fix it.
 
+pub mod summary;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -461,14 +462,7 @@ impl wire::Root {
                         "point it at the directory holding kernels, initrds and iPXE binaries",
                     ));
                 }
-                let attach = p.attach.unwrap_or_else(|| "netlink".into());
-                if attach != "netlink" && attach != "ioctl" {
-                    return Err(err(
-                        "pxe.attach",
-                        format!("{attach:?} is not an attach mode"),
-                        "use \"netlink\" (reconnects) or \"ioctl\"",
-                    ));
-                }
+                let attach = p.attach.unwrap_or_default();
                 let nbd_port = nbd_listen.as_ref().and_then(|l| l.first()).map_or(nbd_wire::consts::DEFAULT_PORT, |a| a.port());
                 let mut boot = BTreeMap::new();
                 for (name, image) in &self.images {

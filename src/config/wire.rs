@@ -78,7 +78,7 @@ pub struct Pool {
 pub struct Pxe {
     pub server_address: String,
     pub boot_dir: PathBuf,
-    pub attach: Option<String>,
+    pub attach: Option<crate::ipxe::Attach>,
     pub boot_files_over: Option<String>,
 }
 

@@ -5,6 +5,7 @@
 //! name that the build host has, packed as newc cpio (`cpio.rs`) and
 //! compressed. Same input, same bytes.
 
+pub mod command;
 pub mod compress;
 pub mod cpio;
 pub mod modules;
@@ -200,6 +201,8 @@ pub enum InitramfsError {
     },
     #[error(transparent)]
     Compress(#[from] CompressError),
+    #[error("no pxeroot-init binary found: run boot/pxeroot-init/build-static, or pass --init")]
+    NoInit,
 }
 
 pub struct Options {

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::listen::Admission;
+
 use crate::storage::registry::{Disk, Registry, Target};
 use crate::storage::StorageError;
 use negotiate::{Negotiation, Step};
@@ -41,9 +43,6 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const MAX_INFLIGHT_BYTES: usize = 64 << 20;
 /// Extents in one BLOCK_STATUS reply.
 pub const MAX_EXTENTS: usize = 1024;
-/// How long a shutdown waits for in-flight requests before giving up on
-/// peers that vanished.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive: notice a client that died without closing.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Chunk used to serve CACHE (read and discard).
@@ -84,16 +83,15 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, NbdError> {
 }
 
 /// Serve until `shutdown` is cancelled, then stop accepting, let in-flight
-/// requests finish (bounded by [`DRAIN_TIMEOUT`]) and flush every overlay.
+/// requests finish (bounded by [`crate::listen::DRAIN_TIMEOUT`]) and flush every overlay.
 pub async fn serve(listeners: Vec<TcpListener>, registry: Arc<Registry>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let tracker = TaskTracker::new();
+    let admission = Admission::new("NBD", "connections", MAX_CONNECTIONS);
     let mut accepters = Vec::new();
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "NBD listening");
         }
-        let (registry, shutdown, limit, tracker2) = (registry.clone(), shutdown.clone(), limit.clone(), tracker.clone());
+        let (registry, shutdown, admission) = (registry.clone(), shutdown.clone(), admission.clone());
         accepters.push(tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -108,20 +106,15 @@ pub async fn serve(listeners: Vec<TcpListener>, registry: Arc<Registry>, shutdow
                         continue;
                     }
                 };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    warn!(%peer, max = MAX_CONNECTIONS, "connection refused: too many connections");
-                    continue;
-                };
+                // Over the limit: closed at once (NBD has no way to say
+                // "busy" before its greeting).
+                let Some(permit) = admission.try_admit(&peer) else { continue };
                 let (registry, shutdown) = (registry.clone(), shutdown.clone());
-                tracker2.spawn(
-                    async move {
-                        if let Err(e) = connection(stream, registry, shutdown).await {
-                            warn!(error = %format_chain(&e), "connection closed with an error");
-                        }
-                        drop(permit);
+                admission.spawn(permit, tracing::info_span!("nbd", %peer), async move {
+                    if let Err(e) = connection(stream, registry, shutdown).await {
+                        warn!(error = %format_chain(&e), "connection closed with an error");
                     }
-                    .instrument(tracing::info_span!("nbd", %peer)),
-                );
+                });
             }
         }));
     }
@@ -129,10 +122,7 @@ pub async fn serve(listeners: Vec<TcpListener>, registry: Arc<Registry>, shutdow
     for a in accepters {
         let _ = a.await;
     }
-    tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
-        warn!(timeout = ?DRAIN_TIMEOUT, "some connections did not drain in time; closing them");
-    }
+    admission.drain().await;
     // fdatasync on every open overlay: on the blocking pool, like FLUSH.
     let failed = tokio::task::spawn_blocking(move || registry.flush_all()).await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "the shutdown flush task failed");

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::bootfiles::{BootFile, ResolveError, Resolver};
+use crate::listen::Admission;
 use packet::Packet;
 
 /// Largest block size we agree to unless a client's cap says less: the
@@ -32,6 +33,12 @@ pub const MAX_WINDOW_SIZE: u16 = 64;
 pub const MAX_RETRIES: u32 = 5;
 /// Largest request we read (RRQs are a file name and a few options).
 const MAX_REQUEST: usize = 2048;
+/// Transfers under way at once (each holds a socket, a buffer and an open
+/// file); a read request beyond it gets an error packet that says the
+/// server is busy, and the firmware or iPXE asks again.
+pub const MAX_TRANSFERS: usize = 256;
+/// The error text a client over [`MAX_TRANSFERS`] gets.
+pub const BUSY_MESSAGE: &str = "server busy, try again";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
@@ -76,7 +83,8 @@ impl Source {
     }
 }
 
-/// Serve TFTP on `addr` until `shutdown`.
+/// Serve TFTP on `addr` until `shutdown`, then let the transfers under way
+/// finish, bounded by [`crate::listen::DRAIN_TIMEOUT`].
 pub async fn serve(
     addr: SocketAddr,
     resolver: Arc<Resolver>,
@@ -87,10 +95,11 @@ pub async fn serve(
         crate::listen::BindError::new("TFTP", addr, addr.port(), error, "set tftp.listen to another address, or tftp.enabled = false")
     })?);
     info!(%addr, "TFTP listening");
+    let admission = Admission::new("TFTP", "transfers", MAX_TRANSFERS);
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
         let (n, client) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break,
             r = sock.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -101,11 +110,15 @@ pub async fn serve(
         };
         match packet::parse(&buf[..n]) {
             Ok(Packet::Read { file, options }) => {
+                let Some(permit) = admission.try_admit(&client) else {
+                    let _ = sock.send_to(&packet::error(packet::ERR_NOT_DEFINED, BUSY_MESSAGE), client).await;
+                    continue;
+                };
                 // Opening may start a new boot (a synced record, perhaps a
                 // wait for the client's old overlay to close): off the
                 // runtime, and off this loop, so no request waits for another.
                 let (resolver, caps, sock) = (resolver.clone(), caps.clone(), sock.clone());
-                tokio::spawn(async move {
+                admission.spawn(permit, tracing::debug_span!("tftp", %client), async move {
                     let opened = {
                         let file = file.clone();
                         tokio::task::spawn_blocking(move || open(&resolver, &file, client)).await
@@ -148,6 +161,8 @@ pub async fn serve(
             Err(e) => debug!(%client, error = %e, "malformed TFTP packet dropped"),
         }
     }
+    admission.drain().await;
+    Ok(())
 }
 
 /// Resolve and open a requested file; a script fetch starts a new boot.

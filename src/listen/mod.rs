@@ -1,5 +1,10 @@
 //! What a person is told when a service cannot open its listening socket:
-//! the reason in words, and the fix, for every service alike.
+//! the reason in words, and the fix, for every service alike; and how
+//! every service admits, tracks and drains its work ([`admission`]).
+
+pub mod admission;
+
+pub use admission::{Admission, DRAIN_TIMEOUT};
 
 use std::io::ErrorKind;
 
