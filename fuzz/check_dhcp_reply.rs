@@ -1,6 +1,6 @@
 // Shared by the fuzz target and tests/fuzz_seeds.rs (included, not a
-// module). Needs pxeroot-init's `dhcp` and `lease` modules (by path) at
-// the including crate's root.
+// module). Needs pxeroot-init's library's `dhcp` and `lease` modules in
+// scope at the including crate's root.
 
 /// pxeroot-init's DHCP client reads replies off the wire as PID 1 (where a
 /// panic is a kernel panic) and in `@pxeroot-dhcp`. For any bytes: nothing

@@ -5,12 +5,7 @@ include!("../fuzz/check_nbd_decode.rs");
 include!("../fuzz/check_partition_table.rs");
 include!("../fuzz/check_dhcp_reply.rs");
 
-#[allow(dead_code)]
-#[path = "../boot/pxeroot-init/src/dhcp.rs"]
-mod dhcp;
-#[allow(dead_code)]
-#[path = "../boot/pxeroot-init/src/lease.rs"]
-mod lease;
+use pxeroot_init::{dhcp, lease};
 
 #[test]
 fn test_fuzz_seed_corpus_passes_checks() {

@@ -5,12 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../boot/pxeroot-init/src/dhcp.rs"]
-mod dhcp;
-#[allow(dead_code)]
-#[path = "../../boot/pxeroot-init/src/lease.rs"]
-mod lease;
+use pxeroot_init::{dhcp, lease};
 
 include!("../check_dhcp_reply.rs");
 

@@ -119,6 +119,8 @@ pub enum GptError {
     Short { want: usize, have: usize },
 }
 
+impl std::error::Error for GptError {}
+
 impl fmt::Display for GptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -153,6 +153,8 @@ pub struct CmdlineError {
     pub want: &'static str,
 }
 
+impl std::error::Error for CmdlineError {}
+
 impl fmt::Display for CmdlineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "kernel command line: {}={:?} is not valid: {}", self.key, self.value, self.want)

@@ -54,6 +54,16 @@ impl fmt::Display for HandshakeError {
     }
 }
 
+impl std::error::Error for HandshakeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HandshakeError::Io(e) => Some(e),
+            HandshakeError::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<io::Error> for HandshakeError {
     fn from(e: io::Error) -> Self {
         HandshakeError::Io(e)

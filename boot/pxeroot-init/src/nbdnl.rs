@@ -9,10 +9,10 @@
 //! with RECONFIGURE. A pxeroot restart thus costs the client a pause, not
 //! its root.
 
-use std::fmt::Display;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
+use crate::error::{Context, InitError};
 use crate::netlink::{self, Attr, Message};
 use crate::{nbd, sys};
 
@@ -28,40 +28,36 @@ pub struct Genl {
     seq: u32,
 }
 
-fn err(what: impl Display) -> String {
-    what.to_string()
-}
-
 impl Genl {
     /// Open a socket and look up the "nbd" family and its multicast group.
-    pub fn open() -> Result<Genl, String> {
-        let fd = sys::netlink_socket().map_err(|e| format!("netlink socket: {e}"))?;
+    pub fn open() -> Result<Genl, InitError> {
+        let fd = sys::netlink_socket().context("netlink socket")?;
         let mut g = Genl { fd, family: netlink::GENL_ID_CTRL, group: 0, seq: 0 };
         let reply = g
             .call(netlink::CTRL_CMD_GETFAMILY, 1, &[Attr::Str(netlink::CTRL_ATTR_FAMILY_NAME, netlink::NBD_FAMILY)])
-            .map_err(|e| format!("looking up the nbd netlink family: {e} (is nbd.ko loaded?)"))?;
+            .context("looking up the nbd netlink family (is nbd.ko loaded?)")?;
         let (id, group) = netlink::family_reply(&reply, netlink::NBD_MCAST_GROUP);
-        g.family = id.ok_or("the nbd netlink family has no id")?;
-        g.group = group.ok_or("the nbd netlink family has no multicast group")?;
+        g.family = id.ok_or_else(|| InitError::new("the nbd netlink family has no id"))?;
+        g.group = group.ok_or_else(|| InitError::new("the nbd netlink family has no multicast group"))?;
         Ok(g)
     }
 
     /// Send a request and read until its ACK; returns the attributes of the
     /// reply message, if the kernel sent one.
-    fn call(&mut self, cmd: u8, version: u8, attrs: &[Attr]) -> Result<Vec<u8>, String> {
+    fn call(&mut self, cmd: u8, version: u8, attrs: &[Attr]) -> Result<Vec<u8>, InitError> {
         self.seq += 1;
         let seq = self.seq;
-        sys::netlink_send(self.fd.as_raw_fd(), &netlink::request(self.family, cmd, version, seq, attrs)).map_err(err)?;
+        sys::netlink_send(self.fd.as_raw_fd(), &netlink::request(self.family, cmd, version, seq, attrs))?;
         let mut reply = Vec::new();
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let n = sys::netlink_recv(self.fd.as_raw_fd(), &mut buf).map_err(err)?;
+            let n = sys::netlink_recv(self.fd.as_raw_fd(), &mut buf)?;
             for m in netlink::messages(&buf[..n]) {
                 match m {
                     Message::Genl { seq: s, attrs, .. } if s == seq => reply = attrs.to_vec(),
                     // Every request's ACK is consumed, or later replies are misread.
                     Message::Ack { seq: s, errno } if s == seq => {
-                        return if errno == 0 { Ok(reply) } else { Err(std::io::Error::from_raw_os_error(-errno).to_string()) };
+                        return if errno == 0 { Ok(reply) } else { Err(std::io::Error::from_raw_os_error(-errno).into()) };
                     }
                     _ => {}
                 }
@@ -70,8 +66,8 @@ impl Genl {
     }
 
     /// Subscribe this socket to LINK_DEAD events.
-    pub fn join_events(&self) -> Result<(), String> {
-        sys::netlink_join(self.fd.as_raw_fd(), self.group).map_err(|e| format!("joining nbd_mc_group: {e}"))
+    pub fn join_events(&self) -> Result<(), InitError> {
+        sys::netlink_join(self.fd.as_raw_fd(), self.group).context("joining nbd_mc_group")
     }
 
     fn sockets(fd: i32) -> Attr<'static> {
@@ -89,7 +85,7 @@ impl Genl {
         export: nbd::Export,
         timeout: u64,
         dead_timeout: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), InitError> {
         self.call(
             netlink::NBD_CMD_CONNECT,
             netlink::NBD_GENL_VERSION,
@@ -104,18 +100,18 @@ impl Genl {
             ],
         )
         .map(|_| ())
-        .map_err(|e| format!("NBD_CMD_CONNECT: {e}"))
+        .context("NBD_CMD_CONNECT")
     }
 
     /// RECONFIGURE device `index` with a new socket for its dead one.
-    pub fn reconfigure(&mut self, index: u32, sock: &std::net::TcpStream) -> Result<(), String> {
+    pub fn reconfigure(&mut self, index: u32, sock: &std::net::TcpStream) -> Result<(), InitError> {
         self.call(
             netlink::NBD_CMD_RECONFIGURE,
             netlink::NBD_GENL_VERSION,
             &[Attr::U32(netlink::NBD_ATTR_INDEX, index), Self::sockets(sock.as_raw_fd())],
         )
         .map(|_| ())
-        .map_err(|e| format!("NBD_CMD_RECONFIGURE: {e}"))
+        .context("NBD_CMD_RECONFIGURE")
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -123,10 +119,10 @@ impl Genl {
     }
 
     /// Wait for the next LINK_DEAD event for device `index`.
-    pub fn wait_link_dead(fd: i32, index: u32) -> Result<(), String> {
+    pub fn wait_link_dead(fd: i32, index: u32) -> Result<(), InitError> {
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let n = sys::netlink_recv(fd, &mut buf).map_err(err)?;
+            let n = sys::netlink_recv(fd, &mut buf)?;
             for m in netlink::messages(&buf[..n]) {
                 if let Message::Genl { cmd: netlink::NBD_CMD_LINK_DEAD, attrs, .. } = m {
                     if netlink::attr_u32(attrs, netlink::NBD_ATTR_INDEX).unwrap_or(index) == index {
@@ -184,12 +180,12 @@ pub fn monitor(m: &MonitorArgs, say: impl Fn(String)) -> ! {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1u32;
         loop {
-            let result = nbd::connect(m.server, &m.export).map_err(|e| e.to_string()).and_then(|(sock, export)| {
+            let result = nbd::connect(m.server, &m.export).context("connecting").and_then(|(sock, export)| {
                 if export.size != m.size || export.flags != m.flags {
-                    return Err(format!(
+                    return Err(InitError::new(format!(
                         "the export changed (size {} -> {}, flags 0x{:x} -> 0x{:x}); refusing to reattach it",
                         m.size, export.size, m.flags, export.flags
-                    ));
+                    )));
                 }
                 Genl::open()?.reconfigure(m.index, &sock)
             });
