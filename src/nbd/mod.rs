@@ -29,7 +29,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::listen::Admission;
 
-use crate::storage::registry::{Disk, Registry, Target};
+use crate::storage::registry::{Disk, OpenError, Registry, Target};
 use crate::storage::StorageError;
 use negotiate::{Negotiation, Step};
 use validate::{ExportView, Op};
@@ -210,25 +210,24 @@ async fn handshake(
             }
         };
         debug!(?opt, "option");
-        match neg.on_option(opt, registry) {
+        match neg.on_option(opt, registry.as_ref()) {
             Step::Reply(out) => wr.write_all(&out).await?,
             Step::Close(out) => {
                 wr.write_all(&out).await?;
                 return Ok(None);
             }
             Step::Open(req) if req.is_info() => {
-                let size = registry.size(&req.target).unwrap_or(0);
+                let size = registry.catalogue().size(&req.target).unwrap_or(0);
                 let ro = matches!(req.target, Target::Image(_));
-                wr.write_all(&neg.opened(&req, size, ro, &registry.description(&req.target))).await?;
+                wr.write_all(&neg.opened(&req, size, ro, &registry.catalogue().description(&req.target))).await?;
             }
             Step::Open(req) => {
                 let (reg, target) = (registry.clone(), req.target.clone());
-                let opened = tokio::task::spawn_blocking(move || reg.open(&target))
-                    .await
-                    .unwrap_or_else(|e| Err(StorageError::Corrupt { path: "".into(), reason: format!("open task failed: {e}") }));
+                let opened =
+                    tokio::task::spawn_blocking(move || reg.open(&target)).await.unwrap_or_else(|e| Err(OpenError::Task(e.to_string())));
                 match opened {
                     Ok(disk) => {
-                        let desc = registry.description(&req.target);
+                        let desc = registry.catalogue().description(&req.target);
                         wr.write_all(&neg.opened(&req, disk.size(), disk.read_only(), &desc)).await?;
                         return Ok(Some((disk, neg, req.target)));
                     }

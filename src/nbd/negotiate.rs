@@ -1,5 +1,5 @@
 //! Option haggling as a pure state machine: given a decoded option and the
-//! registry's (in-memory) catalogue, produce the reply bytes and what the
+//! server's exports ([`Exports`]: lookups in memory), produce the reply bytes and what the
 //! shell must do next. The only step that needs I/O, opening the export for
 //! GO / EXPORT_NAME, is handed back to the shell as [`Step::Open`].
 
@@ -7,7 +7,33 @@ use nbd_wire::consts::*;
 use nbd_wire::handshake::{self, ClientOption, InfoRequest};
 use nbd_wire::limits::MAX_PAYLOAD;
 
-use crate::storage::registry::{Registry, ResolveError, Target};
+use crate::mac::Mac;
+use crate::storage::registry::{AccessError, Registry, ResolveError, Target};
+
+/// What negotiation asks of the server's exports: lookups in memory, no
+/// I/O (the registry answers from its catalogue and its records).
+pub trait Exports {
+    /// What an export name serves.
+    fn resolve(&self, name: &str) -> Result<Target, ResolveError>;
+    /// Names and descriptions for NBD_OPT_LIST.
+    fn list(&self) -> Vec<(String, String)>;
+    /// Whether a connection from `peer` may open `mac`'s overlay.
+    fn check_access(&self, mac: Mac, peer: std::net::IpAddr) -> Result<(), AccessError>;
+}
+
+impl Exports for Registry {
+    fn resolve(&self, name: &str) -> Result<Target, ResolveError> {
+        self.catalogue().resolve(name)
+    }
+
+    fn list(&self) -> Vec<(String, String)> {
+        self.catalogue().list()
+    }
+
+    fn check_access(&self, mac: Mac, peer: std::net::IpAddr) -> Result<(), AccessError> {
+        Registry::check_access(self, mac, peer)
+    }
+}
 
 /// The one metadata context id we hand out.
 pub const BASE_ALLOCATION_ID: u32 = 1;
@@ -84,7 +110,7 @@ fn selects_base_allocation(query: &str) -> bool {
 impl Negotiation {
     /// Decide the reply to one option. Pure: the registry lookups it makes are
     /// in memory.
-    pub fn on_option(&mut self, opt: ClientOption, registry: &Registry) -> Step {
+    pub fn on_option(&mut self, opt: ClientOption, registry: &impl Exports) -> Step {
         let mut out = Vec::new();
         match opt {
             ClientOption::Abort => {
@@ -136,20 +162,20 @@ impl Negotiation {
 
     /// Whether this connection may open `target` (client overlays may be
     /// bound to the address their client booted from).
-    fn access(&self, target: &Target, registry: &Registry) -> Result<(), String> {
+    fn access(&self, target: &Target, registry: &impl Exports) -> Result<(), AccessError> {
         match (target, self.peer) {
             (Target::Client(mac), Some(peer)) => registry.check_access(*mac, peer),
             _ => Ok(()),
         }
     }
 
-    fn info_or_go(&mut self, option: u32, name: String, requests: Vec<InfoRequest>, registry: &Registry) -> Step {
+    fn info_or_go(&mut self, option: u32, name: String, requests: Vec<InfoRequest>, registry: &impl Exports) -> Step {
         match registry.resolve(&name) {
             Ok(target) => match self.access(&target, registry) {
                 Ok(()) => Step::Open(OpenRequest { option, name, target, requests }),
-                Err(msg) => {
+                Err(e) => {
                     let mut out = Vec::new();
-                    handshake::option_error(&mut out, option, REP_ERR_POLICY, &msg);
+                    handshake::option_error(&mut out, option, REP_ERR_POLICY, &e.to_string());
                     Step::Reply(out)
                 }
             },
@@ -161,7 +187,7 @@ impl Negotiation {
         }
     }
 
-    fn meta_context(&mut self, option: u32, export: &str, queries: &[String], registry: &Registry, out: &mut Vec<u8>) {
+    fn meta_context(&mut self, option: u32, export: &str, queries: &[String], registry: &impl Exports, out: &mut Vec<u8>) {
         if !self.structured {
             handshake::option_error(out, option, REP_ERR_INVALID, "negotiate structured replies first");
             return;
@@ -214,5 +240,57 @@ impl Negotiation {
         let mut out = Vec::new();
         handshake::option_error(&mut out, req.option, REP_ERR_POLICY, message);
         Step::Reply(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exports from a table in memory: negotiation needs nothing else.
+    struct Table {
+        booted_from: std::net::IpAddr,
+    }
+
+    const MAC: &str = "52:54:00:00:00:0a";
+
+    impl Exports for Table {
+        fn resolve(&self, name: &str) -> Result<Target, ResolveError> {
+            match name {
+                "debian" => Ok(Target::Image(name.into())),
+                MAC => Ok(Target::Client(MAC.parse().unwrap())),
+                _ => Err(ResolveError::Unknown { name: name.into() }),
+            }
+        }
+
+        fn list(&self) -> Vec<(String, String)> {
+            vec![("debian".into(), "base".into())]
+        }
+
+        fn check_access(&self, mac: Mac, peer: std::net::IpAddr) -> Result<(), AccessError> {
+            match peer == self.booted_from {
+                true => Ok(()),
+                false => Err(AccessError::BootedElsewhere { mac, booted_from: self.booted_from, peer }),
+            }
+        }
+    }
+
+    /// GO for a client's overlay opens it from the address it booted from,
+    /// and gets the policy error, naming both addresses, from elsewhere;
+    /// an unknown name gets its error reply; nothing here does I/O.
+    #[test]
+    fn test_go_follows_the_exports_access_check() {
+        let table = Table { booted_from: "10.0.0.7".parse().unwrap() };
+        let go = |peer: &str, name: &str| {
+            let mut neg = Negotiation { peer: Some(peer.parse().unwrap()), ..Negotiation::default() };
+            neg.on_option(ClientOption::Go { name: name.into(), requests: Vec::new() }, &table)
+        };
+        assert!(matches!(go("10.0.0.7", MAC), Step::Open(r) if r.target == Target::Client(MAC.parse().unwrap())));
+        let Step::Reply(refused) = go("10.0.0.8", MAC) else { panic!("not a reply") };
+        let text = String::from_utf8_lossy(&refused);
+        assert!(text.contains("booted from 10.0.0.7; its overlay is not opened for 10.0.0.8"), "{text}");
+        assert_eq!(u32::from_be_bytes(refused[12..16].try_into().unwrap()), REP_ERR_POLICY);
+        let Step::Reply(unknown) = go("10.0.0.7", "ubuntu") else { panic!("not a reply") };
+        assert_eq!(u32::from_be_bytes(unknown[12..16].try_into().unwrap()), REP_ERR_UNKNOWN);
     }
 }

@@ -1,14 +1,18 @@
 //! Storage: read-only base images (raw, qcow2 with a bounded backing chain),
-//! the qcow2 overlay engine, and the per-MAC overlay registry.
+//! the qcow2 overlay engine, and the per-MAC overlay registry (its rooms:
+//! the catalogue, the records, the sessions).
 //!
 //! Storage never sees a socket: the NBD shell hands it offsets, lengths and
 //! buffers that it has already validated against the export's size.
 
 pub mod base;
+pub mod catalogue;
 mod mapped;
 pub mod overlay;
 pub mod qcow2;
+pub mod records;
 pub mod registry;
+pub mod sessions;
 mod sys;
 
 use std::io;

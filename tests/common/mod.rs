@@ -62,9 +62,26 @@ pub fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).into_owned()
 }
 
+/// Below Linux's ephemeral range (32768-60999): no socket that binds port 0
+/// (a TFTP transfer's, a client's) can take a port picked here between
+/// its pick and the daemon's bind.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// A loopback port free for TCP and UDP, outside the ephemeral range.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    // Spread the processes' picks: seeded by the PID and the clock.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mut x = u64::from(std::process::id()) << 32 | u64::from(nanos) | 1;
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = TEST_PORTS.start + (x % u64::from(TEST_PORTS.end - TEST_PORTS.start)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}")
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no rand crate.
