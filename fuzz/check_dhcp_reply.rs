@@ -26,9 +26,9 @@ pub fn check_dhcp_reply(data: &[u8]) {
     assert!(reply.search.len() <= dhcp::MAX_SEARCH_DOMAINS, "{:?}", reply.search);
     assert!(reply.search.iter().enumerate().all(|(i, n)| !reply.search[..i].contains(n)), "{:?}", reply.search);
     for name in reply.domain.iter().chain(&reply.hostname).chain(&reply.search) {
-        assert!(nbd_wire::limits::is_domain_name(name) && !name.contains(['\n', ' ', '[', '=']), "{name:?}");
+        assert!(boot_limits::is_domain_name(name) && !name.contains(['\n', ' ', '[', '=']), "{name:?}");
     }
-    assert!(reply.hostname.as_ref().is_none_or(|h| nbd_wire::limits::is_host_name(h)), "{:?}", reply.hostname);
+    assert!(reply.hostname.as_ref().is_none_or(|h| boot_limits::is_host_name(h)), "{:?}", reply.hostname);
     let Some(held) = lease::Held::new(reply.address, reply.server_id, 100, 3600, None, None) else {
         panic!("a one-hour lease is one to keep")
     };

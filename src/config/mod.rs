@@ -149,7 +149,7 @@ type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
 /// One pool from its keys; `key` names a key (`start`, `end`, `netmask`,
 /// `router`, `dns`, `domain`, `search`, `ntp`, `mtu`) as the file spells it,
 /// for errors.
-fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::decide::Pool, ConfigError> {
+fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::full::Pool, ConfigError> {
     let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
             Some(t) => {
@@ -186,7 +186,7 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
     let ntp = servers("ntp", &p.ntp)?;
     let domain_name = |key: &str, d: &str| {
         let name = d.trim_end_matches('.');
-        match nbd_wire::limits::is_domain_name(name) {
+        match boot_limits::is_domain_name(name) {
             true => Ok(name.to_ascii_lowercase()),
             false => {
                 Err(err(key, format!("{d:?} is not a domain name"), "give a DNS domain, e.g. \"lab.example\" (letters, digits, '-', dots)"))
@@ -195,22 +195,22 @@ fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<cra
     };
     let domain = p.domain.as_deref().map(|d| domain_name(&key("domain"), d)).transpose()?;
     let search = p.search.as_deref().unwrap_or_default();
-    if search.len() > nbd_wire::limits::MAX_SEARCH_DOMAINS {
+    if search.len() > boot_limits::MAX_SEARCH_DOMAINS {
         return Err(err(
             &key("search"),
             format!("lists {} domains", search.len()),
-            &format!("list at most {} (what a resolv.conf searches)", nbd_wire::limits::MAX_SEARCH_DOMAINS),
+            &format!("list at most {} (what a resolv.conf searches)", boot_limits::MAX_SEARCH_DOMAINS),
         ));
     }
     let search = search.iter().enumerate().map(|(i, d)| domain_name(&format!("{}[{i}]", key("search")), d)).collect::<Result<_, _>>()?;
     let mtu = match p.mtu {
         None => None,
-        Some(m) => Some(u16::try_from(m).ok().filter(|&m| m >= crate::dhcp::decide::MIN_MTU).ok_or_else(|| {
+        Some(m) => Some(u16::try_from(m).ok().filter(|&m| m >= crate::dhcp::full::MIN_MTU).ok_or_else(|| {
             err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
         })?),
     };
-    let network = crate::dhcp::decide::Network { netmask, router, dns, domain, search, ntp, mtu };
-    Ok(crate::dhcp::decide::Pool { network, range: (first, last), reservations: BTreeMap::new(), names: BTreeMap::new() })
+    let network = crate::dhcp::full::Network { netmask, router, dns, domain, search, ntp, mtu };
+    Ok(crate::dhcp::full::Pool { network, range: (first, last), reservations: BTreeMap::new(), names: BTreeMap::new() })
 }
 
 fn full_dhcp_mode(
@@ -257,13 +257,13 @@ fn full_dhcp_mode(
             p.reservations.insert(mac, addr);
         }
         if let (Ok(mac), Some(name)) = (mac_text.parse::<Mac>(), &c.hostname) {
-            if !nbd_wire::limits::is_host_name(name) {
+            if !boot_limits::is_host_name(name) {
                 return Err(err(
                     &format!("clients.\"{mac_text}\".hostname"),
                     format!("{name:?} is not a host name"),
                     &format!(
                         "give a name of letters, digits and '-' (dots for a domain), at most {} characters",
-                        nbd_wire::limits::MAX_HOSTNAME_LEN
+                        boot_limits::MAX_HOSTNAME_LEN
                     ),
                 ));
             }
@@ -360,14 +360,14 @@ impl wire::Root {
                 ));
             }
             if let Some(n) = image.partition {
-                if !(1..=nbd_wire::limits::MAX_PARTITION).contains(&n) {
+                if !(1..=boot_limits::MAX_PARTITION).contains(&n) {
                     return Err(err(
                         &format!("{key}.partition"),
                         format!("{n} is not a partition number"),
                         &format!(
                             "give the root filesystem's partition, 1 to {} (`fdisk -l` on the image lists them), \
                              or leave it out for an image that is one filesystem",
-                            nbd_wire::limits::MAX_PARTITION
+                            boot_limits::MAX_PARTITION
                         ),
                     ));
                 }

@@ -4,6 +4,7 @@
 //! from one MAC is rate-limited without starving others.
 
 pub mod decide;
+pub mod full;
 pub mod leases;
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ pub enum Mode {
     Full {
         /// The first serves pxeroot's own segment (requests not relayed)
         /// and its subnet's relay; each other one a relayed segment.
-        pools: Vec<decide::Pool>,
+        pools: Vec<full::Pool>,
         lease_secs: u64,
         /// Where leases are kept across restarts (every pool's).
         leases_file: std::path::PathBuf,
@@ -228,7 +229,7 @@ async fn listen(
                     let mut t = tables.lock().unwrap_or_else(|p| p.into_inner());
                     let generation = |t: &[leases::LeaseTable]| t.iter().map(|t| t.generation()).sum::<u64>();
                     let before = generation(&t);
-                    let r = decide::decide_full_pools(&req, &ctx, pools, &mut t, now);
+                    let r = full::decide_full_pools(&req, &ctx, pools, &mut t, now);
                     if generation(&t) != before {
                         save_leases(leases_file, &leases_text(&t));
                     }

@@ -40,7 +40,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::dhcp::{self, MIN_MTU};
 
-pub use nbd_wire::limits::MAX_PARTITION;
+pub use boot_limits::MAX_PARTITION;
 
 /// NBD's IANA port.
 pub const DEFAULT_PORT: u16 = 10809;

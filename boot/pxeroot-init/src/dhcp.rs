@@ -19,7 +19,7 @@ const FIXED_LEN: usize = 236;
 const FLAG_BROADCAST: u16 = 0x8000;
 /// A lease time that never ends (RFC 2132, 9.2).
 pub const INFINITE: u32 = u32::MAX;
-pub use nbd_wire::limits::{MAX_SEARCH_DOMAINS, MIN_MTU};
+pub use boot_limits::{MAX_SEARCH_DOMAINS, MIN_MTU};
 /// The longest DNS name in wire form (RFC 1035, 2.3.4): decoding a name of
 /// option 119 stops there.
 const MAX_WIRE_NAME: usize = 255;
@@ -201,26 +201,26 @@ pub fn servers(data: &[u8], most: usize) -> Vec<Ipv4Addr> {
 }
 
 /// Option 12's payload, when it is a name the kernel takes as its
-/// hostname ([`nbd_wire::limits::is_host_name`]; a trailing NUL or dot is
+/// hostname ([`boot_limits::is_host_name`]; a trailing NUL or dot is
 /// dropped).
 pub fn host_name(data: &[u8]) -> Option<String> {
-    domain_name(data).filter(|n| nbd_wire::limits::is_host_name(n))
+    domain_name(data).filter(|n| boot_limits::is_host_name(n))
 }
 
 /// Option 15's payload, when it is a plain DNS name
-/// ([`nbd_wire::limits::is_domain_name`]; a trailing NUL or dot, which
+/// ([`boot_limits::is_domain_name`]; a trailing NUL or dot, which
 /// some servers send, is dropped). Anything else is refused: the name is
 /// written into the root's configuration files.
 pub fn domain_name(data: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(data).ok()?.trim_end_matches('\0').trim_end_matches('.');
-    nbd_wire::limits::is_domain_name(text).then(|| text.to_ascii_lowercase())
+    boot_limits::is_domain_name(text).then(|| text.to_ascii_lowercase())
 }
 
 /// Option 119's payload (RFC 3397): DNS names in wire form, each of which
 /// may end in a pointer to an earlier offset of the payload (RFC 1035,
 /// 4.1.4; the offset counts from the start of all the message's 119
 /// options joined, RFC 3396). Names that are not plain DNS names
-/// ([`nbd_wire::limits::is_domain_name`]) and repeats are dropped;
+/// ([`boot_limits::is_domain_name`]) and repeats are dropped;
 /// decoding stops at the first malformed name, and after
 /// [`MAX_SEARCH_DOMAINS`].
 pub fn search_list(data: &[u8]) -> Vec<String> {
@@ -229,7 +229,7 @@ pub fn search_list(data: &[u8]) -> Vec<String> {
     while at < data.len() && list.len() < MAX_SEARCH_DOMAINS {
         let Some((name, next)) = wire_name(data, at) else { break };
         let name = name.to_ascii_lowercase();
-        if nbd_wire::limits::is_domain_name(&name) && !list.contains(&name) {
+        if boot_limits::is_domain_name(&name) && !list.contains(&name) {
             list.push(name);
         }
         at = next;
