@@ -1,9 +1,17 @@
-//! Configuration: TOML parsed into serde "wire" structs (`deny_unknown_fields`),
-//! then validated into a typed [`Config`]. Runtime code never re-validates.
-//! Every error names the file, the key and how to fix it.
+//! Configuration: TOML parsed into serde "wire" structs (`deny_unknown_fields`,
+//! a serde enum for every closed set of words), then validated section by
+//! section into a typed [`Config`]: `storage.rs` ([nbd], [images], [clients],
+//! [unknown_clients]), `pxe.rs` ([pxe], [tftp], [http]), `dhcp.rs` ([dhcp]
+//! and its pools). Runtime code never re-validates. Every error names the
+//! file, the key and how to fix it.
 
+mod dhcp;
+mod pxe;
+mod storage;
 pub mod summary;
 mod wire;
+
+pub use dhcp::DEFAULT_LEASE_SECONDS;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ipxe::{BootSpec, ScriptParams};
 use crate::mac::Mac;
-use crate::storage::registry::{ClientRule, ImageSpec, OverlayPolicy};
+use crate::storage::registry::{ClientRule, ImageSpec};
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,147 +144,46 @@ impl Config {
             problem: e.message().to_string() + &e.span().map(|s| format!(" (at {})", line_col(text, s.start))).unwrap_or_default(),
             fix: "see config/pxeroot.example.toml for every key and its form".into(),
         })?;
-        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        raw.validate(file, &dir)
+        let dir = file.parent().unwrap_or(Path::new("."));
+        raw.validate(&Cx { file, dir })
     }
 }
 
-/// Default lease time in full-DHCP mode.
-pub const DEFAULT_LEASE_SECONDS: u64 = 3600;
-
-type ErrFn<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
-
-/// One pool from its keys; `key` names a key (`start`, `end`, `netmask`,
-/// `router`, `dns`, `domain`, `search`, `ntp`, `mtu`) as the file spells it,
-/// for errors.
-fn pool(p: &wire::Pool, key: &dyn Fn(&str) -> String, err: &ErrFn) -> Result<crate::dhcp::full::Pool, ConfigError> {
-    let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
-        match v {
-            Some(t) => {
-                t.parse().map(Some).map_err(|_| err(&key(name), format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\""))
-            }
-            None if needed => Err(err(&key(name), "is required in full mode".into(), "give the first and last address of the pool")),
-            None => Ok(None),
-        }
-    };
-    let first = ip("start", &p.start, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-    let last = ip("end", &p.end, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-    if u32::from(first) > u32::from(last) {
-        return Err(err(&key("end"), format!("{last} is below the pool's first address {first}"), "swap them"));
-    }
-    let netmask = ip("netmask", &p.netmask, false)?.unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
-    let mask = u32::from(netmask);
-    if mask.leading_ones() + mask.trailing_zeros() != 32 {
-        return Err(err(&key("netmask"), format!("{netmask} is not a netmask"), "write it as \"255.255.255.0\""));
-    }
-    if u32::from(first) & mask != u32::from(last) & mask {
-        return Err(err(&key("end"), format!("{first}-{last} spans more than one {netmask} subnet"), "keep a pool inside its subnet"));
-    }
-    let router = ip("router", &p.router, false)?;
-    let servers = |name: &str, list: &Option<Vec<String>>| -> Result<Vec<std::net::Ipv4Addr>, ConfigError> {
-        let mut out = Vec::new();
-        for (i, t) in list.iter().flatten().enumerate() {
-            out.push(t.parse().map_err(|_| {
-                err(&format!("{}[{i}]", key(name)), format!("{t:?} is not an IPv4 address"), "list the servers as addresses")
-            })?);
-        }
-        Ok(out)
-    };
-    let dns = servers("dns", &p.dns)?;
-    let ntp = servers("ntp", &p.ntp)?;
-    let domain_name = |key: &str, d: &str| {
-        let name = d.trim_end_matches('.');
-        match boot_limits::is_domain_name(name) {
-            true => Ok(name.to_ascii_lowercase()),
-            false => {
-                Err(err(key, format!("{d:?} is not a domain name"), "give a DNS domain, e.g. \"lab.example\" (letters, digits, '-', dots)"))
-            }
-        }
-    };
-    let domain = p.domain.as_deref().map(|d| domain_name(&key("domain"), d)).transpose()?;
-    let search = p.search.as_deref().unwrap_or_default();
-    if search.len() > boot_limits::MAX_SEARCH_DOMAINS {
-        return Err(err(
-            &key("search"),
-            format!("lists {} domains", search.len()),
-            &format!("list at most {} (what a resolv.conf searches)", boot_limits::MAX_SEARCH_DOMAINS),
-        ));
-    }
-    let search = search.iter().enumerate().map(|(i, d)| domain_name(&format!("{}[{i}]", key("search")), d)).collect::<Result<_, _>>()?;
-    let mtu = match p.mtu {
-        None => None,
-        Some(m) => Some(u16::try_from(m).ok().filter(|&m| m >= crate::dhcp::full::MIN_MTU).ok_or_else(|| {
-            err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
-        })?),
-    };
-    let network = crate::dhcp::full::Network { netmask, router, dns, domain, search, ntp, mtu };
-    Ok(crate::dhcp::full::Pool { network, range: (first, last), reservations: BTreeMap::new(), names: BTreeMap::new() })
+/// What every section's validation needs: the file (for errors) and its
+/// directory (relative paths are resolved against it).
+struct Cx<'a> {
+    file: &'a Path,
+    dir: &'a Path,
 }
 
-fn full_dhcp_mode(
-    d: &wire::Dhcp,
-    clients: &BTreeMap<String, wire::Client>,
-    state_dir: &Path,
-    err: &ErrFn,
-) -> Result<crate::dhcp::Mode, ConfigError> {
-    // `[dhcp]`'s own pool keys, as a `[[dhcp.pools]]` table would have them.
-    let own = wire::Pool {
-        start: d.pool_start.clone(),
-        end: d.pool_end.clone(),
-        netmask: d.netmask.clone(),
-        router: d.router.clone(),
-        dns: d.dns.clone(),
-        domain: d.domain.clone(),
-        search: d.search.clone(),
-        ntp: d.ntp.clone(),
-        mtu: d.mtu,
-    };
-    let own_key = |name: &str| match name {
-        "start" | "end" => format!("dhcp.pool_{name}"),
-        other => format!("dhcp.{other}"),
-    };
-    let mut pools = vec![pool(&own, &own_key, err)?];
-    for (i, p) in d.pools.iter().flatten().enumerate() {
-        let k = |name: &str| format!("dhcp.pools[{i}].{name}");
-        let new = pool(p, &k, err)?;
-        // A relay's giaddr picks the pool: one pool per subnet.
-        if let Some(other) = pools.iter().position(|o| o.on_subnet(new.range.0) || new.on_subnet(o.range.0)) {
-            let other = if other == 0 { "dhcp.pool_start".to_string() } else { format!("dhcp.pools[{}]", other - 1) };
-            return Err(err(&k("start"), format!("is on the subnet of {other}'s pool"), "give each subnet one pool"));
-        }
-        pools.push(new);
+impl Cx<'_> {
+    /// An error at `key` (dotted, as the file spells it).
+    fn err(&self, key: &str, problem: String, fix: &str) -> ConfigError {
+        ConfigError { file: self.file.to_path_buf(), key: key.to_string(), problem, fix: fix.to_string() }
     }
-    for (mac_text, c) in clients {
-        if let (Ok(mac), Some(a)) = (mac_text.parse::<Mac>(), &c.address) {
-            let key = format!("clients.\"{mac_text}\".address");
-            let addr: std::net::Ipv4Addr =
-                a.parse().map_err(|_| err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?;
-            let Some(p) = pools.iter_mut().find(|p| p.on_subnet(addr)) else {
-                return Err(err(&key, format!("{addr} is on no pool's subnet"), "reserve an address on the client's segment"));
-            };
-            p.reservations.insert(mac, addr);
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
         }
-        if let (Ok(mac), Some(name)) = (mac_text.parse::<Mac>(), &c.hostname) {
-            if !boot_limits::is_host_name(name) {
-                return Err(err(
-                    &format!("clients.\"{mac_text}\".hostname"),
-                    format!("{name:?} is not a host name"),
-                    &format!(
-                        "give a name of letters, digits and '-' (dots for a domain), at most {} characters",
-                        boot_limits::MAX_HOSTNAME_LEN
-                    ),
-                ));
-            }
-            for p in pools.iter_mut() {
-                p.names.insert(mac, name.to_ascii_lowercase());
+    }
+
+    /// A service's listen address: `None` when its section says `enabled =
+    /// false`, else `listen` or the default.
+    fn listen(&self, section: Option<(bool, Option<&str>)>, default: &str, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        match section {
+            Some((false, _)) => Ok(None),
+            section => {
+                let text = section.and_then(|(_, l)| l).unwrap_or(default);
+                let addr = text
+                    .parse()
+                    .map_err(|_| self.err(key, format!("{text:?} is not an address:port"), &format!("write it as \"{default}\"")))?;
+                Ok(Some(addr))
             }
         }
     }
-    Ok(crate::dhcp::Mode::Full {
-        pools,
-        lease_secs: d.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS).max(60),
-        leases_file: state_dir.join("dhcp-leases.txt"),
-    })
 }
 
 fn line_col(text: &str, at: usize) -> String {
@@ -287,320 +194,37 @@ fn line_col(text: &str, at: usize) -> String {
 }
 
 impl wire::Root {
-    fn validate(self, file: &Path, dir: &Path) -> Result<Config, ConfigError> {
-        let err = |key: &str, problem: String, fix: &str| ConfigError {
-            file: file.to_path_buf(),
-            key: key.to_string(),
-            problem,
-            fix: fix.to_string(),
-        };
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
-        // A service's listen address: `None` when its section says
-        // `enabled = false`, else `listen` or the default.
-        let service_listen = |section: Option<(bool, Option<&str>)>, default: &str, key: &str| -> Result<Option<SocketAddr>, ConfigError> {
-            match section {
-                Some((false, _)) => Ok(None),
-                section => {
-                    let text = section.and_then(|(_, l)| l).unwrap_or(default);
-                    let addr = text
-                        .parse()
-                        .map_err(|_| err(key, format!("{text:?} is not an address:port"), &format!("write it as \"{default}\"")))?;
-                    Ok(Some(addr))
-                }
-            }
-        };
-
-        let state_dir = resolve(&self.state_dir);
-        let require_boot_address = self.nbd.as_ref().and_then(|n| n.require_boot_address).unwrap_or(true);
-
-        let nbd_listen = match self.nbd {
-            Some(wire::Nbd { enabled: false, .. }) => None,
-            nbd => {
-                let listen = nbd.and_then(|n| n.listen).unwrap_or_else(|| vec![DEFAULT_NBD_LISTEN.to_string()]);
-                if listen.is_empty() {
-                    return Err(err(
-                        "nbd.listen",
-                        "is empty".into(),
-                        "give at least one address such as \"0.0.0.0:10809\", or set nbd.enabled = false",
-                    ));
-                }
-                let mut addrs = Vec::new();
-                for (i, a) in listen.iter().enumerate() {
-                    addrs.push(a.parse::<SocketAddr>().map_err(|_| {
-                        err(
-                            &format!("nbd.listen[{i}]"),
-                            format!("{a:?} is not an address:port"),
-                            "write it as \"0.0.0.0:10809\" or \"[::]:10809\"",
-                        )
-                    })?);
-                }
-                Some(addrs)
-            }
-        };
-
-        if self.images.is_empty() {
-            return Err(err("images", "no image is configured".into(), "add an [images.NAME] table with path = \"/path/to/base.img\""));
-        }
-        let mut images = Vec::new();
-        for (name, image) in &self.images {
-            let key = format!("images.{name}");
-            if name.is_empty() || name.parse::<Mac>().is_ok() {
-                return Err(err(
-                    &key,
-                    "an image name must not be empty or look like a MAC address".into(),
-                    "rename the image (export names that look like MACs are client overlays)",
-                ));
-            }
-            let path = resolve(&image.path);
-            if !path.is_file() {
-                return Err(err(
-                    &format!("{key}.path"),
-                    format!("{} is not a readable file", path.display()),
-                    "point it at a raw or qcow2 base image",
-                ));
-            }
-            if let Some(n) = image.partition {
-                if !(1..=boot_limits::MAX_PARTITION).contains(&n) {
-                    return Err(err(
-                        &format!("{key}.partition"),
-                        format!("{n} is not a partition number"),
-                        &format!(
-                            "give the root filesystem's partition, 1 to {} (`fdisk -l` on the image lists them), \
-                             or leave it out for an image that is one filesystem",
-                            boot_limits::MAX_PARTITION
-                        ),
-                    ));
-                }
-            }
-            images.push(ImageSpec { name: name.clone(), path, description: image.description.clone().unwrap_or_default() });
-        }
-        let known = |image: &str| self.images.contains_key(image);
-        let image_names = || self.images.keys().cloned().collect::<Vec<_>>().join(", ");
-
-        let mut clients = BTreeMap::new();
-        for (mac_text, client) in &self.clients {
-            let key = format!("clients.\"{mac_text}\"");
-            let mac: Mac = mac_text
-                .parse()
-                .map_err(|e: crate::mac::MacParseError| err(&key, e.to_string(), "use the client's MAC address as the table name"))?;
-            if !known(&client.image) {
-                return Err(err(
-                    &format!("{key}.image"),
-                    format!("image {:?} is not configured", client.image),
-                    &format!("use one of: {}", image_names()),
-                ));
-            }
-            let rule = ClientRule { image: client.image.clone(), policy: client.policy.unwrap_or(OverlayPolicy::Persistent) };
-            if clients.insert(mac, rule).is_some() {
-                return Err(err(&key, format!("client {mac} is configured twice (in another spelling)"), "keep one entry per MAC"));
-            }
-        }
-
-        let unknown = match self.unknown_clients {
-            None => None,
-            Some(u) => match u.action {
-                wire::UnknownAction::Refuse => {
-                    if u.image.is_some() {
-                        return Err(err(
-                            "unknown_clients.image",
-                            "is set but action is \"refuse\"".into(),
-                            "remove it, or set action = \"boot\"",
-                        ));
-                    }
-                    None
-                }
-                wire::UnknownAction::Boot => {
-                    let image = u.image.ok_or_else(|| {
-                        err(
-                            "unknown_clients.image",
-                            "is missing".into(),
-                            &format!("action = \"boot\" needs the image to boot: one of {}", image_names()),
-                        )
-                    })?;
-                    if !known(&image) {
-                        return Err(err(
-                            "unknown_clients.image",
-                            format!("image {image:?} is not configured"),
-                            &format!("use one of: {}", image_names()),
-                        ));
-                    }
-                    Some(ClientRule { image, policy: u.policy.unwrap_or(OverlayPolicy::Ephemeral) })
-                }
-            },
-        };
-
-        let default_image = match self.default_export {
-            Some(name) if !known(&name) => {
-                return Err(err("default_export", format!("image {name:?} is not configured"), &format!("use one of: {}", image_names())))
-            }
-            Some(name) => Some(name),
-            None if self.images.len() == 1 => self.images.keys().next().cloned(),
-            None => None,
-        };
-
+    /// Every section, validated on its own, into the typed configuration.
+    fn validate(self, cx: &Cx) -> Result<Config, ConfigError> {
+        let state_dir = cx.resolve(&self.state_dir);
+        let (nbd_listen, require_boot_address) = storage::nbd(cx, self.nbd)?;
+        let images = storage::images(cx, &self.images)?;
+        let names = storage::ImageNames(&self.images);
+        let clients = storage::clients(cx, &self.clients, &names)?;
+        let unknown = storage::unknown_clients(cx, self.unknown_clients, &names)?;
+        let default_image = storage::default_export(cx, self.default_export, &names)?;
         let pxe = match self.pxe {
             None => {
                 let stray = [("tftp", self.tftp.is_some()), ("dhcp", self.dhcp.is_some()), ("http", self.http.is_some())];
                 if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
-                    return Err(err(key, "is set but [pxe] is missing".into(), "add [pxe] with server_address and boot_dir"));
+                    return Err(cx.err(key, "is set but [pxe] is missing".into(), "add [pxe] with server_address and boot_dir"));
                 }
                 None
             }
             Some(p) => {
-                let server = p.server_address.parse().map_err(|_| {
-                    err(
-                        "pxe.server_address",
-                        format!("{:?} is not an IPv4 address", p.server_address),
-                        "give the address clients reach this server at, e.g. \"10.0.0.1\"",
-                    )
-                })?;
-                let boot_dir = resolve(&p.boot_dir);
-                if !boot_dir.is_dir() {
-                    return Err(err(
-                        "pxe.boot_dir",
-                        format!("{} is not a directory", boot_dir.display()),
-                        "point it at the directory holding kernels, initrds and iPXE binaries",
-                    ));
-                }
-                let attach = p.attach.unwrap_or_default();
                 let nbd_port = nbd_listen.as_ref().and_then(|l| l.first()).map_or(nbd_wire::consts::DEFAULT_PORT, |a| a.port());
-                let mut boot = BTreeMap::new();
-                for (name, image) in &self.images {
-                    match (&image.kernel, &image.initrd) {
-                        (Some(k), Some(i)) => {
-                            boot.insert(
-                                name.clone(),
-                                BootSpec {
-                                    kernel: k.clone(),
-                                    initrd: i.clone(),
-                                    cmdline: image.cmdline.clone().unwrap_or_default(),
-                                    partition: image.partition,
-                                },
-                            );
-                        }
-                        (None, None) => {}
-                        _ => {
-                            return Err(err(
-                                &format!("images.{name}"),
-                                "has only one of kernel and initrd".into(),
-                                "give both (paths inside pxe.boot_dir), or neither",
-                            ))
-                        }
-                    }
-                }
-                let tftp_listen =
-                    service_listen(self.tftp.as_ref().map(|t| (t.enabled, t.listen.as_deref())), DEFAULT_TFTP_LISTEN, "tftp.listen")?;
-                let dhcp = match &self.dhcp {
-                    None => None,
-                    Some(d) => {
-                        let mode = match d.mode.as_deref().unwrap_or("proxy") {
-                            "off" => None,
-                            "proxy" => Some(crate::dhcp::Mode::Proxy),
-                            "full" => Some(full_dhcp_mode(d, &self.clients, &state_dir, &err)?),
-                            other => {
-                                return Err(err("dhcp.mode", format!("{other:?} is not a DHCP mode"), "use \"proxy\", \"full\" or \"off\""))
-                            }
-                        };
-                        match mode {
-                            None => None,
-                            Some(mode) => {
-                                let strategy = |key: &str, v: &str| match v {
-                                    "in-offer" => Ok(crate::dhcp::decide::UefiStrategy::InOffer),
-                                    "via-4011" => Ok(crate::dhcp::decide::UefiStrategy::Via4011),
-                                    other => Err(err(key, format!("{other:?} is not a UEFI strategy"), "use \"in-offer\" or \"via-4011\"")),
-                                };
-                                let uefi = strategy("dhcp.uefi", d.uefi.as_deref().unwrap_or("in-offer"))?;
-                                let mut uefi_by_class = Vec::new();
-                                for (class, v) in d.uefi_by_class.iter().flatten() {
-                                    uefi_by_class.push((class.clone(), strategy(&format!("dhcp.uefi_by_class.\"{class}\""), v)?));
-                                }
-                                let defaults = crate::dhcp::decide::BootFiles::default();
-                                Some(crate::dhcp::DhcpConfig {
-                                    mode,
-                                    server,
-                                    interface: d.interface.clone(),
-                                    files: crate::dhcp::decide::BootFiles {
-                                        bios: d.bios_file.clone().unwrap_or(defaults.bios),
-                                        uefi_x64: d.uefi_x64_file.clone().unwrap_or(defaults.uefi_x64),
-                                        uefi_arm64: d.uefi_arm64_file.clone().unwrap_or(defaults.uefi_arm64),
-                                    },
-                                    uefi,
-                                    uefi_by_class,
-                                    http_base: None,
-                                    dhcp_port: 67,
-                                    pxe_port: 4011,
-                                    boot_dir: boot_dir.clone(),
-                                })
-                            }
-                        }
-                    }
+                let sections = pxe::Sections {
+                    tftp: self.tftp,
+                    http: self.http,
+                    dhcp: self.dhcp,
+                    images: &self.images,
+                    clients: &self.clients,
+                    state_dir: &state_dir,
+                    nbd_port,
                 };
-                let ra_interface = match &self.dhcp {
-                    Some(d) if d.ipv6_router_advertisements == Some(true) => Some(d.interface.clone().ok_or_else(|| {
-                        err(
-                            "dhcp.ipv6_router_advertisements",
-                            "needs an interface".into(),
-                            "set dhcp.interface to the boot network's interface",
-                        )
-                    })?),
-                    _ => None,
-                };
-                let http_listen =
-                    service_listen(self.http.as_ref().map(|h| (h.enabled, h.listen.as_deref())), DEFAULT_HTTP_LISTEN, "http.listen")?;
-                let files_base = match (p.boot_files_over.as_deref(), http_listen, tftp_listen) {
-                    (None | Some("http"), Some(h), _) => format!("http://{server}:{}", h.port()),
-                    (Some("http"), None, _) => {
-                        return Err(err("pxe.boot_files_over", "is \"http\" but HTTP is disabled".into(), "enable [http], or use \"tftp\""))
-                    }
-                    (None | Some("tftp"), _, Some(_)) => format!("tftp://{server}"),
-                    (Some("tftp"), _, None) => {
-                        return Err(err("pxe.boot_files_over", "is \"tftp\" but TFTP is disabled".into(), "enable [tftp], or use \"http\""))
-                    }
-                    (None, None, None) => {
-                        return Err(err("pxe", "serves boot files over neither HTTP nor TFTP".into(), "enable [http] or [tftp]"))
-                    }
-                    (Some(other), _, _) => {
-                        return Err(err("pxe.boot_files_over", format!("{other:?} is not a transport"), "use \"http\" or \"tftp\""))
-                    }
-                };
-                let mut tftp_blksize_caps = Vec::new();
-                for (net, &blksize) in self.tftp.as_ref().and_then(|t| t.blksize_caps.as_ref()).into_iter().flatten() {
-                    let key = format!("tftp.blksize_caps.\"{net}\"");
-                    let (a, p) = net.split_once('/').unwrap_or((net, "32"));
-                    let network = a.parse().map_err(|_| {
-                        err(&key, format!("{net:?} is not an IPv4 address or prefix"), "write \"10.0.0.7\" or \"10.0.0.0/24\"")
-                    })?;
-                    let prefix = p
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|p| *p <= 32)
-                        .ok_or_else(|| err(&key, format!("{net:?} has a bad prefix length"), "use /0 to /32"))?;
-                    if !(crate::tftp::packet::MIN_BLKSIZE..=crate::tftp::MAX_BLOCK_SIZE).contains(&blksize) {
-                        return Err(err(
-                            &key,
-                            format!("{blksize} is not a usable block size"),
-                            "use 8 to 1468 (1024 and 1432 are common for picky UEFI clients)",
-                        ));
-                    }
-                    tftp_blksize_caps.push(crate::tftp::BlksizeCap { network, prefix, blksize });
-                }
-                let dhcp = dhcp.map(|mut d| {
-                    d.http_base = http_listen.map(|h| format!("http://{server}:{}", h.port()));
-                    d
-                });
-                Some(PxeConfig {
-                    boot_dir,
-                    script: ScriptParams { server, nbd_port, attach, files_base },
-                    boot,
-                    tftp_listen,
-                    tftp_blksize_caps,
-                    dhcp,
-                    ra_interface,
-                    http_listen,
-                })
+                Some(pxe::pxe(cx, p, sections)?)
             }
         };
-
         Ok(Config { state_dir, nbd_listen, require_boot_address, images, clients, unknown, default_image, pxe })
     }
 }
@@ -608,6 +232,7 @@ impl wire::Root {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::registry::OverlayPolicy;
 
     fn with_base(body: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
         let dir = tempfile::tempdir().unwrap();
@@ -759,5 +384,25 @@ image = "debian"
     fn test_config_bad_policy_is_a_parse_error() {
         let (_d, r) = with_base(&GOOD.replace("\"ephemeral\"", "\"sometimes\""));
         assert!(r.unwrap_err().problem.contains("sometimes"));
+    }
+
+    /// Every closed set of words is a serde enum: a word outside it is
+    /// refused at parse time, naming the word, the words allowed and where.
+    #[test]
+    fn test_config_words_outside_their_set_are_named_with_the_choices() {
+        let pxe = format!("{GOOD}[pxe]\nserver_address = \"10.0.0.1\"\nboot_dir = \".\"\n");
+        let cases = [
+            (format!("{pxe}[dhcp]\nmode = \"fulll\"\n"), "fulll", "`full`"),
+            (format!("{pxe}[dhcp]\nuefi = \"via4011\"\n"), "via4011", "`via-4011`"),
+            (format!("{pxe}[dhcp]\nuefi_by_class.\"PXEClient:Arch:00007\" = \"offer\"\n"), "offer", "`in-offer`"),
+            (pxe.replace("boot_dir = \".\"", "boot_dir = \".\"\nattach = \"nbd\""), "nbd", "`netlink`"),
+            (pxe.replace("boot_dir = \".\"", "boot_dir = \".\"\nboot_files_over = \"ftp\""), "ftp", "`tftp`"),
+        ];
+        for (text, word, choice) in cases {
+            let e = with_base(&text).1.unwrap_err();
+            assert!(e.problem.contains(word) && e.problem.contains(choice) && e.problem.contains("line"), "{e}");
+        }
+        let c = with_base(&format!("{pxe}[dhcp]\nmode = \"off\"\nuefi = \"via-4011\"\n")).1.unwrap();
+        assert!(c.pxe.unwrap().dhcp.is_none(), "mode = \"off\" runs no DHCP");
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::dhcp::decide::UefiStrategy;
 use crate::storage::registry::OverlayPolicy;
 
 #[derive(Debug, Deserialize)]
@@ -36,9 +37,9 @@ pub struct Http {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dhcp {
-    pub mode: Option<String>,
+    pub mode: Option<DhcpMode>,
     pub interface: Option<String>,
-    pub uefi: Option<String>,
+    pub uefi: Option<UefiStrategy>,
     pub bios_file: Option<String>,
     pub uefi_x64_file: Option<String>,
     pub uefi_arm64_file: Option<String>,
@@ -53,10 +54,30 @@ pub struct Dhcp {
     pub ntp: Option<Vec<String>>,
     pub mtu: Option<u32>,
     pub lease_seconds: Option<u64>,
-    pub uefi_by_class: Option<BTreeMap<String, String>>,
+    pub uefi_by_class: Option<BTreeMap<String, UefiStrategy>>,
     /// Full mode: pools of segments behind DHCP relays, besides the one of
     /// the keys above.
     pub pools: Option<Vec<Pool>>,
+}
+
+/// `dhcp.mode`.
+#[derive(Debug, Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    Off,
+    /// Beside the site's DHCP server.
+    #[default]
+    Proxy,
+    /// The only DHCP server: pools, leases, reservations.
+    Full,
+}
+
+/// `pxe.boot_files_over`.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Http,
+    Tftp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,7 +100,7 @@ pub struct Pxe {
     pub server_address: String,
     pub boot_dir: PathBuf,
     pub attach: Option<crate::ipxe::Attach>,
-    pub boot_files_over: Option<String>,
+    pub boot_files_over: Option<Transport>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,10 @@
 //! work the same way (`listen::Admission`, bounded by
 //! `listen::DRAIN_TIMEOUT`), and NBD flushes every overlay last.
 //!
-//! Modelled on mini-redis's `server.rs`: one place wires, one place stops.
+//! The signal handlers are installed before the first port is bound, so a
+//! SIGTERM that arrives as soon as a port answers still stops the daemon
+//! cleanly (overlays flushed). Modelled on mini-redis's `server.rs`: one
+//! place wires, one place stops.
 
 mod preflight;
 mod reload;
@@ -88,6 +91,7 @@ pub struct Daemon {
     registry: Arc<Registry>,
     services: Vec<Service>,
     reload: Option<Reload>,
+    signals: Signals,
     shutdown: CancellationToken,
 }
 
@@ -136,6 +140,7 @@ impl Daemon {
         pxe: Option<PxeConfig>,
         reloadable: Option<(PathBuf, Config)>,
     ) -> Result<Daemon, DaemonError> {
+        let signals = Signals::install()?;
         let shutdown = CancellationToken::new();
         let registry = Arc::new(registry);
         let mut services = Vec::new();
@@ -180,13 +185,13 @@ impl Daemon {
             return Err(DaemonError::NoService);
         }
         let reload = reloadable.map(|(file, running)| Reload { file, running, leases, resolver });
-        Ok(Daemon { registry, services, reload, shutdown })
+        Ok(Daemon { registry, services, reload, signals, shutdown })
     }
 
     /// Run every service until SIGTERM or SIGINT, or until one fails; then
     /// stop them all and wait for each to drain. SIGHUP reloads.
     pub async fn run(self) -> Result<(), DaemonError> {
-        let Daemon { registry, services, reload, shutdown } = self;
+        let Daemon { registry, services, reload, mut signals, shutdown } = self;
         let mut set = JoinSet::new();
         let mut names = std::collections::HashMap::new();
         for Service { name, run } in services {
@@ -206,7 +211,7 @@ impl Daemon {
             }
         };
         let failed = tokio::select! {
-            r = wait_for_signal(&registry, reload.as_ref()) => { r?; None }
+            () = signals.until_stopped(&registry, reload.as_ref()) => None,
             Some(done) = set.join_next_with_id() => Some(done),
         };
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -228,24 +233,40 @@ impl Daemon {
     }
 }
 
-/// Until SIGTERM or SIGINT; a SIGHUP reloads the configuration file
-/// (`serve`) or is said to do nothing (`nbd`, which has none).
-async fn wait_for_signal(registry: &Registry, reload: Option<&Reload>) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let install = |kind: SignalKind, name: &'static str| signal(kind).map_err(|source| DaemonError::Signal { signal: name, source });
-    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
-    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
-    // A hangup must not end the daemon without its shutdown, as the
-    // default action does: it means "reload" to daemons.
-    let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload {
-                Some(r) => r.apply(registry),
-                None => tracing::warn!("SIGHUP ignored: `pxeroot nbd` has no configuration file to reload"),
-            },
+/// The signals the daemon answers, installed before any port is opened:
+/// a SIGTERM that comes as soon as a port answers (a test, systemd) must
+/// find the handler, not the default action that kills without a flush.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    /// A hangup must not end the daemon without its shutdown, as the
+    /// default action does: it means "reload" to daemons.
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &'static str| signal(kind).map_err(|source| DaemonError::Signal { signal: name, source });
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Until SIGTERM or SIGINT; a SIGHUP reloads the configuration file
+    /// (`serve`) or is said to do nothing (`nbd`, which has none).
+    async fn until_stopped(&mut self, registry: &Registry, reload: Option<&Reload>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match reload {
+                    Some(r) => r.apply(registry),
+                    None => tracing::warn!("SIGHUP ignored: `pxeroot nbd` has no configuration file to reload"),
+                },
+            }
         }
     }
 }

@@ -54,13 +54,13 @@ impl Reload {
         if let (Some(leases), Some(crate::dhcp::Mode::Full { pools, .. })) =
             (&self.leases, new.pxe.as_ref().and_then(|p| p.dhcp.as_ref()).map(|d| &d.mode))
         {
-            let mut tables = leases.lock().unwrap_or_else(|e| e.into_inner());
+            let mut served = leases.lock().unwrap_or_else(|e| e.into_inner());
             // Only onto the same pools: a reservation on another pool's
             // table would hand out an address of the wrong subnet.
-            if tables.len() == pools.len() && tables.iter().zip(pools).all(|(t, p)| t.first() == p.range.0) {
-                for (t, p) in tables.iter_mut().zip(pools) {
-                    t.set_reservations(p.reservations.clone());
-                    t.set_names(p.names.clone());
+            if served.len() == pools.len() && served.iter().zip(pools).all(|(s, p)| s.leases.first() == p.range.0) {
+                for (s, p) in served.iter_mut().zip(pools) {
+                    s.leases.set_reservations(p.reservations.clone());
+                    s.leases.set_names(p.names.clone());
                 }
             }
         }

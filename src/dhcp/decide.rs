@@ -72,10 +72,14 @@ impl Default for BootFiles {
 }
 
 /// How UEFI firmware is answered (pxe-dhcp.md): (a) everything in the offer,
-/// or (b) a bare offer, then the boot file in an ACK on port 4011.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// or (b) a bare offer, then the boot file in an ACK on port 4011
+/// (`dhcp.uefi`: "in-offer", "via-4011").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 pub enum UefiStrategy {
+    #[default]
+    #[serde(rename = "in-offer")]
     InOffer,
+    #[serde(rename = "via-4011")]
     Via4011,
 }
 

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 
 use super::decide::{boot_step, client_class, client_mac, reply_to, BootReply, Context, Ignored, Seen};
+use super::leases::LeaseTable;
 use crate::mac::Mac;
 
 /// Full-DHCP mode's network parameters.
@@ -48,12 +49,35 @@ impl Pool {
     }
 }
 
+/// A pool as the DHCP service runs it: its network parameters and the
+/// lease table of its range (which holds its reservations and names).
+#[derive(Debug)]
+pub struct ServedPool {
+    pub network: Network,
+    pub leases: LeaseTable,
+}
+
+impl ServedPool {
+    /// `pool`'s table, empty, leasing for `lease_secs`.
+    pub fn new(pool: &Pool, lease_secs: u64) -> ServedPool {
+        let mut leases = LeaseTable::new(pool.range.0, pool.range.1, lease_secs, pool.reservations.clone());
+        leases.set_names(pool.names.clone());
+        ServedPool { network: pool.network.clone(), leases }
+    }
+
+    /// Whether `addr` is on this pool's subnet.
+    pub fn on_subnet(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::from(self.network.netmask);
+        u32::from(addr) & mask == u32::from(self.leases.first()) & mask
+    }
+}
+
 /// The pool a request draws from: behind a relay, the one on the relay's
 /// subnet (its giaddr); from a client that has its address (a renewal,
 /// an INFORM), sent unicast and routed from a relayed segment, the one on
 /// that address's subnet (RFC 2131, 4.3.2 and 4.3.5); else the first,
 /// pxeroot's own segment.
-pub fn pick_pool(pools: &[Pool], req: &Message) -> Result<usize, Ignored> {
+pub fn pick_pool(pools: &[ServedPool], req: &Message) -> Result<usize, Ignored> {
     let giaddr = req.giaddr();
     if giaddr.is_unspecified() {
         let own = |addr: Ipv4Addr| pools.iter().position(|p| p.on_subnet(addr));
@@ -66,18 +90,11 @@ pub fn pick_pool(pools: &[Pool], req: &Message) -> Result<usize, Ignored> {
     pools.iter().position(|p| p.on_subnet(giaddr)).ok_or(Ignored::OtherSubnet(giaddr))
 }
 
-/// [`decide_full`] with the pool [`pick_pool`] chooses (`tables[i]` is
-/// `pools[i]`'s lease table).
-pub fn decide_full_pools(
-    req: &Message,
-    ctx: &Context,
-    pools: &[Pool],
-    tables: &mut [super::leases::LeaseTable],
-    now: u64,
-) -> Result<Option<(Message, Seen)>, Ignored> {
+/// [`decide_full`] with the pool [`pick_pool`] chooses.
+pub fn decide_full_pools(req: &Message, ctx: &Context, pools: &mut [ServedPool], now: u64) -> Result<Option<(Message, Seen)>, Ignored> {
     let i = pick_pool(pools, req)?;
-    let table = tables.get_mut(i).ok_or(Ignored::OtherSubnet(req.giaddr()))?;
-    decide_full(req, ctx, &pools[i].network, table, now)
+    let ServedPool { network, leases } = &mut pools[i];
+    decide_full(req, ctx, network, leases, now)
 }
 
 /// Decide a full-DHCP reply: addresses for every client (from `leases`, at
@@ -90,7 +107,7 @@ pub fn decide_full(
     req: &Message,
     ctx: &Context,
     net: &Network,
-    leases: &mut super::leases::LeaseTable,
+    leases: &mut LeaseTable,
     now: u64,
 ) -> Result<Option<(Message, Seen)>, Ignored> {
     let mac = client_mac(req)?;
@@ -392,18 +409,16 @@ mod tests {
             reservations: BTreeMap::new(),
             names: BTreeMap::new(),
         };
-        let pools = [pool([10, 99, 0], 254), pool([10, 98, 0], 1)];
-        let mut tables: Vec<LeaseTable> =
-            pools.iter().map(|p| LeaseTable::new(p.range.0, p.range.1, 3600, p.reservations.clone())).collect();
+        let mut pools = [pool([10, 99, 0], 254), pool([10, 98, 0], 1)].map(|p| ServedPool::new(&p, 3600));
         let mut req = discover([0x52, 0x54, 0, 0, 0, 1], true);
-        let (offer, _) = decide_full_pools(&req, &c, &pools, &mut tables, 0).unwrap().unwrap();
+        let (offer, _) = decide_full_pools(&req, &c, &mut pools, 0).unwrap().unwrap();
         assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
         req.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
-        let (offer, _) = decide_full_pools(&req, &c, &pools, &mut tables, 0).unwrap().unwrap();
+        let (offer, _) = decide_full_pools(&req, &c, &mut pools, 0).unwrap().unwrap();
         assert_eq!((offer.yiaddr(), offer.giaddr()), (Ipv4Addr::new(10, 98, 0, 100), Ipv4Addr::new(10, 98, 0, 1)));
         assert!(matches!(offer.opts().get(OptionCode::Router), Some(DhcpOption::Router(r)) if r == &[Ipv4Addr::new(10, 98, 0, 1)]));
         req.set_giaddr(Ipv4Addr::new(10, 97, 0, 1));
-        assert_eq!(decide_full_pools(&req, &c, &pools, &mut tables, 0).unwrap_err(), Ignored::OtherSubnet(Ipv4Addr::new(10, 97, 0, 1)));
+        assert_eq!(decide_full_pools(&req, &c, &mut pools, 0).unwrap_err(), Ignored::OtherSubnet(Ipv4Addr::new(10, 97, 0, 1)));
         req.set_giaddr(Ipv4Addr::new(10, 99, 0, 7));
         assert_eq!(pick_pool(&pools, &req), Ok(0), "a relay on the first pool's subnet");
         // A relayed client renews or INFORMs unicast, routed, from its
@@ -411,10 +426,10 @@ mod tests {
         let mut renew = discover([0x52, 0x54, 0, 0, 0, 1], false);
         renew.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
         renew.set_ciaddr(Ipv4Addr::new(10, 98, 0, 100));
-        let (ack, _) = decide_full_pools(&renew, &c, &pools, &mut tables, 10).unwrap().unwrap();
+        let (ack, _) = decide_full_pools(&renew, &c, &mut pools, 10).unwrap().unwrap();
         assert_eq!((ack.opts().msg_type(), ack.yiaddr()), (Some(MessageType::Ack), Ipv4Addr::new(10, 98, 0, 100)));
         renew.opts_mut().insert(DhcpOption::MessageType(MessageType::Inform));
-        let (ack, _) = decide_full_pools(&renew, &c, &pools, &mut tables, 10).unwrap().unwrap();
+        let (ack, _) = decide_full_pools(&renew, &c, &mut pools, 10).unwrap().unwrap();
         assert!(matches!(ack.opts().get(OptionCode::Router), Some(DhcpOption::Router(r)) if r == &[Ipv4Addr::new(10, 98, 0, 1)]));
         renew.set_ciaddr(Ipv4Addr::new(10, 99, 0, 100));
         assert_eq!(pick_pool(&pools, &renew), Ok(0));

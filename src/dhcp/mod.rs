@@ -112,12 +112,13 @@ fn socket(port: u16, interface: Option<&str>, elsewhere: &str) -> Result<UdpSock
     UdpSocket::from_std(s.into()).map_err(err)
 }
 
-/// Full mode's lease tables, one per pool (in the config's order), shared
-/// by the DHCP service and a reload (which replaces their reservations).
-pub type Leases = Arc<std::sync::Mutex<Vec<leases::LeaseTable>>>;
+/// Full mode's pools, each with its lease table, in the config's order:
+/// shared by the DHCP service and a reload (which replaces their
+/// reservations and names).
+pub type Leases = Arc<std::sync::Mutex<Vec<full::ServedPool>>>;
 
-/// Full mode's lease tables with the leases kept in their file, each pool
-/// taking the leases on its subnet; `None` in proxy mode.
+/// Full mode's pools with the leases kept in their file, each pool taking
+/// the leases on its subnet; `None` in proxy mode.
 pub fn open_leases(cfg: &DhcpConfig) -> Option<Leases> {
     let Mode::Full { pools, lease_secs, leases_file } = &cfg.mode else { return None };
     let text = match std::fs::read_to_string(leases_file) {
@@ -128,27 +129,26 @@ pub fn open_leases(cfg: &DhcpConfig) -> Option<Leases> {
             None
         }
     };
-    let mut tables = Vec::new();
+    let mut served = Vec::new();
     for pool in pools {
-        let mut t = leases::LeaseTable::new(pool.range.0, pool.range.1, *lease_secs, pool.reservations.clone());
-        t.set_names(pool.names.clone());
+        let mut s = full::ServedPool::new(pool, *lease_secs);
         if let Some(text) = &text {
-            match t.load(text) {
-                Ok(()) => t.retain_subnet(pool.network.netmask),
+            match s.leases.load(text) {
+                Ok(()) => s.leases.retain_subnet(pool.network.netmask),
                 Err(e) => warn!(file = %leases_file.display(), error = %e, "DHCP lease file ignored"),
             }
         }
-        tables.push(t);
+        served.push(s);
     }
     if text.is_some() {
         info!(file = %leases_file.display(), "DHCP leases loaded");
     }
-    Some(Arc::new(std::sync::Mutex::new(tables)))
+    Some(Arc::new(std::sync::Mutex::new(served)))
 }
 
 /// Every pool's leases, for the file.
-fn leases_text(tables: &[leases::LeaseTable]) -> String {
-    tables.iter().map(|t| t.save()).collect()
+fn leases_text(pools: &[full::ServedPool]) -> String {
+    pools.iter().map(|p| p.leases.save()).collect()
 }
 
 /// Serve DHCP until `shutdown`; `leases` from [`open_leases`].
@@ -224,14 +224,14 @@ async fn listen(
                 in_use: &in_use,
             };
             match (&leases, &cfg.mode) {
-                (Some(tables), Mode::Full { pools, leases_file, .. }) => {
+                (Some(served), Mode::Full { leases_file, .. }) => {
                     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                    let mut t = tables.lock().unwrap_or_else(|p| p.into_inner());
-                    let generation = |t: &[leases::LeaseTable]| t.iter().map(|t| t.generation()).sum::<u64>();
-                    let before = generation(&t);
-                    let r = full::decide_full_pools(&req, &ctx, pools, &mut t, now);
-                    if generation(&t) != before {
-                        save_leases(leases_file, &leases_text(&t));
+                    let mut pools = served.lock().unwrap_or_else(|p| p.into_inner());
+                    let generation = |p: &[full::ServedPool]| p.iter().map(|p| p.leases.generation()).sum::<u64>();
+                    let before = generation(&pools);
+                    let r = full::decide_full_pools(&req, &ctx, &mut pools, now);
+                    if generation(&pools) != before {
+                        save_leases(leases_file, &leases_text(&pools));
                     }
                     match r {
                         Ok(Some(x)) => Ok(x),
