@@ -4,8 +4,10 @@
 //! nbdcopy and fio).
 #![allow(dead_code)]
 
+pub mod boot;
 pub mod netns;
 pub mod pcap;
+pub mod qemu;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -107,10 +109,15 @@ pub fn sha256(path: &Path) -> String {
 }
 
 /// A running `pxeroot` daemon, stopped (SIGKILL) when dropped.
+/// The real `pxeroot` binary, started by a test: on loopback, or in a
+/// test's network namespace (the boot tests' server); its log kept in a
+/// file; killed when dropped.
 pub struct Server {
     pub child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
+    /// The namespace and address it listens at, when not on loopback.
+    netns: Option<(String, String)>,
 }
 
 impl Server {
@@ -143,8 +150,18 @@ impl Server {
     fn start(args: &[String], port: u16, logdir: &Path, env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(logdir).expect("log dir");
         let log = logdir.join(format!("pxeroot-{port}.log"));
-        let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin())
+        Server::spawn(Command::new(bin()), args, port, &log, env, None)
+    }
+
+    /// `pxeroot ARGS` in `ns`, its log appended to `log`, ready once its
+    /// NBD port answers at `ip`:`port` inside the namespace.
+    pub fn in_netns(ns: &netns::Netns, args: &[String], ip: &str, port: u16, log: &Path) -> Server {
+        Server::spawn(ns.command(&bin()), args, port, log, &[], Some((ns.name.clone(), ip.to_string())))
+    }
+
+    fn spawn(mut c: Command, args: &[String], port: u16, log: &Path, env: &[(&str, &str)], netns: Option<(String, String)>) -> Server {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let child = c
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -153,15 +170,32 @@ impl Server {
             .stderr(logf)
             .spawn()
             .expect("start pxeroot");
-        let mut s = Server { child: Some(child), port, log };
+        let mut s = Server { child: Some(child), port, log: log.to_path_buf(), netns };
         s.wait_ready();
         s
+    }
+
+    /// Whether the NBD port answers (inside the namespace, for one there).
+    fn listening(&self) -> bool {
+        match &self.netns {
+            None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            Some((name, ip)) => Command::new("ip")
+                .args(["netns", "exec", name, "bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/{}", self.port)])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        }
+    }
+
+    /// Its process ID, for a signal.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().map_or(0, |c| c.id() as i32))
     }
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.listening() {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
