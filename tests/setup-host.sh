@@ -1,9 +1,27 @@
 # Sourced by tests/run-all and ./demo: installs what they need on a fresh
-# Debian 12 machine (apt packages, Rust), fetches the guest kernel and
-# builds the static pxeroot-init. Run from the repository's top directory.
+# Debian 12 machine (apt packages without their recommends, Rust), fetches
+# the guest kernel and builds the static pxeroot-init. Run from the
+# repository's top directory. tests/tools/check-packages checks the lists
+# against the tools the scripts call.
+#
+# SETUP_FOR=demo (set by ./demo) installs only what the demo runs; the
+# default, tests, adds every peer the test suite judges against (and Kea,
+# ISC dhcpd and virt-firmware, which only tests use). SETUP_EXTRA adds
+# packages (./demo's ROOT=debian: debootstrap).
 
-packages=(qemu-utils libnbd-bin nbdkit fio e2fsprogs btrfs-progs cmake gcc pkg-config curl ca-certificates python3
-          qemu-system-x86 ipxe-qemu ipxe ovmf qemu-system-arm qemu-efi-aarch64 busybox-static debootstrap python3-venv iproute2 cpio zstd lz4 xz-utils dnsmasq-base atftp kea-common)
+# The demo: QEMU with its iPXE ROMs, qemu-img, the test root's tools
+# (busybox, mke2fs), namespaces, the C compiler the lz4 and zstd crates'
+# builds need, curl for rustup, python3 for the timeline.
+packages=(qemu-system-x86 ipxe-qemu qemu-utils e2fsprogs busybox-static iproute2 gcc curl ca-certificates python3)
+if [ "${SETUP_FOR:-tests}" = tests ]; then
+    # NBD peers (nbdinfo, nbdcopy, nbdkit, fio), boot peers (iPXE's
+    # binaries, OVMF, AAVMF, QEMU for ARM64, dnsmasq, atftp, Kea's
+    # libraries), the images' and archives' tools, sfdisk, debootstrap,
+    # a venv for virt-firmware; cmake and pkg-config for libz-sys's build.
+    packages+=(libnbd-bin nbdkit fio btrfs-progs fdisk cmake pkg-config ipxe ovmf qemu-system-arm qemu-efi-aarch64
+               debootstrap python3-venv cpio zstd lz4 xz-utils dnsmasq-base atftp kea-common)
+fi
+packages+=(${SETUP_EXTRA:-})
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,9 +45,9 @@ if ((${#missing[@]})); then
         missing=("${kept[@]}" "qemu-utils=$qemu_version" "qemu-system-x86=$qemu_version")
     fi
     if [ -t 1 ]; then
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q -o Dpkg::Progress-Fancy=1 --allow-downgrades "${missing[@]}"
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends -o Dpkg::Progress-Fancy=1 --allow-downgrades "${missing[@]}"
     else
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}" >/dev/null
     fi
 fi
 if ! command -v cargo >/dev/null; then
@@ -54,27 +72,29 @@ if [ ! -f "$kdir/ready" ]; then
     touch "$kdir/ready"
 fi
 
-# Site DHCP servers for the proxy tests beside them, Kea and ISC dhcpd:
-# only their binaries, unpacked under target/PACKAGE (installing the
-# packages would add and start system services), once per version.
-unpack() {
-    local pkg=$1 version=$2 dir=target/$1
-    [ "$(cat "$dir/version" 2>/dev/null)" = "$version" ] && return 0
-    echo "==> $pkg $version (unpacked into $dir)"
-    rm -rf "$dir" && mkdir -p "$dir"
-    (cd "$dir" && apt-get download "$pkg=$version" >/dev/null 2>&1 && dpkg -x ./"$pkg"_*.deb . && rm -f ./*.deb) \
-        || { echo "setup-host: cannot fetch $pkg $version: run apt-get update" >&2; exit 1; }
-    echo "$version" > "$dir/version"
-}
-# Kea's libraries come with kea-common above and must be the same release.
-unpack kea-dhcp4-server "$(dpkg-query -W -f='${Version}' kea-common)"
-unpack isc-dhcp-server "$(apt-cache policy isc-dhcp-server | awk '/Candidate:/ {print $2}')"
+if [ "${SETUP_FOR:-tests}" = tests ]; then
+    # Site DHCP servers for the proxy tests beside them, Kea and ISC dhcpd:
+    # only their binaries, unpacked under target/PACKAGE (installing the
+    # packages would add and start system services), once per version.
+    unpack() {
+        local pkg=$1 version=$2 dir=target/$1
+        [ "$(cat "$dir/version" 2>/dev/null)" = "$version" ] && return 0
+        echo "==> $pkg $version (unpacked into $dir)"
+        rm -rf "$dir" && mkdir -p "$dir"
+        (cd "$dir" && apt-get download "$pkg=$version" >/dev/null 2>&1 && dpkg -x ./"$pkg"_*.deb . && rm -f ./*.deb) \
+            || { echo "setup-host: cannot fetch $pkg $version: run apt-get update" >&2; exit 1; }
+        echo "$version" > "$dir/version"
+    }
+    # Kea's libraries come with kea-common above and must be the same release.
+    unpack kea-dhcp4-server "$(dpkg-query -W -f='${Version}' kea-common)"
+    unpack isc-dhcp-server "$(apt-cache policy isc-dhcp-server | awk '/Candidate:/ {print $2}')"
 
-# virt-fw-vars (pip's virt-firmware) writes OVMF variable stores for the
-# UEFI HTTP boot test, into a venv under target/.
-if [ ! -x target/venv/bin/virt-fw-vars ]; then
-    echo "==> virt-firmware (pip, into target/venv)"
-    python3 -m venv target/venv && target/venv/bin/pip install -q virt-firmware
+    # virt-fw-vars (pip's virt-firmware) writes OVMF variable stores for the
+    # UEFI HTTP boot test, into a venv under target/.
+    if [ ! -x target/venv/bin/virt-fw-vars ]; then
+        echo "==> virt-firmware (pip, into target/venv)"
+        python3 -m venv target/venv && target/venv/bin/pip install -q virt-firmware
+    fi
 fi
 
 echo "==> static pxeroot-init"
