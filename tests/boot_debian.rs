@@ -33,7 +33,7 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     require("debootstrap");
     let d = tempfile::tempdir().unwrap();
     let networkd = format!("systemctl enable systemd-networkd && printf '{STOCK_NETWORK}' > /etc/systemd/network/50-stock.network");
-    // resolv.conf from the boot's DNS servers (README, "DNS").
+    // resolv.conf from the boot's DNS servers (docs/roots.md, "DNS").
     let resolv = "ln -sf ../run/pxeroot/resolv.conf /etc/resolv.conf";
     let img = debian_root(d.path(), &["echo pxeroot-test > /etc/pxeroot-run-test", &networkd, resolv]);
     // --run ran in the tree.
@@ -63,7 +63,7 @@ fn test_debian_systemd_root_boots_shuts_down_cleanly_and_boots_again() {
     assert!(log.contains("client sent DISC"), "systemd's shutdown hook did not send DISC:\n{log}");
     assert_eq!(clean_ext4_marker(d.path(), &state.join(format!("{STEM}.qcow2"))), "written by systemd");
     // Netlink again: an ioctl-attached root does not survive systemd's
-    // shutdown (README), which this test showed. No ip=: pxeroot-init
+    // shutdown (docs/roots.md), which this test showed. No ip=: pxeroot-init
     // asks the segment's DHCP server for the address.
     let (dnsmasq, dnsmasq_log) = logged_dnsmasq(&ns, "tap0", d.path(), "1h", &[]);
     let second = boot_once(&dhcp_cmdline());
@@ -104,7 +104,7 @@ fn test_debian_ifupdown_root_keeps_the_boot_nic_through_shutdown() {
     drop(dnsmasq);
     // pxeroot-init's DHCP, then dhclient's. dhclient sends no client
     // identifier, so dnsmasq takes it for another client and leases it a
-    // second address (README); the root stays on the first.
+    // second address (docs/roots.md); the root stays on the first.
     let address = leased_address(&console);
     let acks = dnsmasq_acks(&dnsmasq_log, "tap0");
     assert!(acks.len() >= 2 && acks[0].contains(&format!(" {address} ")), "no ACK for dhclient after pxeroot-init's:\n{acks:?}");

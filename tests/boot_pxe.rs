@@ -63,7 +63,7 @@ fn test_pxe_boot_ipxe_rom_proxy_dhcp_beside_dnsmasq() {
     assert!(console.contains("] hostname lab-07"), "the site server's name for the client:\n{console}");
     // iPXE asks for no option 42, and dnsmasq sends only what is asked
     // for: no NTP server reaches the script. pxeroot-init asked dnsmasq
-    // with a DHCPINFORM from the address iPXE leased (README, "NTP").
+    // with a DHCPINFORM from the address iPXE leased (docs/roots.md, "NTP").
     assert!(console.contains("eth0: NTP 192.0.2.123 (for the root)"), "dnsmasq's answer to the INFORM:\n{console}");
 }
 
