@@ -22,6 +22,9 @@ Stacks (--stacks, comma-separated; default "pxeroot,pxeroot-nics,pxeroot-lz4,ref
                   (--compress lz4): 1.5x the size, unpacked in half the time.
   pxeroot-full    pxeroot as the only DHCP server (full mode) with its IPv6
                   router advertisement, no site DHCP server.
+  pxeroot-old     with --compare DIR: pxeroot's defaults from an older build
+                  (DIR/pxeroot and its DIR/pxeroot-init), for a regression
+                  check in the same run; ratios pxeroot / pxeroot-old last.
 The "site" is a dnsmasq on the LAN bridge handing out addresses (no-ping)
 and answering router solicitations (ra-only), so no stack pays iPXE's IPv6
 wait. All stacks boot the same kernel and the same raw root image, whose
@@ -114,6 +117,9 @@ PXEROOT_INITRDS = {
     "pxeroot-full": ("initrd.img", []),
     "pxeroot-nics": ("initrd-nics.img", ["--nics", REF_NICS]),
     "pxeroot-lz4": ("initrd-lz4.img", ["--nics", REF_NICS, "--compress", "lz4"]),
+    # --compare DIR: an older build (DIR/pxeroot, DIR/pxeroot-init) with the
+    # defaults, for a regression check in the same run.
+    "pxeroot-old": ("initrd-old.img", []),
 }
 for _s in PXEROOT_INITRDS:
     INIT_PATTERNS[_s] = INIT_PATTERNS["pxeroot"]
@@ -260,8 +266,8 @@ class Lab:
 
 
 class Pxeroot:
-    def __init__(self, work, full, initrd):
-        self.work, self.full, self.initrd = work, full, initrd
+    def __init__(self, work, full, initrd, binary=PXEROOT):
+        self.work, self.full, self.initrd, self.binary = work, full, initrd, binary
         self.boot = os.path.join(work, "boot")
 
     def initramfs(self):
@@ -278,7 +284,7 @@ class Pxeroot:
                     f'[images.root]\npath = "{self.work}/root.img"\nkernel = "vmlinuz"\ninitrd = "{self.initrd}"\n'
                     'cmdline = "console=ttyS0 panic=-1 quiet"\n'
                     '[unknown_clients]\naction = "boot"\nimage = "root"\npolicy = "ephemeral"\n')
-        procs = [spawn(SRV, [PXEROOT, "--log", "warn", "serve", "--config", conf], log)]
+        procs = [spawn(SRV, [self.binary, "--log", "warn", "serve", "--config", conf], log)]
         if not self.full:
             procs.insert(0, lab.site_dhcp(log, macs))
         wait_listening(SRV, 4011)
@@ -461,6 +467,8 @@ def main():
     ap.add_argument("--keep-consoles", metavar="DIR", help="save every client's serial console in DIR")
     ap.add_argument("--root", choices=["busybox", "debian"], default="busybox", help="the root image the clients boot")
     ap.add_argument("--smp", type=int, default=1, help="virtual CPUs per client (TCG runs each on a host thread)")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="add stack pxeroot-old: DIR/pxeroot and DIR/pxeroot-init (an older build), and print pxeroot / pxeroot-old")
     args = ap.parse_args()
     QEMU[QEMU.index("-smp") + 1] = str(args.smp)
     if os.geteuid() != 0:
@@ -473,6 +481,12 @@ def main():
     KEEP_CONSOLES = bool(args.keep_consoles)
     counts = [int(c) for c in args.clients.split(",")]
     names = args.stacks.split(",")
+    old_bin = old_init = None
+    if args.compare:
+        old_bin, old_init = os.path.join(args.compare, "pxeroot"), os.path.join(args.compare, "pxeroot-init")
+        if not (os.path.exists(old_bin) and os.path.exists(old_init)):
+            sys.exit(f"--compare: {args.compare} needs pxeroot and pxeroot-init")
+        names.append("pxeroot-old")
     for s in names:
         if s not in INIT_PATTERNS:
             sys.exit(f"unknown stack {s!r}: choose from {', '.join(INIT_PATTERNS)}")
@@ -492,9 +506,13 @@ def main():
     boot = os.path.join(work, "boot")
     os.makedirs(boot)
     shutil.copy(os.path.join(KERNEL, "vmlinuz"), boot)
-    for name, opts in dict(PXEROOT_INITRDS[s] for s in names if s in PXEROOT_INITRDS).items():
-        subprocess.run([PXEROOT, "initramfs", "--kernel-modules", os.path.join(KERNEL, "modules"), "-o",
-                        os.path.join(boot, name), "--init", init] + opts, check=True, stdout=subprocess.DEVNULL)
+    for s in names:
+        if s not in PXEROOT_INITRDS:
+            continue
+        name, opts = PXEROOT_INITRDS[s]
+        binary, its_init = (old_bin, old_init) if s == "pxeroot-old" else (PXEROOT, init)
+        subprocess.run([binary, "initramfs", "--kernel-modules", os.path.join(KERNEL, "modules"), "-o",
+                        os.path.join(boot, name), "--init", its_init] + opts, check=True, stdout=subprocess.DEVNULL)
     if args.root == "debian":
         os.symlink(debian_root(init), os.path.join(work, "root.img"))
     else:
@@ -505,7 +523,7 @@ def main():
         if s.startswith("reference"):
             stacks[s] = Reference(work, os.path.join(KERNEL, "modules"), "zstd" if s == "reference-zstd" else "gzip")
         else:
-            stacks[s] = Pxeroot(work, s == "pxeroot-full", PXEROOT_INITRDS[s][0])
+            stacks[s] = Pxeroot(work, s == "pxeroot-full", PXEROOT_INITRDS[s][0], old_bin if s == "pxeroot-old" else PXEROOT)
     unpack = {}
     for s in names:
         unpack[s] = calibrate_unpack(stacks[s].initramfs())
@@ -565,7 +583,13 @@ def main():
         boots = [b for r in results[(s, n0)] for b in r.values() if "root_marker" in b and "init_started" in b]
         marks = [f"{m} {median([x[m] - x['init_started'] for x in boots if m in x]):.2f}" for m in INIT_MARKS]
         print(f"  {s:14} " + ", ".join(marks))
-    for ours in [s for s in names if s.startswith("pxeroot")]:
+    if "pxeroot-old" in names and "pxeroot" in names:
+        print("\nratios pxeroot / pxeroot-old (this build against the older one; lower is better)")
+        for n in counts:
+            p, o = table[("pxeroot", n)], table[("pxeroot-old", n)]
+            print(f"  {n} client(s) at once: owned stages {p['owned'] / o['owned']:.2f}x, whole boot {p['total'] / o['total']:.2f}x, "
+                  f"init {p['init'] / o['init']:.2f}x, server CPU {median(cpu['pxeroot']) / max(median(cpu['pxeroot-old']), 1e-9):.2f}x")
+    for ours in [s for s in names if s.startswith("pxeroot") and s != "pxeroot-old"]:
         for ref in [r for r in names if r.startswith("reference")]:
             print(f"\nratios {ours} / {ref} (lower is better)")
             for n in counts:

@@ -14,7 +14,12 @@ With --base compressed the base is a zlib-compressed qcow2 (as cloud images
 ship) of half-random, half-zero 4 KiB blocks, and the peers are qemu-nbd
 only (nbdkit's file plugin reads raw images).
 
-Usage: bench/nbd_bench.py [--rounds N] [--runtime S] [--size-mib M] [--jobs a,b] [--base raw|compressed]
+With --compare DIR, the pxeroot build in DIR (DIR/pxeroot, e.g. an older
+commit's target/release) runs too, as pxeroot-old, interleaved with the
+others, and a last column prints pxeroot / pxeroot-old: a refactor's
+regression check in one run.
+
+Usage: bench/nbd_bench.py [--rounds N] [--runtime S] [--size-mib M] [--jobs a,b] [--base raw|compressed] [--compare DIR]
 Needs: a release build (cargo build --release), fio, qemu-img, qemu-nbd, nbdkit.
 """
 
@@ -74,8 +79,8 @@ def wait_port(port, proc, what):
 class Server:
     """One peer: start() gives an NBD URI over a fresh overlay; stop() ends it."""
 
-    def __init__(self, name, base, work, fmt):
-        self.name, self.base, self.work, self.fmt = name, base, work, fmt
+    def __init__(self, name, base, work, fmt, binary=PXEROOT):
+        self.name, self.base, self.work, self.fmt, self.binary = name, base, work, fmt, binary
         self.proc = None
 
     def start(self):
@@ -84,8 +89,8 @@ class Server:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         log = open(os.path.join(d, "log"), "w")
-        if self.name == "pxeroot":
-            cmd = [PXEROOT, "--log", "warn", "nbd", "--base", self.base, "--state-dir", d,
+        if self.name.startswith("pxeroot"):
+            cmd = [self.binary, "--log", "warn", "nbd", "--base", self.base, "--state-dir", d,
                    "--listen", f"127.0.0.1:{port}"]
             uri = f"nbd://127.0.0.1:{port}/{MAC}"
         elif self.name == "qemu-nbd":
@@ -133,7 +138,11 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024, help="base image size")
     ap.add_argument("--jobs", default=",".join(j for j in JOBS if j != "seqread-4k-qd1"))
     ap.add_argument("--base", choices=["raw", "compressed"], default="raw")
+    ap.add_argument("--compare", metavar="DIR", help="also run DIR/pxeroot as pxeroot-old and print pxeroot / pxeroot-old")
     args = ap.parse_args()
+    old = os.path.join(args.compare, "pxeroot") if args.compare else None
+    if old and not os.path.exists(old):
+        sys.exit(f"--compare: no {old}")
     jobs = args.jobs.split(",")
     for tool in ["fio", "qemu-img", "qemu-nbd", "nbdkit"]:
         if not shutil.which(tool):
@@ -158,6 +167,9 @@ def main():
         os.unlink(base)
         base, fmt, names = compressed, "qcow2", ["pxeroot", "qemu-nbd"]
     servers = [Server(n, base, work, fmt) for n in names]
+    if old:
+        names.append("pxeroot-old")
+        servers.append(Server("pxeroot-old", base, work, fmt, old))
     results = {job: {s.name: [] for s in servers} for job in jobs}
     try:
         for rnd in range(args.rounds):
@@ -169,19 +181,21 @@ def main():
                     s.stop()
                     results[job][s.name].append(v)
                     unit = "IOPS" if JOBS[job][3] == "iops" else "MiB/s"
-                    print(f"round {rnd + 1}/{args.rounds} {job:20} {s.name:9} {v:12.1f} {unit}", flush=True)
+                    print(f"round {rnd + 1}/{args.rounds} {job:20} {s.name:11} {v:12.1f} {unit}", flush=True)
     finally:
         for s in servers:
             s.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"{'job':20} {'unit':6}" + "".join(f"{n:>10}" for n in names) + f" {'vs best peer':>13}")
+    print(f"{'job':20} {'unit':6}" + "".join(f"{n:>12}" for n in names) + f" {'vs best peer':>13}"
+          + (f" {'vs old':>8}" if old else ""))
     for job in jobs:
         med = {n: statistics.median(v) for n, v in results[job].items()}
-        best = max(v for n, v in med.items() if n != "pxeroot")
+        best = max(v for n, v in med.items() if not n.startswith("pxeroot"))
         unit = "IOPS" if JOBS[job][3] == "iops" else "MiB/s"
-        print(f"{job:20} {unit:6}" + "".join(f"{med[n]:10.0f}" for n in names) + f" {med['pxeroot'] / best:12.2f}x")
+        print(f"{job:20} {unit:6}" + "".join(f"{med[n]:12.0f}" for n in names) + f" {med['pxeroot'] / best:12.2f}x"
+              + (f" {med['pxeroot'] / med['pxeroot-old']:7.2f}x" if old else ""))
 
 
 if __name__ == "__main__":
