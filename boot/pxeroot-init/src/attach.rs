@@ -35,17 +35,23 @@ pub(crate) const DISC_WAIT: Duration = Duration::from_secs(2);
 /// is not an edge (portfast) port, with some margin.
 pub(crate) const SWITCH_HOLD: Duration = Duration::from_secs(45);
 
+/// A negotiated NBD connection: the socket, and the export's size and flags.
+pub(crate) struct Connected {
+    pub(crate) sock: std::net::TcpStream,
+    pub(crate) info: nbd::Export,
+}
+
 /// Reach the server and negotiate, forever, with backoff: a server that is
 /// down or restarting, or an export not configured yet, may come good.
-pub(crate) fn connect_with_retry(con: &Console, s: &Settings, export: &str, link_up: Instant) -> (std::net::TcpStream, nbd::Export) {
+pub(crate) fn connect_with_retry(con: &Console, s: &Settings, export: &str, link_up: Instant) -> Connected {
     let mut backoff = Duration::from_millis(250);
     let mut attempt = 1u32;
     loop {
         let t = Instant::now();
         match nbd::connect(s.server, export) {
-            Ok(r) => {
+            Ok((sock, info)) => {
                 con.say(format_args!("NBD connect to {} export {export}: ok ({:.3} s)", s.server, t.elapsed().as_secs_f64()));
-                return r;
+                return Connected { sock, info };
             }
             Err(e) => {
                 // Nothing answered: soon after link-up, the switch may be why.

@@ -2,19 +2,39 @@
 //! root, the switch. Each stage lives in its own module; this one orders
 //! them and runs the network and the root's modules side by side.
 
-use crate::attach::{attach_ioctl, attach_netlink, connect_with_retry, spawn_helper, NetlinkAttach, KEEPER_ARGV0};
+use crate::attach::{attach_ioctl, attach_netlink, connect_with_retry, spawn_helper, Connected, NetlinkAttach, KEEPER_ARGV0};
 use crate::cmdline::{self, Attach, NetConfig};
 use crate::console::Console;
-use crate::dhcpio::ifindex;
+use crate::dhcpio::{ifindex, Inform};
 use crate::error::{Context, InitError};
 use crate::keeper::{LEASE_ARGV0, LEASE_FLAG};
 use crate::modules::Modules;
-use crate::nic::{configure_net, find_interface, say_services};
+use crate::nic::{configure_net, find_interface, say_services, Nic};
 use crate::root::{
     find_root_partition, hand_off_network, mount_root, root_device, root_fstype, switch_root, wait_for_partition, DEFAULT_FSTYPE,
 };
 use crate::{dhcp, handoff, lease, sys};
 use pxeroot_init::mac_text;
+
+/// What the network thread brings back: the NBD connection, the lease to
+/// keep, the services for the root, the DHCPINFORM whose answer is read
+/// after the attach.
+struct Network {
+    connected: Connected,
+    keeper: Option<lease::KeeperArgs>,
+    services: handoff::NetServices,
+    inform: Option<Inform>,
+}
+
+/// What the modules and the network side by side give the attach.
+struct Started {
+    export: String,
+    /// The network thread's end (its own result, or its panic).
+    net: std::thread::Result<Result<Network, InitError>>,
+    /// The netlink sockets (netlink attach), opened once nbd loaded.
+    genl: Option<Result<NetlinkAttach, InitError>>,
+    nic: Nic,
+}
 
 /// Mount point of the new root inside the initramfs.
 pub(crate) const NEWROOT: &str = "/newroot";
@@ -34,7 +54,7 @@ pub(crate) fn boot(con: &Console) -> Result<(), InitError> {
     // trips, so the network comes up as early as it can.
     let spare = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
     let netlink = settings.attach == Attach::Netlink;
-    let (export, net, genl, nic) = std::thread::scope(|scope| -> Result<_, InitError> {
+    let Started { export, net, genl, nic } = std::thread::scope(|scope| -> Result<_, InitError> {
         // A module the kernel refuses ends the boot at once, whatever the
         // network is doing (it may retry DHCP forever). Once nbd is loaded
         // its netlink family exists: open the attach's sockets here, beside
@@ -52,31 +72,31 @@ pub(crate) fn boot(con: &Console) -> Result<(), InitError> {
             ));
         }
         con.say(format_args!("{} driver modules loaded ({} driver groups without a device skipped)", drivers.loaded, drivers.skipped));
-        let (iface, mac) = con.step("find the boot interface", || find_interface(con, &settings))?;
-        con.say(format_args!("boot interface {iface} ({})", mac_text(&mac)));
-        let export = settings.export.clone().unwrap_or_else(|| mac_text(&mac));
-        let nic = (iface.clone(), mac);
+        let nic = con.step("find the boot interface", || find_interface(con, &settings))?;
+        con.say(format_args!("boot interface {} ({})", nic.name, mac_text(&nic.mac)));
+        let export = settings.export.clone().unwrap_or_else(|| mac_text(&nic.mac));
         // The network comes up and the NBD handshake runs while the root's
         // modules load: under TCG that overlaps 0.3 s of module loading
         // with the carrier wait and the server's round trips.
-        let (settings, name) = (&settings, export.clone());
+        let (settings, name, Nic { name: iface, mac }) = (&settings, export.clone(), nic.clone());
         let net = scope.spawn(move || -> Result<_, InitError> {
-            let (link_up, held, services, inform) =
-                con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
-            let keeper = match held {
+            let up = con.step(&format!("configure {iface}"), || configure_net(con, settings, &iface, mac))?;
+            let keeper = match up.held {
                 Some(held) => Some(lease::KeeperArgs { ifindex: ifindex(&iface)?, mac, held, debug: settings.debug }),
                 None => None,
             };
-            Ok((connect_with_retry(con, settings, &name, link_up), keeper, services, inform))
+            let connected = connect_with_retry(con, settings, &name, up.link_up);
+            Ok(Network { connected, keeper, services: up.services, inform: up.inform })
         });
         let genl = match early {
             Some(h) => h.join().map_err(|_| InitError::new("the module thread panicked"))?,
             None => load_rest(1),
         };
-        Ok((export, net.join(), genl, nic))
+        Ok(Started { export, net: net.join(), genl, nic })
     })?;
     con.say(format_args!("{} modules loaded", modules.loaded()));
-    let ((sock, info), keeper, services, inform) = net.map_err(|_| InitError::new("the network thread panicked"))??;
+    let Network { connected: Connected { sock, info }, keeper, services, inform } =
+        net.map_err(|_| InitError::new("the network thread panicked"))??;
     match (&keeper, settings.lease) {
         (Some(k), _) => {
             let h = &k.held;
@@ -101,7 +121,7 @@ pub(crate) fn boot(con: &Console) -> Result<(), InitError> {
         (None, NetConfig::Static(st)) if settings.lease.is_some() => Some(st.client),
         _ => None,
     };
-    let mut nic = handoff::BootNic { name: nic.0, mac: nic.1, leased, services };
+    let mut nic = handoff::BootNic { name: nic.name, mac: nic.mac, leased, services };
     let monitor = match genl {
         Some(genl) => Some(con.step("attach /dev/nbd0 (netlink)", || attach_netlink(&settings, &export, genl?, sock, info))?),
         None => {

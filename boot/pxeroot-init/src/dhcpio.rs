@@ -57,10 +57,16 @@ pub(crate) fn informed(reply: Option<dhcp::Lease>, server: std::net::Ipv4Addr) -
 /// How long one DHCP exchange waits for each reply.
 pub(crate) const DHCP_REPLY_WAIT: Duration = Duration::from_secs(2);
 
+/// A lease pxeroot-init got, and when (boot clock, seconds) the exchange
+/// that got it started: the lease's times count from then.
+pub(crate) struct Leased {
+    pub(crate) lease: dhcp::Lease,
+    pub(crate) sent: u64,
+}
+
 /// DISCOVER, take the first OFFER, REQUEST it, wait for the ACK. Retried
-/// forever with backoff: a DHCP server may be slow to come up. Returns the
-/// lease, and when (boot clock) the exchange that got it started.
-pub(crate) fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> (dhcp::Lease, u64) {
+/// forever with backoff: a DHCP server may be slow to come up.
+pub(crate) fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> Leased {
     let mut backoff = Duration::from_millis(500);
     let mut attempt = 1u32;
     loop {
@@ -69,7 +75,7 @@ pub(crate) fn dhcp_with_retry(con: &Console, iface: &str, mac: [u8; 6]) -> (dhcp
         match dhcp_once(iface, mac, attempt) {
             Ok(l) => {
                 con.say(format_args!("DHCP on {iface}: {} from {:?} ({:.3} s)", l.address, l.server_id, t.elapsed().as_secs_f64()));
-                return (l, sent);
+                return Leased { lease: l, sent };
             }
             Err(e) => con.say(format_args!("DHCP on {iface} failed (attempt {attempt}): {e}; is a DHCP server on this segment? retrying")),
         }

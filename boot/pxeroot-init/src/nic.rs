@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::cmdline::{self, NetConfig, Settings};
 use crate::console::Console;
-use crate::dhcpio::{dhcp_with_retry, Inform};
+use crate::dhcpio::{dhcp_with_retry, Inform, Leased};
 use crate::error::{Context, InitError};
 use crate::{handoff, lease, sys};
 use pxeroot_init::mac_text;
@@ -37,9 +37,29 @@ pub(crate) fn read_mac(iface: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
+/// The boot interface: its kernel name and MAC.
+#[derive(Debug, Clone)]
+pub(crate) struct Nic {
+    pub(crate) name: String,
+    pub(crate) mac: [u8; 6],
+}
+
+/// What bringing the boot interface up gave.
+pub(crate) struct Configured {
+    /// When its link came up (a switch port's STP delay counts from here).
+    pub(crate) link_up: Instant,
+    /// The DHCP lease to keep: none for a static address without
+    /// `pxeroot.lease`, or an infinite lease.
+    pub(crate) held: Option<lease::Held>,
+    /// The DNS and NTP servers, domain and search list for the root.
+    pub(crate) services: handoff::NetServices,
+    /// The DHCPINFORM sent for what iPXE's lease lacks, its answer read later.
+    pub(crate) inform: Option<Inform>,
+}
+
 /// The interface named by `ip=`, else the one whose MAC is `BOOTIF`, else
 /// the first that is not loopback.
-pub(crate) fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8; 6]), InitError> {
+pub(crate) fn find_interface(con: &Console, s: &Settings) -> Result<Nic, InitError> {
     let wanted = match &s.net {
         NetConfig::Static(st) => st.device.clone(),
         NetConfig::Dhcp { device } => device.clone(),
@@ -55,7 +75,7 @@ pub(crate) fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8
                 (None, Some(b)) => b == mac,
                 (None, None) => true,
             };
-            ok.then_some((n, mac))
+            ok.then_some(Nic { name: n, mac })
         });
         if let Some(p) = pick {
             return Ok(p);
@@ -73,16 +93,8 @@ pub(crate) fn find_interface(con: &Console, s: &Settings) -> Result<(String, [u8
     }
 }
 
-/// Bring the interface up with its address; returns when the link came
-/// up, the DHCP lease to keep (none for a static address without
-/// `pxeroot.lease`, or an infinite lease), the DNS and NTP servers and
-/// domain for the root, and the INFORM sent for what iPXE's lease lacks.
-pub(crate) fn configure_net(
-    con: &Console,
-    s: &Settings,
-    iface: &str,
-    mac: [u8; 6],
-) -> Result<(Instant, Option<lease::Held>, handoff::NetServices, Option<Inform>), InitError> {
+/// Bring the interface up with its address, MTU and the machine's hostname.
+pub(crate) fn configure_net(con: &Console, s: &Settings, iface: &str, mac: [u8; 6]) -> Result<Configured, InitError> {
     sys::link_up("lo").context("bringing up lo")?;
     sys::link_up(iface).with_context(|| format!("bringing up {iface}"))?;
     let given = handoff::NetServices { dns: s.dns.clone(), domain: s.domain.clone(), search: s.search.clone(), ntp: s.ntp.clone() };
@@ -107,7 +119,7 @@ pub(crate) fn configure_net(
         }
         NetConfig::Dhcp { .. } => {
             let up = wait_for_carrier(con, iface);
-            let (l, sent) = dhcp_with_retry(con, iface, mac);
+            let Leased { lease: l, sent } = dhcp_with_retry(con, iface, mac);
             let st = cmdline::StaticIp { client: l.address, gateway: l.router, prefix: l.prefix, device: None };
             set_address(iface, &st)?;
             set_mtu(con, iface, l.mtu, "DHCP option 26");
@@ -121,7 +133,7 @@ pub(crate) fn configure_net(
         set_hostname(con, &name);
     }
     con.say(format_args!("{iface}: {}/{} gateway {:?}", st.client, st.prefix, st.gateway));
-    Ok((link_up, held, services, asked))
+    Ok(Configured { link_up, held, services, inform: asked })
 }
 
 /// The root's DNS and NTP servers, on the console.
