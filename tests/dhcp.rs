@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::netns::{client_on, dnsmasq_dhcp, lan_and_server, site_dnsmasq, Netns, Proc, SERVER_IP};
+use common::netns::{client_on, dnsmasq_dhcp, lan_and_server, site_dnsmasq, Netns, SERVER_IP};
 use common::*;
 
 /// DHCP payloads sent to port 67 in a fixture.
@@ -101,11 +101,9 @@ fn config(dir: &Path, dhcp: &str) -> PathBuf {
     cfg
 }
 
-fn start(srv: &Netns, cfg: &Path) -> Proc {
-    let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
-    let p = Proc(srv.command(&bin()).args(["serve", "--config"]).arg(cfg).env("NO_COLOR", "1").stderr(log).spawn().unwrap());
-    std::thread::sleep(Duration::from_millis(500));
-    p
+/// `pxeroot serve` in `srv`, its log beside the config, ready once NBD listens.
+fn start(srv: &Netns, cfg: &Path) -> Server {
+    Server::in_netns(srv, &["serve".into(), "--config".into(), cfg.display().to_string()], SERVER_IP, 10809, &cfg.with_extension("log"))
 }
 
 #[test]
@@ -195,7 +193,7 @@ fn test_full_mode_two_clients_and_leases_survive_a_restart() {
             + "[clients.\"52:54:00:aa:00:23\"]\nimage = \"root\"\naddress = \"10.99.0.115\"\nhostname = \"lab-23\"\n",
     )
     .unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.0.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    nix::sys::signal::kill(server.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
     let log = cfg.with_extension("log");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("configuration reloaded") {
