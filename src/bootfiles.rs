@@ -18,6 +18,12 @@ use crate::storage::registry::Registry;
 /// `pxeroot/52-54-00-12-34-56.ipxe`.
 pub const SCRIPT_DIR: &str = "pxeroot";
 pub const SCRIPT_EXT: &str = ".ipxe";
+
+/// Where a client already running iPXE fetches its script (what DHCP
+/// offers it as its boot file).
+pub fn script_url(server: std::net::Ipv4Addr, mac: Mac) -> String {
+    format!("tftp://{server}/{SCRIPT_DIR}/{}{SCRIPT_EXT}", mac.file_stem())
+}
 /// Longest request path we consider (TFTP file names are short; this bounds
 /// the work on hostile input).
 pub const MAX_PATH_LEN: usize = 1024;

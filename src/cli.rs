@@ -40,6 +40,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// What a client gets if it boots now, and why: the table that matched,
+    /// its image and policy, the boot file per firmware, its address (full
+    /// mode), the script, its overlay and base record, and whether it would
+    /// be refused, with the fix. Reads the config and the state directory;
+    /// no daemon needed.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client's MAC (":" or "-", any case).
+        mac: String,
+        /// Only these firmware kinds (comma-separated; default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        arch: Vec<crate::explain::Firmware>,
+    },
     /// Serve one base image over NBD with a copy-on-write overlay per MAC,
     /// no configuration file needed. Export names: a MAC opens that client's
     /// overlay; the image name (or the empty name) reads the base.
@@ -114,6 +128,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
             for line in crate::config::summary::summary(&config, &c) {
+                println!("{line}");
+            }
+        }
+        Command::Explain { config, mac, arch } => {
+            let c = Config::load(&config)?;
+            let mac: crate::mac::Mac = mac.parse().map_err(|e| anyhow::anyhow!("{mac:?}: {e}"))?;
+            let facts = crate::explain::gather(&c, mac);
+            for line in crate::explain::explain(&c, mac, &arch, &facts).lines {
                 println!("{line}");
             }
         }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;
+pub mod explain;
 pub mod http;
 pub mod initramfs;
 pub mod ipxe;

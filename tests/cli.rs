@@ -340,3 +340,78 @@ fn test_the_shipped_systemd_unit_verifies() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
+
+/// `pxeroot explain` agrees with what the daemon does: a client that booted
+/// (its script fetched over TFTP, its overlay written by qemu-io) is
+/// explained with its overlay, a base record that matches and the address
+/// it booted from; once the base changes, explain and the daemon both
+/// refuse it, for the same reason. A MAC nobody configured is refused with
+/// the fix; a malformed one is an error.
+#[test]
+fn test_explain_agrees_with_the_daemon() {
+    require("curl");
+    require("qemu-io");
+    let d = tempfile::tempdir().unwrap();
+    boot_files_fixture(d.path());
+    let (port, tftp) = (free_port(), free_port());
+    let cfg = d.path().join("pxeroot.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n[pxe]\nserver_address = \"127.0.0.1\"\nboot_dir = \"boot\"\n\
+             [tftp]\nlisten = \"127.0.0.1:{tftp}\"\n[http]\nenabled = false\n[images.debian]\npath = \"base.img\"\n\
+             kernel = \"debian/vmlinuz\"\ninitrd = \"debian/initrd.zst\"\n[clients.\"{MAC}\"]\nimage = \"debian\"\n"
+        ),
+    )
+    .unwrap();
+    let explain = |mac: &str| {
+        let out = Command::new(bin()).args(["explain", "--config"]).arg(&cfg).arg(mac).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, before, _) = explain(MAC);
+    assert_eq!(code, Some(0));
+    assert!(before.contains("overlay: none yet") && before.contains("verdict: it boots"), "{before}");
+    assert!(before.contains("kernel tftp://127.0.0.1/debian/vmlinuz"), "the script is printed:\n{before}");
+
+    let server = Server::with_config(&cfg, port, d.path());
+    let script = d.path().join("script.ipxe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(&script)
+        .arg(format!("tftp://127.0.0.1:{tftp}/pxeroot/{}.ipxe", MAC.replace(':', "-")))
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "no script over TFTP:\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x5a 0 64k"]).arg(server.uri(MAC)));
+    assert_eq!(server.stop(), 0);
+
+    let (_, booted, _) = explain(MAC);
+    for line in ["overlay: ", "base record: matches the base", "last boot from: 127.0.0.1 (its overlay opens only for that address)"] {
+        assert!(booted.contains(line), "no {line:?}:\n{booted}");
+    }
+    assert!(booted.contains("verdict: it boots"), "{booted}");
+
+    // The base changes under the persistent overlay.
+    make_raw_base(&d.path().join("base.img"), 1 << 20, 99);
+    let (_, changed, _) = explain(MAC);
+    assert!(changed.contains("verdict: refused: its overlay") && changed.contains("belongs to another base"), "{changed}");
+    let server = Server::with_config(&cfg, port, d.path());
+    let out = Command::new("qemu-io").args(["-f", "raw", "-c", "read 0 4k"]).arg(server.uri(MAC)).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("belongs to another base"), "the daemon served it:\n{err}");
+    drop(server);
+
+    let (_, unknown, _) = explain("52:54:00:00:0a:99");
+    assert!(
+        unknown.contains("verdict: refused: 52:54:00:00:0a:99 is not in the config") && unknown.contains("unknown_clients.action"),
+        "{unknown}"
+    );
+    let (code, _, err) = explain("52:54:00:00:0a");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("52:54:00:00:0a"), "{err}");
+}

@@ -65,6 +65,17 @@ pub struct BootFiles {
     pub uefi_arm64: String,
 }
 
+impl BootFiles {
+    /// The file firmware of `arch` is offered (before it runs iPXE).
+    pub fn for_arch(&self, arch: Arch) -> &str {
+        match arch {
+            Arch::Bios => &self.bios,
+            Arch::UefiX64 => &self.uefi_x64,
+            Arch::UefiArm64 => &self.uefi_arm64,
+        }
+    }
+}
+
 impl Default for BootFiles {
     fn default() -> Self {
         BootFiles { bios: "undionly.kpxe".into(), uefi_x64: "ipxe.efi".into(), uefi_arm64: "ipxe-arm64.efi".into() }
@@ -231,15 +242,7 @@ fn boot_for(req: &Message, mac: Mac, ctx: &Context) -> Result<Boot, Ignored> {
     if !(ctx.may_boot)(mac) {
         return Err(Ignored::NotAllowed(mac));
     }
-    let file = if ipxe {
-        (ctx.script_url)(mac)
-    } else {
-        match arch {
-            Arch::Bios => ctx.files.bios.clone(),
-            Arch::UefiX64 => ctx.files.uefi_x64.clone(),
-            Arch::UefiArm64 => ctx.files.uefi_arm64.clone(),
-        }
-    };
+    let file = if ipxe { (ctx.script_url)(mac) } else { ctx.files.for_arch(arch).to_string() };
     Ok(Boot { file, arch: arch_code, arch_kind: arch, ipxe })
 }
 

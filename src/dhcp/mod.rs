@@ -192,8 +192,7 @@ async fn listen(
     let mut buf = vec![0u8; MAX_PACKET];
     let may_boot = |m: Mac| registry.image_of(m).is_some();
     let in_use = |m: Mac| registry.is_attached(m);
-    let script_url =
-        |m: Mac| format!("tftp://{}/{}/{}{}", cfg.server, crate::bootfiles::SCRIPT_DIR, m.file_stem(), crate::bootfiles::SCRIPT_EXT);
+    let script_url = |m: Mac| crate::bootfiles::script_url(cfg.server, m);
     loop {
         let (n, from) = tokio::select! {
             _ = shutdown.cancelled() => return,
