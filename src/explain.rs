@@ -211,7 +211,7 @@ fn offered(d: &DhcpConfig, pxe: &PxeConfig, mac: Mac, f: Firmware) -> Option<Str
         Firmware::Bios => Some(d.files.for_arch(Arch::Bios).to_string()),
         Firmware::UefiX64 => Some(d.files.for_arch(Arch::UefiX64).to_string()),
         Firmware::Arm64 => Some(d.files.for_arch(Arch::UefiArm64).to_string()),
-        Firmware::UefiHttp => d.http_base.as_ref().map(|b| format!("{b}/{}", d.files.for_arch(Arch::UefiX64))),
+        Firmware::UefiHttp => d.http_base.as_deref().map(|b| crate::dhcp::decide::http_boot_url(b, d.files.for_arch(Arch::UefiX64))),
         Firmware::Ipxe => Some(crate::bootfiles::script_url(pxe.script.server, mac)),
     }
 }

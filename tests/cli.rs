@@ -12,6 +12,17 @@ use common::*;
 
 const MAC: &str = "52:54:00:00:0a:01";
 
+/// A config serving image `image` (the file `path`) over NBD on `port` and
+/// TFTP on `tftp`, HTTP off, the fixture's kernel and initrd as its boot
+/// files, then `extra`.
+fn tftp_config(port: u16, tftp: u16, image: &str, path: &str, extra: &str) -> String {
+    format!(
+        "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n[pxe]\nserver_address = \"127.0.0.1\"\nboot_dir = \"boot\"\n\
+         [tftp]\nlisten = \"127.0.0.1:{tftp}\"\n[http]\nenabled = false\n[images.{image}]\npath = \"{path}\"\n\
+         kernel = \"debian/vmlinuz\"\ninitrd = \"debian/initrd.zst\"\n{extra}"
+    )
+}
+
 #[test]
 fn test_check_config_ok_and_errors_name_file_key_fix() {
     let d = tempfile::tempdir().unwrap();
@@ -137,15 +148,7 @@ fn test_serve_warns_about_a_partitioned_image_whose_root_partition_nothing_names
         assert!(sfdisk.wait().unwrap().success());
         let (port, tftp) = (free_port(), free_port());
         let cfg = d.path().join("pxeroot.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n[pxe]\nserver_address = \"127.0.0.1\"\nboot_dir = \"boot\"\n\
-                 [tftp]\nlisten = \"127.0.0.1:{tftp}\"\n[http]\nenabled = false\n[images.cloud]\npath = \"disk.img\"\n\
-                 kernel = \"debian/vmlinuz\"\ninitrd = \"debian/initrd.zst\"\n{extra}"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&cfg, tftp_config(port, tftp, "cloud", "disk.img", extra)).unwrap();
         let server = Server::with_config(&cfg, port, d.path());
         let log = server.log_text();
         let table = if root_type == MBR { "MBR" } else { "GPT" };
@@ -355,15 +358,8 @@ fn test_explain_agrees_with_the_daemon() {
     boot_files_fixture(d.path());
     let (port, tftp) = (free_port(), free_port());
     let cfg = d.path().join("pxeroot.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\n[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n[pxe]\nserver_address = \"127.0.0.1\"\nboot_dir = \"boot\"\n\
-             [tftp]\nlisten = \"127.0.0.1:{tftp}\"\n[http]\nenabled = false\n[images.debian]\npath = \"base.img\"\n\
-             kernel = \"debian/vmlinuz\"\ninitrd = \"debian/initrd.zst\"\n[clients.\"{MAC}\"]\nimage = \"debian\"\n"
-        ),
-    )
-    .unwrap();
+    let client = format!("[clients.\"{MAC}\"]\nimage = \"debian\"\n");
+    std::fs::write(&cfg, tftp_config(port, tftp, "debian", "base.img", &client)).unwrap();
     let explain = |mac: &str| {
         let out = Command::new(bin()).args(["explain", "--config"]).arg(&cfg).arg(mac).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())

@@ -62,35 +62,34 @@ pub(super) fn dhcp(cx: &Cx, d: &wire::Dhcp, around: &Around) -> Result<(Option<D
 /// `router`, `dns`, `domain`, `search`, `ntp`, `mtu`) as the file spells it,
 /// for errors.
 fn pool(cx: &Cx, p: &wire::Pool, key: &dyn Fn(&str) -> String) -> Result<Pool, ConfigError> {
-    let err = |key: &str, problem: String, fix: &str| cx.err(key, problem, fix);
     let ip = |name: &str, v: &Option<String>, needed: bool| -> Result<Option<std::net::Ipv4Addr>, ConfigError> {
         match v {
             Some(t) => {
-                t.parse().map(Some).map_err(|_| err(&key(name), format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\""))
+                t.parse().map(Some).map_err(|_| cx.err(&key(name), format!("{t:?} is not an IPv4 address"), "write it as \"10.0.0.100\""))
             }
-            None if needed => Err(err(&key(name), "is required in full mode".into(), "give the first and last address of the pool")),
+            None if needed => Err(cx.err(&key(name), "is required in full mode".into(), "give the first and last address of the pool")),
             None => Ok(None),
         }
     };
     let first = ip("start", &p.start, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     let last = ip("end", &p.end, true)?.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     if u32::from(first) > u32::from(last) {
-        return Err(err(&key("end"), format!("{last} is below the pool's first address {first}"), "swap them"));
+        return Err(cx.err(&key("end"), format!("{last} is below the pool's first address {first}"), "swap them"));
     }
     let netmask = ip("netmask", &p.netmask, false)?.unwrap_or(std::net::Ipv4Addr::new(255, 255, 255, 0));
     let mask = u32::from(netmask);
     if mask.leading_ones() + mask.trailing_zeros() != 32 {
-        return Err(err(&key("netmask"), format!("{netmask} is not a netmask"), "write it as \"255.255.255.0\""));
+        return Err(cx.err(&key("netmask"), format!("{netmask} is not a netmask"), "write it as \"255.255.255.0\""));
     }
     if u32::from(first) & mask != u32::from(last) & mask {
-        return Err(err(&key("end"), format!("{first}-{last} spans more than one {netmask} subnet"), "keep a pool inside its subnet"));
+        return Err(cx.err(&key("end"), format!("{first}-{last} spans more than one {netmask} subnet"), "keep a pool inside its subnet"));
     }
     let router = ip("router", &p.router, false)?;
     let servers = |name: &str, list: &Option<Vec<String>>| -> Result<Vec<std::net::Ipv4Addr>, ConfigError> {
         let mut out = Vec::new();
         for (i, t) in list.iter().flatten().enumerate() {
             out.push(t.parse().map_err(|_| {
-                err(&format!("{}[{i}]", key(name)), format!("{t:?} is not an IPv4 address"), "list the servers as addresses")
+                cx.err(&format!("{}[{i}]", key(name)), format!("{t:?} is not an IPv4 address"), "list the servers as addresses")
             })?);
         }
         Ok(out)
@@ -101,15 +100,17 @@ fn pool(cx: &Cx, p: &wire::Pool, key: &dyn Fn(&str) -> String) -> Result<Pool, C
         let name = d.trim_end_matches('.');
         match boot_limits::is_domain_name(name) {
             true => Ok(name.to_ascii_lowercase()),
-            false => {
-                Err(err(key, format!("{d:?} is not a domain name"), "give a DNS domain, e.g. \"lab.example\" (letters, digits, '-', dots)"))
-            }
+            false => Err(cx.err(
+                key,
+                format!("{d:?} is not a domain name"),
+                "give a DNS domain, e.g. \"lab.example\" (letters, digits, '-', dots)",
+            )),
         }
     };
     let domain = p.domain.as_deref().map(|d| domain_name(&key("domain"), d)).transpose()?;
     let search = p.search.as_deref().unwrap_or_default();
     if search.len() > boot_limits::MAX_SEARCH_DOMAINS {
-        return Err(err(
+        return Err(cx.err(
             &key("search"),
             format!("lists {} domains", search.len()),
             &format!("list at most {} (what a resolv.conf searches)", boot_limits::MAX_SEARCH_DOMAINS),
@@ -119,7 +120,7 @@ fn pool(cx: &Cx, p: &wire::Pool, key: &dyn Fn(&str) -> String) -> Result<Pool, C
     let mtu = match p.mtu {
         None => None,
         Some(m) => Some(u16::try_from(m).ok().filter(|&m| m >= crate::dhcp::full::MIN_MTU).ok_or_else(|| {
-            err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
+            cx.err(&key("mtu"), format!("{m} is not an MTU"), "give the segment's MTU, 68 to 65535 (9000 for jumbo frames)")
         })?),
     };
     let network = Network { netmask, router, dns, domain, search, ntp, mtu };
@@ -129,7 +130,6 @@ fn pool(cx: &Cx, p: &wire::Pool, key: &dyn Fn(&str) -> String) -> Result<Pool, C
 /// Full mode: `[dhcp]`'s own pool first, then `[[dhcp.pools]]` (one per
 /// subnet), each with its reservations and the clients' names.
 fn full_mode(cx: &Cx, d: &wire::Dhcp, clients: &BTreeMap<String, wire::Client>, state_dir: &Path) -> Result<Mode, ConfigError> {
-    let err = |key: &str, problem: String, fix: &str| cx.err(key, problem, fix);
     // `[dhcp]`'s own pool keys, as a `[[dhcp.pools]]` table would have them.
     let own = wire::Pool {
         start: d.pool_start.clone(),
@@ -153,7 +153,7 @@ fn full_mode(cx: &Cx, d: &wire::Dhcp, clients: &BTreeMap<String, wire::Client>, 
         // A relay's giaddr picks the pool: one pool per subnet.
         if let Some(other) = pools.iter().position(|o| o.on_subnet(new.range.0) || new.on_subnet(o.range.0)) {
             let other = if other == 0 { "dhcp.pool_start".to_string() } else { format!("dhcp.pools[{}]", other - 1) };
-            return Err(err(&k("start"), format!("is on the subnet of {other}'s pool"), "give each subnet one pool"));
+            return Err(cx.err(&k("start"), format!("is on the subnet of {other}'s pool"), "give each subnet one pool"));
         }
         pools.push(new);
     }
@@ -161,15 +161,15 @@ fn full_mode(cx: &Cx, d: &wire::Dhcp, clients: &BTreeMap<String, wire::Client>, 
         if let (Ok(mac), Some(a)) = (mac_text.parse::<Mac>(), &c.address) {
             let key = format!("clients.\"{mac_text}\".address");
             let addr: std::net::Ipv4Addr =
-                a.parse().map_err(|_| err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?;
+                a.parse().map_err(|_| cx.err(&key, format!("{a:?} is not an IPv4 address"), "write it as \"10.0.0.50\""))?;
             let Some(p) = pools.iter_mut().find(|p| p.on_subnet(addr)) else {
-                return Err(err(&key, format!("{addr} is on no pool's subnet"), "reserve an address on the client's segment"));
+                return Err(cx.err(&key, format!("{addr} is on no pool's subnet"), "reserve an address on the client's segment"));
             };
             p.reservations.insert(mac, addr);
         }
         if let (Ok(mac), Some(name)) = (mac_text.parse::<Mac>(), &c.hostname) {
             if !boot_limits::is_host_name(name) {
-                return Err(err(
+                return Err(cx.err(
                     &format!("clients.\"{mac_text}\".hostname"),
                     format!("{name:?} is not a host name"),
                     &format!(

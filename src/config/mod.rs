@@ -11,8 +11,6 @@ mod storage;
 pub mod summary;
 mod wire;
 
-pub use dhcp::DEFAULT_LEASE_SECONDS;
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

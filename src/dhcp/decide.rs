@@ -292,8 +292,18 @@ fn boot_file_name(name: &str) -> String {
 
 /// UEFI HTTP boot: option 60 `HTTPClient` and a URL as the file (a name
 /// without a scheme is under pxeroot's HTTP base).
+/// The URL a UEFI HTTP boot client is given for `file`: itself when it is
+/// a URL (an iPXE script's), else under pxeroot's HTTP base.
+pub fn http_boot_url(http_base: &str, file: &str) -> String {
+    if file.contains("://") {
+        file.to_string()
+    } else {
+        format!("{http_base}/{file}")
+    }
+}
+
 fn add_http_boot(r: &mut Message, ctx: &Context, file: String) -> String {
-    let url = if file.contains("://") { file } else { format!("{}/{}", ctx.http_base.unwrap_or_default(), file) };
+    let url = http_boot_url(ctx.http_base.unwrap_or_default(), &file);
     let name = boot_file_name(&url);
     r.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
     r.opts_mut().insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));

@@ -189,7 +189,8 @@ impl Server {
 
     /// Its process ID, for a signal.
     pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.as_ref().map_or(0, |c| c.id() as i32))
+        // Never 0: a signal to PID 0 would reach the test's own process group.
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("a running server").id() as i32)
     }
 
     fn wait_ready(&mut self) {

@@ -40,17 +40,8 @@ impl fmt::Display for InitError {
 
 impl From<std::io::Error> for InitError {
     fn from(e: std::io::Error) -> InitError {
-        InitError { what: String::new(), cause: Some(Box::new(e)) }.unnamed()
-    }
-}
-
-impl InitError {
-    /// An io error without context reads as its own text.
-    fn unnamed(self) -> InitError {
-        match self.cause {
-            Some(c) if self.what.is_empty() => InitError { what: c.to_string(), cause: None },
-            _ => self,
-        }
+        // Without context, an io error reads as its own text.
+        InitError { what: e.to_string(), cause: None }
     }
 }
 
