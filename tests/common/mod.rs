@@ -69,8 +69,12 @@ pub fn stdout(cmd: &mut Command) -> String {
 /// its pick and the daemon's bind.
 const TEST_PORTS: std::ops::Range<u16> = 20000..32768;
 
-/// A loopback port free for TCP and UDP, outside the ephemeral range.
+/// A loopback port free for TCP and UDP, outside the ephemeral range, and
+/// never handed out before in this process: two tests running at once
+/// cannot both be given one port before either daemon binds it.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     // Spread the processes' picks: seeded by the PID and the clock.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let mut x = u64::from(std::process::id()) << 32 | u64::from(nanos) | 1;
@@ -79,7 +83,11 @@ pub fn free_port() -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let port = TEST_PORTS.start + (x % u64::from(TEST_PORTS.end - TEST_PORTS.start)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            given.push(port);
             return port;
         }
     }
